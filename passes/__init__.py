@@ -1,0 +1,1 @@
+"""Graph passes: each finds candidates, checks legality, rewrites, and reports what it did."""

@@ -1,0 +1,333 @@
+"""The weight math of re-parameterization, as pure numpy functions (float64 inside).
+
+Every branch of a re-parameterizable block reduces to one normal form, an *affine convolution*
+of the block's input ``x``::
+
+    y = conv(x, kernel, strides, dilations, pads, groups) + bias[:, None, ...]
+
+- a Conv is one already (a missing bias is zero);
+- a Conv followed by inference BatchNormalization folds into one (RepVGG eq. 3):
+  ``W' = W·γ/σ``, ``b' = β + (b − μ)·γ/σ``, ``σ = sqrt(var + ε)``;
+- a BatchNormalization on ``x`` itself is a depthwise 1x1 kernel ``γ/σ`` with bias ``β − μγ/σ``;
+- the bare identity is a depthwise 1x1 kernel of ones.
+
+Merging parallel branches is then a single operation (:func:`merge_affine_convs`): express
+every kernel in one grouping, place each one at its offset inside the merged kernel (centres
+aligned), and sum kernels and biases. Nothing here knows about ONNX.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class IncompatibleBranchesError(ValueError):
+    """Raised by :func:`merge_affine_convs` when the branches do not compute one convolution.
+
+    The message is one sentence a user understands, naming the branches at fault.
+    """
+
+
+@dataclass(frozen=True)
+class AffineConv:
+    """``y = conv(x, kernel) + bias``, ONNX Conv semantics, for any number of spatial dims.
+
+    Invariants: ``kernel`` is float64 ``[Cout, Cin/groups, *kernel_shape]``; ``bias`` is float64
+    ``[Cout]``; ``strides``, ``dilations`` have one entry per spatial dim; ``pads`` is ONNX's
+    ``(begin_0, begin_1, …, end_0, end_1, …)``.
+    """
+
+    kernel: np.ndarray
+    bias: np.ndarray
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads: tuple[int, ...]
+    groups: int
+
+    @property
+    def spatial_rank(self) -> int:
+        return self.kernel.ndim - 2
+
+    @property
+    def kernel_shape(self) -> tuple[int, ...]:
+        return tuple(int(k) for k in self.kernel.shape[2:])
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.kernel.shape[0])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.kernel.shape[1]) * self.groups
+
+    @property
+    def pads_begin(self) -> tuple[int, ...]:
+        return self.pads[: self.spatial_rank]
+
+    @property
+    def pads_end(self) -> tuple[int, ...]:
+        return self.pads[self.spatial_rank :]
+
+
+def affine_conv(
+    kernel: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    strides: Sequence[int] | None = None,
+    dilations: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    groups: int = 1,
+) -> AffineConv:
+    """An :class:`AffineConv` with ONNX's defaults: stride 1, dilation 1, no pads, no bias."""
+    kernel = np.asarray(kernel, dtype=np.float64)
+    rank = kernel.ndim - 2
+    if rank < 1:
+        raise ValueError(f"a conv kernel needs at least 3 dims, got shape {kernel.shape}")
+    out_channels = kernel.shape[0]
+    bias = np.zeros(out_channels) if bias is None else np.asarray(bias, dtype=np.float64)
+    if bias.shape != (out_channels,):
+        raise ValueError(f"bias shape {bias.shape} does not match {out_channels} output channels")
+    if groups < 1 or out_channels % groups:
+        raise ValueError(f"{out_channels} output channels cannot be split into {groups} groups")
+    return AffineConv(
+        kernel=kernel,
+        bias=bias,
+        strides=tuple(int(s) for s in strides) if strides is not None else (1,) * rank,
+        dilations=tuple(int(d) for d in dilations) if dilations is not None else (1,) * rank,
+        pads=tuple(int(p) for p in pads) if pads is not None else (0,) * (2 * rank),
+        groups=int(groups),
+    )
+
+
+def batchnorm_scale_shift(
+    gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inference BatchNormalization as ``y = scale·x + shift`` per channel.
+
+    ``scale = γ / sqrt(var + ε)``, ``shift = β − μ·scale``.
+    """
+    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + float(eps))
+    shift = np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * scale
+    return scale, shift
+
+
+def fold_batchnorm(
+    conv: AffineConv,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    eps: float,
+) -> AffineConv:
+    """The affine conv equal to ``BatchNormalization(conv(x))`` (RepVGG eq. 3).
+
+    ``W' = W·γ/σ`` per output channel, ``b' = β + (b − μ)·γ/σ``, ``σ = sqrt(var + ε)``.
+    """
+    scale, shift = batchnorm_scale_shift(gamma, beta, mean, var, eps)
+    if scale.shape != (conv.out_channels,):
+        raise ValueError(
+            f"BatchNormalization has {scale.size} channels, the conv {conv.out_channels}"
+        )
+    broadcast = (slice(None),) + (None,) * (conv.kernel.ndim - 1)
+    return AffineConv(
+        kernel=conv.kernel * scale[broadcast],
+        bias=conv.bias * scale + shift,
+        strides=conv.strides,
+        dilations=conv.dilations,
+        pads=conv.pads,
+        groups=conv.groups,
+    )
+
+
+def identity_conv(channels: int, spatial_rank: int) -> AffineConv:
+    """The identity map ``y = x`` as a depthwise 1x1 conv of ones (``groups = channels``)."""
+    kernel = np.ones((channels, 1) + (1,) * spatial_rank)
+    return affine_conv(kernel, groups=channels)
+
+
+def batchnorm_as_conv(
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    eps: float,
+    spatial_rank: int,
+) -> AffineConv:
+    """``BatchNormalization(x)`` as a depthwise 1x1 conv: the identity branch's normal form."""
+    channels = int(np.asarray(gamma).size)
+    return fold_batchnorm(identity_conv(channels, spatial_rank), gamma, beta, mean, var, eps)
+
+
+def regroup_kernel(kernel: np.ndarray, groups: int, new_groups: int) -> np.ndarray:
+    """Express a ``groups``-grouped kernel as an equivalent ``new_groups``-grouped one.
+
+    ``new_groups`` must divide ``groups``; each new group holds ``groups/new_groups`` old groups
+    on its block diagonal and zeros elsewhere. For the identity (``groups = C``) regrouped to
+    ``g`` this gives timm's ``k[i, i % (C/g)] = 1``.
+    """
+    if groups == new_groups:
+        return kernel
+    if new_groups < 1 or groups % new_groups:
+        raise ValueError(f"cannot regroup a {groups}-group kernel into {new_groups} groups")
+    out_channels, in_per_group = kernel.shape[:2]
+    out_per_group = out_channels // groups
+    merged_per_new = groups // new_groups
+    result = np.zeros((out_channels, in_per_group * merged_per_new, *kernel.shape[2:]))
+    for group in range(groups):
+        rows = slice(group * out_per_group, (group + 1) * out_per_group)
+        first_col = (group % merged_per_new) * in_per_group
+        result[rows, first_col : first_col + in_per_group] = kernel[rows]
+    return result
+
+
+def place_kernel(
+    kernel: np.ndarray, spatial_shape: Sequence[int], offsets: Sequence[int]
+) -> np.ndarray:
+    """Zero-pad ``kernel`` to ``spatial_shape``, its first tap at ``offsets`` (in taps)."""
+    result = np.zeros(kernel.shape[:2] + tuple(spatial_shape))
+    window = tuple(slice(o, o + k) for o, k in zip(offsets, kernel.shape[2:], strict=True))
+    result[(slice(None), slice(None), *window)] = kernel
+    return result
+
+
+def describe_kernel(conv: AffineConv) -> str:
+    """``"3x3"``, ``"1x1"``, ``"7"``: the kernel shape as people write it."""
+    return "x".join(str(k) for k in conv.kernel_shape)
+
+
+def merge_affine_convs(
+    branches: Sequence[AffineConv], labels: Sequence[str] | None = None
+) -> AffineConv:
+    """The one affine conv equal to the sum of ``branches`` applied to the same input.
+
+    Legal when all branches have equal strides, input and output channels and spatial rank;
+    when every kernel with more than one tap along a dim uses the same dilation there; when
+    the branches' taps lie on one lattice and give the same output size (``pads_begin +
+    pads_end − dilation·(k − 1)`` equal per dim), so that padding a smaller kernel with zeros
+    at its offset reproduces it exactly; and when the grouping of the branch with the most taps
+    (the fused conv's grouping) divides every other branch's grouping, so no kernel is
+    densified beyond the main branch. Otherwise raises :class:`IncompatibleBranchesError`.
+
+    The merged kernel spans the union of all taps: for centred branches this is the largest
+    kernel, with every smaller kernel at its centre.
+    """
+    if not branches:
+        raise ValueError("nothing to merge")
+    names = list(labels) if labels is not None else [f"branch {i}" for i in range(len(branches))]
+    first = branches[0]
+    _require_equal(branches, names, lambda b: b.spatial_rank, "spatial rank")
+    _require_equal(branches, names, lambda b: b.out_channels, "output channels")
+    _require_equal(branches, names, lambda b: b.in_channels, "input channels")
+    _require_equal(branches, names, lambda b: b.strides, "strides")
+    groups = _merged_groups(branches, names)
+    dilations = _merged_dilations(branches, names)
+    begin, spatial_shape, end, offsets = _merged_window(branches, names, dilations)
+    kernel = np.zeros((first.out_channels, first.in_channels // groups, *spatial_shape))
+    bias = np.zeros(first.out_channels)
+    for branch, branch_offsets in zip(branches, offsets, strict=True):
+        regrouped = regroup_kernel(branch.kernel, branch.groups, groups)
+        kernel += place_kernel(regrouped, spatial_shape, branch_offsets)
+        bias += branch.bias
+    return AffineConv(kernel, bias, first.strides, dilations, begin + end, groups)
+
+
+def _require_equal(branches, names, key, what: str) -> None:
+    reference = key(branches[0])
+    for branch, name in zip(branches, names, strict=True):
+        if key(branch) != reference:
+            raise IncompatibleBranchesError(
+                f"{what} differ: {names[0]} has {_show(reference)}, {name} has {_show(key(branch))}"
+            )
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return "x".join(str(v) for v in value)
+    return str(value)
+
+
+def _merged_groups(branches: Sequence[AffineConv], names: Sequence[str]) -> int:
+    """The grouping of the branch with the most taps (the densest of those, on a tie).
+
+    Every other branch's grouping must be a multiple of it, so merging never densifies the
+    main branch: a dense 1x1 beside a depthwise 3x3 is refused rather than made a dense 3x3.
+    """
+    main = max(
+        range(len(branches)),
+        key=lambda i: (math.prod(branches[i].kernel_shape), -branches[i].groups),
+    )
+    groups = branches[main].groups
+    for branch, name in zip(branches, names, strict=True):
+        if branch.groups % groups:
+            raise IncompatibleBranchesError(
+                f"groups differ: {names[main]} has groups {groups}, {name} has groups "
+                f"{branch.groups}; merging would make the fused conv denser than its main branch"
+            )
+    return groups
+
+
+def _merged_dilations(branches: Sequence[AffineConv], names: Sequence[str]) -> tuple[int, ...]:
+    """Per dim, the dilation shared by every kernel with more than one tap there (else 1)."""
+    dilations = []
+    for dim in range(branches[0].spatial_rank):
+        used = {
+            (branch.dilations[dim], name)
+            for branch, name in zip(branches, names, strict=True)
+            if branch.kernel_shape[dim] > 1
+        }
+        values = sorted({d for d, _ in used})
+        if len(values) > 1:
+            listed = ", ".join(f"{name} {d}" for d, name in sorted(used))
+            raise IncompatibleBranchesError(f"dilations differ along dim {dim}: {listed}")
+        dilations.append(values[0] if values else 1)
+    return tuple(dilations)
+
+
+def _merged_window(
+    branches: Sequence[AffineConv], names: Sequence[str], dilations: tuple[int, ...]
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], list[tuple[int, ...]]]:
+    """Pads and kernel shape of the union of all taps, and each branch's offset inside it.
+
+    Along one dim a branch reads input ``o·s − p_begin + d·t`` for taps ``t < k``. The merged
+    kernel starts at the smallest first tap and ends at the largest last tap; a branch fits
+    if its first tap is a whole number of dilations from the start, and it yields the same
+    output size if ``p_begin + p_end − d·(k − 1)`` is the same for every branch.
+    """
+    rank = branches[0].spatial_rank
+    begin, shape, end = [], [], []
+    offsets: list[list[int]] = [[] for _ in branches]
+    for dim in range(rank):
+        dilation = dilations[dim]
+        firsts = [-b.pads_begin[dim] for b in branches]
+        lasts = [
+            f + dilation * (b.kernel_shape[dim] - 1) for f, b in zip(firsts, branches, strict=True)
+        ]
+        spans = [
+            b.pads_begin[dim] + b.pads_end[dim] - (last - first)
+            for b, first, last in zip(branches, firsts, lasts, strict=True)
+        ]
+        for span, name, branch in zip(spans, names, branches, strict=True):
+            if span != spans[0]:
+                raise IncompatibleBranchesError(
+                    f"pads do not align along dim {dim}: {names[0]} has pads "
+                    f"{_show(branches[0].pads)} and kernel {describe_kernel(branches[0])}, "
+                    f"{name} has pads {_show(branch.pads)} and kernel {describe_kernel(branch)}, "
+                    "so their outputs differ in size or position"
+                )
+        start = min(firsts)
+        for index, (first, name) in enumerate(zip(firsts, names, strict=True)):
+            if (first - start) % dilation:
+                raise IncompatibleBranchesError(
+                    f"pads do not align along dim {dim}: the taps of {name} fall between the "
+                    f"dilation-{dilation} taps of the other branches"
+                )
+            offsets[index].append((first - start) // dilation)
+        size = (max(lasts) - start) // dilation + 1
+        begin.append(-start)
+        shape.append(size)
+        end.append(spans[0] + dilation * (size - 1) + start)
+    return tuple(begin), tuple(shape), tuple(end), [tuple(o) for o in offsets]

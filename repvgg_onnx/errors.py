@@ -1,0 +1,32 @@
+"""The errors a user can act on. Each message is one full sentence that says what to do next.
+
+The CLI maps them to exit codes: ``CheckFailedError`` → 1, every other ``ReparamError`` → 2.
+"""
+
+
+class ReparamError(Exception):
+    """Base of every error repvgg-onnx raises on purpose."""
+
+    exit_code = 2
+
+
+class ModelLoadError(ReparamError):
+    """The file is missing, unreadable, not an ONNX model, or its external data is unsafe."""
+
+
+class UnsupportedModelError(ReparamError):
+    """The model is valid ONNX but cannot be processed (e.g. exported in training mode)."""
+
+
+class InputSpecError(ReparamError):
+    """An ``--input-shape`` or input description does not fit the model."""
+
+
+class ModelSaveError(ReparamError):
+    """The output could not be written; the output path is left untouched."""
+
+
+class CheckFailedError(ReparamError):
+    """Verification ran and the two models disagree."""
+
+    exit_code = 1
