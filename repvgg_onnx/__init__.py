@@ -1,3 +1,37 @@
-"""repvgg-onnx: re-parameterize training-time multi-branch CNNs on their ONNX graphs."""
+"""repvgg-onnx: re-parameterize training-time multi-branch CNNs on their ONNX graphs.
+
+>>> import repvgg_onnx
+>>> result = repvgg_onnx.fuse("model.onnx")          # or an onnx.ModelProto
+>>> result.report.to_text(), result.verification.passed
+>>> result.save("model-deploy.onnx")
+"""
 
 __version__ = "0.1.0"
+
+from repvgg_onnx.api import FuseResult, FuseVerificationError, fuse
+from repvgg_onnx.errors import (
+    CheckFailedError,
+    InputSpecError,
+    ModelLoadError,
+    ModelSaveError,
+    ReparamError,
+    UnsupportedModelError,
+)
+from repvgg_onnx.io import load_model, save_model
+from repvgg_onnx.verify import Verification, verify_models
+
+__all__ = [
+    "CheckFailedError",
+    "FuseResult",
+    "FuseVerificationError",
+    "InputSpecError",
+    "ModelLoadError",
+    "ModelSaveError",
+    "ReparamError",
+    "UnsupportedModelError",
+    "Verification",
+    "fuse",
+    "load_model",
+    "save_model",
+    "verify_models",
+]

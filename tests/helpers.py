@@ -154,7 +154,10 @@ def random_feeds(model: onnx.ModelProto, seed: int = 1, batch: int = 2) -> dict[
     for value in model.graph.input:
         if value.name in initializers:
             continue
-        dims = [d.dim_value if d.HasField("dim_value") else batch for d in value.type.tensor_type.shape.dim]
+        dims = [
+            d.dim_value if d.HasField("dim_value") else batch
+            for d in value.type.tensor_type.shape.dim
+        ]
         feeds[value.name] = rng.normal(0, 1, dims).astype(np.float32)
     return feeds
 

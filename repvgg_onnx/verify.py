@@ -1,0 +1,299 @@
+"""Run two models in onnxruntime on the same inputs and compare every output.
+
+The reference is run with graph optimizations off (so onnxruntime's own fusions do not
+rewrite it), on seeded random inputs. An output passes iff ``|a − b| ≤ atol + rtol·|b|``
+element-wise, ``b`` the reference. By default ``atol`` is relative to the output's scale,
+``DEFAULT_ATOL_SCALE · max|b|``: a fold with a wrong ε or a misplaced kernel moves outputs by
+far more than that, float32 rounding of a deep network by far less.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from repvgg_onnx.errors import CheckFailedError, InputSpecError, UnsupportedModelError
+
+DEFAULT_RTOL = 1e-4
+DEFAULT_ATOL_SCALE = 1e-5
+DEFAULT_BATCH = 1
+
+_ONNX_TO_NUMPY = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class OutputComparison:
+    """How one output of the candidate differs from the reference's."""
+
+    name: str
+    shape: tuple[int, ...]
+    max_abs_error: float
+    max_rel_error: float
+    scale: float
+    atol: float
+    rtol: float
+    passed: bool
+    required_atol: float
+    """The smallest ``atol`` that would have passed at this ``rtol`` (as Polygraphy reports)."""
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["shape"] = list(self.shape)
+        return data
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The verdict on two models: ``passed`` iff every output is within tolerance."""
+
+    passed: bool
+    outputs: tuple[OutputComparison, ...]
+    input_shapes: dict[str, list[int]]
+    seed: int
+    rtol: float
+    atol: float | None
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def failures(self) -> list[OutputComparison]:
+        return [output for output in self.outputs if not output.passed]
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "seed": self.seed,
+            "rtol": self.rtol,
+            "atol": self.atol if self.atol is not None else f"{DEFAULT_ATOL_SCALE}*max|ref|",
+            "input_shapes": self.input_shapes,
+            "outputs": [output.to_dict() for output in self.outputs],
+        }
+
+
+def parse_input_shapes(specs: Sequence[str]) -> dict[str, list[int]]:
+    """``["x:1x3x224x224"]`` → ``{"x": [1, 3, 224, 224]}``; the name may contain colons."""
+    shapes: dict[str, list[int]] = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition(":")
+        if not sep or not name or not re.fullmatch(r"\d+(x\d+)*", dims):
+            raise InputSpecError(
+                f"cannot read input shape '{spec}'; write it as NAME:DIMS, e.g. input:1x3x224x224."
+            )
+        shapes[name] = [int(d) for d in dims.split("x")]
+    return shapes
+
+
+def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The graph inputs a caller must feed (not initializers listed as inputs)."""
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    return [value for value in model.graph.input if value.name not in initializers]
+
+
+def resolve_input_shapes(
+    model: onnx.ModelProto, overrides: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, list[int]]:
+    """Concrete shapes for every input: ``overrides`` first, then static dims, then a batch of
+    ``DEFAULT_BATCH`` for a dynamic first dim. Any other dynamic dim must be given."""
+    overrides = dict(overrides or {})
+    inputs = model_inputs(model)
+    unknown = set(overrides) - {value.name for value in inputs}
+    if unknown:
+        names = ", ".join(repr(value.name) for value in inputs)
+        raise InputSpecError(
+            f"the model has no input named {sorted(unknown)[0]!r}; its inputs are {names}."
+        )
+    return {value.name: _input_shape(value, overrides.get(value.name)) for value in inputs}
+
+
+def _input_shape(value: onnx.ValueInfoProto, override: Sequence[int] | None) -> list[int]:
+    dims = value.type.tensor_type.shape.dim
+    if override is not None:
+        override = [int(d) for d in override]
+        static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        fits = len(override) == len(static) and all(
+            s is None or s == o for s, o in zip(static, override, strict=True)
+        )
+        if dims and not fits:
+            raise InputSpecError(
+                f"shape {'x'.join(map(str, override))} does not fit input '{value.name}' "
+                f"of shape {_show_dims(dims)}."
+            )
+        return override
+    shape = []
+    for index, dim in enumerate(dims):
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            shape.append(dim.dim_value)
+        elif index == 0:
+            shape.append(DEFAULT_BATCH)
+        else:
+            raise InputSpecError(
+                f"input '{value.name}' has a dynamic dimension {index} "
+                f"({dim.dim_param or '?'}); give its size with "
+                f"--input-shape {value.name}:{_example_dims(dims)}."
+            )
+    return shape
+
+
+def _show_dims(dims) -> str:
+    return "x".join(
+        str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims
+    )
+
+
+def _example_dims(dims) -> str:
+    return "x".join(str(d.dim_value) if d.HasField("dim_value") else "N" for d in dims)
+
+
+def synthesize_inputs(
+    model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], seed: int
+) -> dict[str, np.ndarray]:
+    """Seeded random inputs: standard normal floats, small non-negative ints, random bools."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for value in model_inputs(model):
+        elem_type = value.type.tensor_type.elem_type
+        dtype = _ONNX_TO_NUMPY.get(elem_type)
+        if dtype is None:
+            raise UnsupportedModelError(
+                f"input '{value.name}' has type {onnx.TensorProto.DataType.Name(elem_type)}, "
+                "for which no random data can be made; pass --no-verify to skip verification."
+            )
+        shape = list(shapes[value.name])
+        if np.issubdtype(dtype, np.floating):
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype is np.bool_:
+            feeds[value.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[value.name] = rng.integers(0, 10, shape).astype(dtype)
+    return feeds
+
+
+def compare_output(
+    name: str, reference: np.ndarray, candidate: np.ndarray, atol: float | None, rtol: float
+) -> OutputComparison:
+    """Compare one output; ``atol=None`` means ``DEFAULT_ATOL_SCALE · max|reference|``."""
+    reference64 = np.asarray(reference, np.float64)
+    candidate64 = np.asarray(candidate, np.float64)
+    scale = float(np.abs(reference64).max()) if reference64.size else 0.0
+    effective_atol = DEFAULT_ATOL_SCALE * scale if atol is None else atol
+    if reference64.shape != candidate64.shape:
+        return OutputComparison(
+            name,
+            tuple(candidate64.shape),
+            np.inf,
+            np.inf,
+            scale,
+            effective_atol,
+            rtol,
+            False,
+            np.inf,
+        )
+    error = np.abs(candidate64 - reference64)
+    magnitude = np.abs(reference64)
+    finite_match = np.array_equal(np.isfinite(reference64), np.isfinite(candidate64))
+    error = np.where(np.isfinite(error), error, np.where(reference64 == candidate64, 0.0, np.inf))
+    max_abs = float(error.max()) if error.size else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.where(error == 0, 0.0, error / magnitude)
+    max_rel = float(relative.max()) if relative.size else 0.0
+    excess = error - rtol * magnitude
+    required = float(max(excess.max(), 0.0)) if excess.size else 0.0
+    passed = finite_match and bool(np.all(error <= effective_atol + rtol * magnitude))
+    return OutputComparison(
+        name,
+        tuple(reference64.shape),
+        max_abs,
+        max_rel,
+        scale,
+        effective_atol,
+        rtol,
+        passed,
+        required,
+    )
+
+
+def create_session(model: onnx.ModelProto, role: str) -> ort.InferenceSession:
+    """A CPU session with graph optimizations off; ``role`` names the model in errors."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as error:  # onnxruntime raises several unrelated types
+        raise UnsupportedModelError(
+            f"onnxruntime cannot load the {role} model ({_first_line(error)}); "
+            "pass --no-verify to skip verification."
+        ) from error
+
+
+def run_session(
+    session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], role: str
+) -> dict[str, np.ndarray]:
+    names = [output.name for output in session.get_outputs()]
+    try:
+        values = session.run(names, dict(feeds))
+    except Exception as error:  # onnxruntime raises several unrelated types
+        raise UnsupportedModelError(
+            f"onnxruntime cannot run the {role} model on inputs of shape "
+            f"{ {k: list(v.shape) for k, v in feeds.items()} } ({_first_line(error)}); "
+            "give the right sizes with --input-shape NAME:DIMS."
+        ) from error
+    return dict(zip(names, values, strict=True))
+
+
+def verify_models(
+    reference: onnx.ModelProto,
+    candidate: onnx.ModelProto,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    atol: float | None = None,
+    rtol: float = DEFAULT_RTOL,
+) -> Verification:
+    """Run both models on the same seeded inputs and compare every reference output by name."""
+    shapes = resolve_input_shapes(reference, input_shapes)
+    feeds = synthesize_inputs(reference, shapes, seed)
+    expected = run_session(create_session(reference, "original"), feeds, "original")
+    try:
+        actual = run_session(create_session(candidate, "fused"), feeds, "fused")
+    except UnsupportedModelError as error:
+        raise CheckFailedError(
+            str(error).replace(
+                "; pass --no-verify",
+                "; this is a bug in repvgg-onnx, please report it. Pass --no-verify",
+            )
+        ) from error
+    comparisons = []
+    for name, value in expected.items():
+        if name not in actual:
+            raise CheckFailedError(f"the fused model has no output named '{name}'.")
+        comparisons.append(compare_output(name, value, actual[name], atol, rtol))
+    return Verification(
+        passed=all(c.passed for c in comparisons),
+        outputs=tuple(comparisons),
+        input_shapes=shapes,
+        seed=seed,
+        rtol=rtol,
+        atol=atol,
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -1,0 +1,231 @@
+"""Each formula of algebra.py against a direct float64 convolution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from repvgg_onnx.algebra import (
+    AffineConv,
+    IncompatibleBranchesError,
+    affine_conv,
+    batchnorm_as_conv,
+    fold_batchnorm,
+    identity_conv,
+    merge_affine_convs,
+    regroup_kernel,
+)
+
+
+def convolve(x: np.ndarray, conv: AffineConv) -> np.ndarray:
+    """ONNX Conv semantics for 2-D inputs ``[N, C, H, W]``, straight from the definition."""
+    n, cin, _, _ = x.shape
+    (pt, pl, pb, pr), (sh, sw), (dh, dw) = conv.pads, conv.strides, conv.dilations
+    padded = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    kh, kw = conv.kernel_shape
+    ho = (padded.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    wo = (padded.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    g = conv.groups
+    kernel = conv.kernel.reshape(g, conv.out_channels // g, cin // g, kh, kw)
+    out = np.zeros((n, g, conv.out_channels // g, ho, wo))
+    for i in range(kh):
+        for j in range(kw):
+            window = padded[
+                :,
+                :,
+                i * dh : i * dh + sh * (ho - 1) + 1 : sh,
+                j * dw : j * dw + sw * (wo - 1) + 1 : sw,
+            ]
+            grouped = window.reshape(n, g, cin // g, ho, wo)
+            out += np.einsum("ngchw,gdc->ngdhw", grouped, kernel[..., i, j])
+    return out.reshape(n, conv.out_channels, ho, wo) + conv.bias[None, :, None, None]
+
+
+def batchnorm(x, gamma, beta, mean, var, eps):
+    shape = (1, -1, 1, 1)
+    return (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) * gamma.reshape(
+        shape
+    ) + beta.reshape(shape)
+
+
+def random_bn(rng, channels):
+    return (
+        rng.uniform(0.5, 1.5, channels),
+        rng.normal(0, 0.5, channels),
+        rng.normal(0, 0.5, channels),
+        rng.uniform(0.2, 3.0, channels),
+    )
+
+
+RNG = np.random.default_rng(0)
+
+
+def test_fold_batchnorm_equals_bn_of_conv():
+    x = RNG.normal(size=(2, 4, 7, 7))
+    conv = affine_conv(
+        RNG.normal(size=(6, 2, 3, 3)), RNG.normal(size=6), pads=[1, 1, 1, 1], groups=2
+    )
+    gamma, beta, mean, var = random_bn(RNG, 6)
+    folded = fold_batchnorm(conv, gamma, beta, mean, var, 1e-3)
+    expected = batchnorm(convolve(x, conv), gamma, beta, mean, var, 1e-3)
+    np.testing.assert_allclose(convolve(x, folded), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_fold_batchnorm_uses_eps():
+    conv = affine_conv(np.ones((1, 1, 1, 1)))
+    params = (np.ones(1), np.zeros(1), np.zeros(1), np.ones(1))
+    assert fold_batchnorm(conv, *params, 0.0).kernel.item() == pytest.approx(1.0)
+    assert fold_batchnorm(conv, *params, 3.0).kernel.item() == pytest.approx(0.5)
+
+
+def test_batchnorm_as_conv_equals_batchnorm():
+    x = RNG.normal(size=(2, 5, 4, 4))
+    gamma, beta, mean, var = random_bn(RNG, 5)
+    conv = batchnorm_as_conv(gamma, beta, mean, var, 1e-5, spatial_rank=2)
+    assert conv.groups == 5
+    np.testing.assert_allclose(convolve(x, conv), batchnorm(x, gamma, beta, mean, var, 1e-5))
+
+
+def test_identity_conv_is_identity():
+    x = RNG.normal(size=(1, 3, 5, 5))
+    np.testing.assert_array_equal(convolve(x, identity_conv(3, 2)), x)
+
+
+@pytest.mark.parametrize(("groups", "new_groups"), [(4, 4), (4, 2), (4, 1), (12, 4), (6, 3)])
+def test_regroup_kernel_keeps_the_function(groups, new_groups):
+    x = RNG.normal(size=(1, 24, 5, 5))
+    conv = affine_conv(RNG.normal(size=(12, 24 // groups, 3, 3)), groups=groups)
+    regrouped = affine_conv(regroup_kernel(conv.kernel, groups, new_groups), groups=new_groups)
+    np.testing.assert_allclose(convolve(x, regrouped), convolve(x, conv), atol=1e-12)
+
+
+def test_regroup_identity_matches_timm_formula():
+    """timm / RepVGG: ``k[i, i % (C/g), centre] = 1``."""
+    kernel = regroup_kernel(identity_conv(8, 2).kernel, 8, 2)
+    expected = np.zeros((8, 4, 1, 1))
+    for i in range(8):
+        expected[i, i % 4, 0, 0] = 1
+    np.testing.assert_array_equal(kernel, expected)
+
+
+def test_regroup_refuses_a_non_divisor():
+    with pytest.raises(ValueError, match="cannot regroup"):
+        regroup_kernel(np.zeros((4, 1, 1, 1)), 4, 3)
+
+
+def centred(kernel, dilation=1, stride=1, groups=1, cin=8, cout=8, bias=True):
+    kh, kw = kernel
+    ph, pw = dilation * (kh - 1) // 2, dilation * (kw - 1) // 2
+    return affine_conv(
+        RNG.normal(size=(cout, cin // groups, kh, kw)),
+        RNG.normal(size=cout) if bias else None,
+        strides=[stride, stride],
+        dilations=[dilation, dilation],
+        pads=[ph, pw, ph, pw],
+        groups=groups,
+    )
+
+
+def assert_merge_exact(branches, size=9):
+    x = RNG.normal(size=(2, branches[0].in_channels, size, size))
+    merged = merge_affine_convs(branches)
+    expected = sum(convolve(x, b) for b in branches)
+    np.testing.assert_allclose(convolve(x, merged), expected, rtol=1e-10, atol=1e-10)
+    return merged
+
+
+def test_merge_repvgg_block():
+    gamma, beta, mean, var = random_bn(RNG, 8)
+    merged = assert_merge_exact(
+        [centred((3, 3)), centred((1, 1)), batchnorm_as_conv(gamma, beta, mean, var, 1e-5, 2)]
+    )
+    assert merged.kernel_shape == (3, 3) and merged.pads == (1, 1, 1, 1) and merged.groups == 1
+
+
+def test_merge_acnet_asymmetric_kernels():
+    merged = assert_merge_exact([centred((3, 3)), centred((1, 3)), centred((3, 1))])
+    assert merged.kernel_shape == (3, 3)
+
+
+def test_merge_replknet_large_and_small_kernels():
+    merged = assert_merge_exact([centred((7, 7)), centred((3, 3)), centred((1, 1))], size=11)
+    assert merged.kernel_shape == (7, 7) and merged.pads == (3, 3, 3, 3)
+
+
+def test_merge_dilated_with_identity():
+    merged = assert_merge_exact([centred((3, 3), dilation=2), identity_conv(8, 2)])
+    assert merged.dilations == (2, 2) and merged.pads == (2, 2, 2, 2)
+
+
+def test_merge_grouped_with_identity_keeps_groups():
+    merged = assert_merge_exact(
+        [centred((3, 3), groups=4), centred((1, 1), groups=4), identity_conv(8, 2)]
+    )
+    assert merged.groups == 4
+
+
+def test_merge_depthwise_mobileone_style():
+    branches = [centred((3, 3), groups=8) for _ in range(3)] + [centred((1, 1), groups=8)]
+    assert assert_merge_exact(branches).groups == 8
+
+
+def test_merge_refuses_different_strides():
+    with pytest.raises(IncompatibleBranchesError, match="strides differ: a has 1x1, b has 2x2"):
+        merge_affine_convs([centred((3, 3)), centred((1, 1), stride=2)], ["a", "b"])
+
+
+def test_merge_refuses_different_dilations():
+    with pytest.raises(IncompatibleBranchesError, match="dilations differ"):
+        merge_affine_convs([centred((3, 3)), centred((3, 3), dilation=2)])
+
+
+def test_merge_refuses_densifying_the_main_branch():
+    with pytest.raises(IncompatibleBranchesError, match="groups differ"):
+        merge_affine_convs([centred((3, 3), groups=8), centred((1, 1))])
+
+
+def test_merge_refuses_misaligned_pads():
+    """A 1x1 whose pads give a different output size than the 3x3's (stride 2)."""
+    odd = affine_conv(RNG.normal(size=(8, 8, 1, 1)), strides=[2, 2], pads=[1, 1, 0, 0])
+    with pytest.raises(IncompatibleBranchesError, match="pads do not align"):
+        merge_affine_convs([centred((3, 3), stride=2), odd])
+
+
+def test_merge_refuses_taps_between_dilated_taps():
+    shifted = affine_conv(RNG.normal(size=(8, 8, 1, 1)))
+    dilated = affine_conv(RNG.normal(size=(8, 8, 3, 3)), dilations=[2, 2], pads=[3, 3, 1, 1])
+    with pytest.raises(IncompatibleBranchesError, match="fall between"):
+        merge_affine_convs([dilated, shifted])
+
+
+def test_merge_refuses_different_channels():
+    with pytest.raises(IncompatibleBranchesError, match="output channels differ"):
+        merge_affine_convs([centred((3, 3)), centred((1, 1), cout=4)])
+
+
+@st.composite
+def block_configs(draw):
+    stride = draw(st.sampled_from([1, 2]))
+    dilation = draw(st.sampled_from([1, 2]))
+    groups = draw(st.sampled_from([1, 2, 4]))
+    kernels = draw(
+        st.lists(
+            st.sampled_from([(1, 1), (3, 3), (5, 5), (7, 7), (1, 3), (3, 1)]),
+            min_size=1,
+            max_size=4,
+        )
+    )
+    branches = [centred(k, dilation=dilation, stride=stride, groups=groups) for k in kernels]
+    if stride == 1 and draw(st.booleans()):
+        branches.append(identity_conv(8, 2))
+    return branches
+
+
+@settings(max_examples=60, deadline=None)
+@given(block_configs())
+def test_merge_equals_sum_of_branches(branches):
+    merged = assert_merge_exact(branches, size=11)
+    largest = max(b.kernel_shape[0] for b in branches), max(b.kernel_shape[1] for b in branches)
+    assert merged.kernel_shape == largest

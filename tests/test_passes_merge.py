@@ -1,0 +1,149 @@
+"""merge_parallel_branches and fold_batchnorm on small graphs, checked in onnxruntime."""
+
+from __future__ import annotations
+
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+from helpers import BranchSpec, GraphBuilder, assert_same_function, block_model, op_counts
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+
+from repvgg_onnx.api import export_like
+from repvgg_onnx.pipeline import PipelineResult, run_passes
+
+
+def fuse_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PipelineResult]:
+    graph = gs.import_onnx(model)
+    outcome = run_passes(graph)
+    return export_like(graph, model, outcome.fused), outcome
+
+
+REPVGG = [BranchSpec("conv_bn"), BranchSpec("conv_bn", kernel=(1, 1)), BranchSpec("bn")]
+
+
+def test_repvgg_block_becomes_one_conv():
+    model = block_model(REPVGG)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1, "Relu": 1}
+    assert_same_function(model, fused)
+    [block] = outcome.fused
+    assert block.branches == ("Conv3x3+BN", "Conv1x1+BN", "BN")
+    assert block.result == "Conv3x3"
+    assert outcome.skipped == []
+
+
+def test_block_output_keeps_its_name_and_relu_is_untouched():
+    model = block_model(REPVGG)
+    add_output = model.graph.node[-2].output[0]
+    fused, _ = fuse_model(model)
+    conv, relu = fused.graph.node
+    assert conv.output[0] == add_output
+    assert relu.op_type == "Relu" and relu.input[0] == add_output
+
+
+@pytest.mark.parametrize(
+    "branches",
+    [
+        [BranchSpec("conv"), BranchSpec("conv", kernel=(1, 1)), BranchSpec("identity")],
+        [BranchSpec("conv", stride=2), BranchSpec("conv", kernel=(1, 1), stride=2)],
+        [
+            BranchSpec("conv_bn", groups=4),
+            BranchSpec("conv_bn", kernel=(1, 1), groups=4),
+            BranchSpec("bn"),
+        ],
+        [BranchSpec("conv", kernel=(3, 3), groups=4) for _ in range(3)]
+        + [BranchSpec("conv", kernel=(1, 1), groups=4), BranchSpec("bn")],
+        [BranchSpec("conv", kernel=(5, 5)), BranchSpec("conv", kernel=(3, 3))],
+        [BranchSpec("conv"), BranchSpec("conv", kernel=(1, 3)), BranchSpec("conv", kernel=(3, 1))],
+        [BranchSpec("conv", dilation=2), BranchSpec("identity")],
+        [BranchSpec("bn"), BranchSpec("identity"), BranchSpec("conv", kernel=(1, 1))],
+    ],
+    ids=["identity", "stride2", "g4", "mobileone", "replk", "acnet", "dilated", "bn-first"],
+)
+def test_block_families_fuse_exactly(branches):
+    model = block_model(branches, cin=4, cout=4, size=9)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1, "Relu": 1}
+    assert len(outcome.fused) == 1
+    assert_same_function(model, fused)
+
+
+def test_add_tree_in_any_association():
+    """``c + (a + b)`` with the nested Add as the second operand."""
+    builder = GraphBuilder(3)
+    a = builder.branch("x", 4, 4, BranchSpec("conv_bn"))
+    b = builder.branch("x", 4, 4, BranchSpec("conv_bn", kernel=(1, 1)))
+    c = builder.branch("x", 4, 4, BranchSpec("bn"))
+    inner = builder.add_chain([a, b])
+    builder.nodes.append(helper.make_node("Add", [c, inner], ["y"], name="outer"))
+    model = builder.model(
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
+    )
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1}
+    assert fused.graph.output[0].name == "y"
+    assert_same_function(model, fused)
+
+
+def test_conv_bn_outside_blocks_is_folded():
+    builder = GraphBuilder(4)
+    y = builder.branch("x", 3, 8, BranchSpec("conv_bn", stride=2))
+    model = builder.model(
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 8, 4, 4])],
+    )
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1}
+    assert [b.rule for b in outcome.fused] == ["fold_batchnorm"]
+    assert_same_function(model, fused)
+
+
+def test_batchnorm_after_the_sum_folds_into_the_merged_conv():
+    """RepViT: raw identity + conv, BN after the sum."""
+    builder = GraphBuilder(5)
+    a = builder.branch("x", 4, 4, BranchSpec("conv", kernel=(3, 3), groups=4))
+    total = builder.add_chain([a, "x"])
+    y = builder.batchnorm(total, 4)
+    model = builder.model(
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4, 6, 6])],
+    )
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1}
+    assert [b.rule for b in outcome.fused] == ["merge_parallel_branches", "fold_batchnorm"]
+    assert_same_function(model, fused)
+
+
+@st.composite
+def branch_lists(draw):
+    stride = draw(st.sampled_from([1, 2]))
+    dilation = draw(st.sampled_from([1, 2]))
+    groups = draw(st.sampled_from([1, 2, 4]))
+    kinds = st.sampled_from(["conv", "conv_bn"])
+    kernels = st.sampled_from([(1, 1), (3, 3), (5, 5), (7, 7)])
+    specs = [
+        BranchSpec(
+            draw(kinds), kernel=draw(kernels), stride=stride, dilation=dilation, groups=groups
+        )
+        for _ in range(draw(st.integers(1, 3)))
+    ]
+    if stride == 1:
+        specs += [
+            BranchSpec(kind)
+            for kind in draw(st.lists(st.sampled_from(["bn", "identity"]), max_size=2))
+        ]
+    if len(specs) < 2:
+        specs.append(BranchSpec("conv", kernel=(1, 1), stride=stride, groups=groups))
+    return draw(st.permutations(specs))
+
+
+@settings(max_examples=40, deadline=None)
+@given(branch_lists(), st.integers(0, 2**16))
+def test_random_blocks_fuse_to_one_conv_with_equal_outputs(branches, seed):
+    model = block_model(branches, cin=8, cout=8, size=11, seed=seed)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1, "Relu": 1}, outcome.skipped
+    assert_same_function(model, fused)

@@ -1,0 +1,136 @@
+"""Must-not-fuse cases: the graph is left as it was and the skip reason is reported."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from helpers import BranchSpec, GraphBuilder, assert_same_function, block_model, op_counts
+from onnx import TensorProto, helper
+from test_passes_merge import fuse_model
+
+from repvgg_onnx.errors import UnsupportedModelError
+
+
+def only_skip(model: onnx.ModelProto) -> str:
+    """Fuse; assert nothing merged or changed; return the single skip reason."""
+    fused, outcome = fuse_model(model)
+    assert [b for b in outcome.fused if b.rule == "merge_parallel_branches"] == []
+    assert op_counts(fused).get("Add") == op_counts(model).get("Add")
+    assert op_counts(fused)["Conv"] == op_counts(model)["Conv"]
+    assert_same_function(model, fused)
+    [skip] = [s for s in outcome.skipped if s.rule == "merge_parallel_branches"]
+    return skip.reason
+
+
+def io_model(builder, y, cin=4, size=8, extra_inputs=(), extra_outputs=()):
+    return builder.model(
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, size, size]),
+            *extra_inputs,
+        ],
+        [
+            helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, None, None, None]),
+            *extra_outputs,
+        ],
+    )
+
+
+def test_branches_of_different_inputs():
+    builder = GraphBuilder(1)
+    x2 = builder.branch("x", 4, 4, BranchSpec("conv", kernel=(1, 1)))
+    relu = builder.name("r")
+    builder.nodes.append(helper.make_node("Relu", [x2], [relu]))
+    a = builder.branch(relu, 4, 4, BranchSpec("conv_bn"))
+    y = builder.add_chain([a, "x"])
+    reason = only_skip(io_model(builder, y))
+    assert "read different tensors" in reason
+
+
+def test_stride_mismatch():
+    """A stride-2 3x3 and a stride-1 1x1 agree in output size only on a 1x1 input."""
+    model = block_model([BranchSpec("conv", stride=2), BranchSpec("conv", kernel=(1, 1))], size=1)
+    assert "strides differ" in only_skip(model)
+
+
+def test_dilation_mismatch():
+    model = block_model([BranchSpec("conv", dilation=2), BranchSpec("conv", dilation=1)])
+    assert "dilations differ" in only_skip(model)
+
+
+def test_groups_that_would_densify_the_main_branch():
+    model = block_model([BranchSpec("conv", groups=4), BranchSpec("conv", kernel=(1, 1))])
+    assert "groups differ" in only_skip(model)
+
+
+def test_misaligned_pads():
+    """Same output size, but the 1x1 is not at the 3x3's centre and stride 2 shifts it."""
+    model = block_model(
+        [
+            BranchSpec("conv", stride=2),
+            BranchSpec("conv", kernel=(1, 1), stride=2, pads=(1, 1, 0, 0)),
+        ],
+        size=9,
+    )
+    assert "pads do not align" in only_skip(model)
+
+
+def test_tapped_branch_output_keeps_its_value():
+    builder = GraphBuilder(2)
+    a = builder.branch("x", 4, 4, BranchSpec("conv_bn"))
+    b = builder.branch("x", 4, 4, BranchSpec("conv_bn", kernel=(1, 1)))
+    y = builder.add_chain([a, b])
+    tap = helper.make_tensor_value_info(b, TensorProto.FLOAT, [1, 4, 8, 8])
+    reason = only_skip(io_model(builder, y, extra_outputs=[tap]))
+    assert f"'{b}' is also read by the graph output" in reason
+
+
+def test_relu_inside_a_branch():
+    """RepVGG's own ablation: a non-linear branch cannot be folded."""
+    builder = GraphBuilder(3)
+    a = builder.branch("x", 4, 4, BranchSpec("conv_bn"))
+    relu = builder.name("relu")
+    builder.nodes.append(helper.make_node("Relu", [a], [relu], name="branch_relu"))
+    b = builder.branch("x", 4, 4, BranchSpec("conv_bn", kernel=(1, 1)))
+    c = builder.branch("x", 4, 4, BranchSpec("bn"))
+    y = builder.add_chain([relu, b, c])
+    reason = only_skip(io_model(builder, y))
+    assert f"Identity '{relu}' is a function of '{relu}'" in reason
+
+
+def test_weights_fed_as_graph_inputs():
+    builder = GraphBuilder(4)
+    a = builder.branch("x", 4, 4, BranchSpec("conv_bn"))
+    builder.nodes.append(
+        helper.make_node("Conv", ["x", "w_in"], ["dyn"], name="dyn_conv", pads=[0, 0, 0, 0])
+    )
+    y = builder.add_chain([a, "dyn"])
+    w_in = helper.make_tensor_value_info("w_in", TensorProto.FLOAT, [4, 4, 1, 1])
+    model = io_model(builder, y, extra_inputs=[w_in])
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused)["Add"] == 1
+    [skip] = [s for s in outcome.skipped if s.rule == "merge_parallel_branches"]
+    assert "weights that are not constant ('w_in')" in skip.reason
+
+
+def test_training_mode_batchnorm_is_refused():
+    builder = GraphBuilder(5)
+    a = builder.branch("x", 4, 4, BranchSpec("conv_bn"))
+    model = io_model(builder, a)
+    bn = next(n for n in model.graph.node if n.op_type == "BatchNormalization")
+    bn.attribute.append(helper.make_attribute("training_mode", 1))
+    bn.output.extend(["running_mean", "running_var"])
+    with pytest.raises(UnsupportedModelError, match="training mode"):
+        fuse_model(model)
+
+
+def test_plain_residual_add_is_not_a_block():
+    """ResNet-style ``x + conv(relu(conv(x)))`` stays, reported as reading different tensors."""
+    builder = GraphBuilder(6)
+    a = builder.branch("x", 4, 4, BranchSpec("conv_bn"))
+    relu = builder.name("relu")
+    builder.nodes.append(helper.make_node("Relu", [a], [relu]))
+    b = builder.branch(relu, 4, 4, BranchSpec("conv_bn"))
+    y = builder.add_chain([b, "x"])
+    fused, outcome = fuse_model(io_model(builder, y))
+    assert op_counts(fused) == {"Conv": 2, "Relu": 1, "Add": 1}  # both BNs folded
+    assert any("read different tensors" in s.reason for s in outcome.skipped)
