@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 from repvgg_onnx import io
 from repvgg_onnx.errors import CheckFailedError, UnsupportedModelError
 from repvgg_onnx.passes.result import FusedBlock
-from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass, run_passes
+from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass, PipelineResult, run_passes
 from repvgg_onnx.report import FuseReport, ModelStats
 from repvgg_onnx.verify import DEFAULT_RTOL, Verification, verify_models
 
@@ -68,9 +68,7 @@ def fuse(
     seconds["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    graph = _import_graph(original)
-    outcome = run_passes(graph, passes)
-    fused_model = export_like(graph, original, outcome.fused)
+    fused_model, outcome = fuse_graph(original, passes)
     check_fused_model(fused_model, original)
     seconds["fuse"] = time.perf_counter() - start
 
@@ -104,6 +102,26 @@ class FuseVerificationError(CheckFailedError):
             "nothing was written. Please report this model; --atol/--rtol loosen the check."
         )
         self.report = report
+
+
+def fuse_graph(
+    model: onnx.ModelProto, passes: Sequence[Pass] = DEFAULT_PASSES
+) -> tuple[onnx.ModelProto, PipelineResult]:
+    """Run ``passes`` to a fixpoint on a copy of ``model``'s graph; no checks, no verification."""
+    graph = _import_graph(_with_inferred_shapes(model))
+    outcome = run_passes(graph, passes)
+    return export_like(graph, model, outcome.fused), outcome
+
+
+def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with shapes of intermediate tensors, so passes can prove a ``+ 0`` does not
+    broadcast and count an identity branch's channels; ``model`` itself if inference fails."""
+    if io.exceeds_protobuf_limit(model):
+        return model
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
+    except Exception:  # inference is a help, never a requirement
+        return model
 
 
 def _import_graph(model: onnx.ModelProto) -> gs.Graph:

@@ -9,6 +9,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from repvgg_onnx.api import fuse_graph
+from repvgg_onnx.pipeline import PipelineResult
+
 OPSET = 17
 
 
@@ -175,3 +178,8 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
+
+
+def fuse_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PipelineResult]:
+    """Run the passes (no verification) and export; the input model is not modified."""
+    return fuse_graph(model)

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import onnx
-import onnx_graphsurgeon as gs
 import pytest
-from helpers import BranchSpec, GraphBuilder, assert_same_function, block_model, op_counts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from repvgg_onnx.api import export_like
-from repvgg_onnx.pipeline import PipelineResult, run_passes
-
-
-def fuse_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PipelineResult]:
-    graph = gs.import_onnx(model)
-    outcome = run_passes(graph)
-    return export_like(graph, model, outcome.fused), outcome
-
+from helpers import (
+    BranchSpec,
+    GraphBuilder,
+    assert_same_function,
+    block_model,
+    fuse_model,
+    op_counts,
+)
 
 REPVGG = [BranchSpec("conv_bn"), BranchSpec("conv_bn", kernel=(1, 1)), BranchSpec("bn")]
 

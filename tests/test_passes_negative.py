@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from helpers import BranchSpec, GraphBuilder, assert_same_function, block_model, op_counts
 from onnx import TensorProto, helper
-from test_passes_merge import fuse_model
 
+from helpers import (
+    BranchSpec,
+    GraphBuilder,
+    assert_same_function,
+    block_model,
+    fuse_model,
+    op_counts,
+)
 from repvgg_onnx.errors import UnsupportedModelError
 
 
