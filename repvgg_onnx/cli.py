@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -129,7 +130,9 @@ def fuse(
     except api.FuseVerificationError as error:
         _print_report(error.report, output_format, quiet=False)
         raise
+    start = time.perf_counter()
     io.save_model(result.model, output_path)
+    result.report.seconds["save"] = time.perf_counter() - start
     _print_report(result.report, output_format, quiet)
     if output_format == "text" and not quiet:
         click.echo(f"Wrote {output_path}")

@@ -119,6 +119,9 @@ class GraphBuilder:
         return model
 
 
+REPVGG_BRANCHES = [BranchSpec("conv_bn"), BranchSpec("conv_bn", kernel=(1, 1)), BranchSpec("bn")]
+
+
 def block_model(
     branches: list[BranchSpec],
     cin: int = 4,

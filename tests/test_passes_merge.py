@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from helpers import (
+    REPVGG_BRANCHES,
     BranchSpec,
     GraphBuilder,
     assert_same_function,
@@ -16,7 +17,7 @@ from helpers import (
     op_counts,
 )
 
-REPVGG = [BranchSpec("conv_bn"), BranchSpec("conv_bn", kernel=(1, 1)), BranchSpec("bn")]
+REPVGG = REPVGG_BRANCHES
 
 
 def test_repvgg_block_becomes_one_conv():
