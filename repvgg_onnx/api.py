@@ -18,7 +18,7 @@ from repvgg_onnx.errors import CheckFailedError, UnsupportedModelError
 from repvgg_onnx.passes.result import FusedBlock
 from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass, PipelineResult, run_passes
 from repvgg_onnx.report import FuseReport, ModelStats
-from repvgg_onnx.verify import DEFAULT_RTOL, Verification, verify_models
+from repvgg_onnx.verify import Verification, verify_models
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 
@@ -53,7 +53,7 @@ def fuse(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
     atol: float | None = None,
-    rtol: float = DEFAULT_RTOL,
+    rtol: float | None = None,
     passes: Sequence[Pass] = DEFAULT_PASSES,
 ) -> FuseResult:
     """Re-parameterize every fusable block of ``model`` and check the result in onnxruntime.

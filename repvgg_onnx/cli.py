@@ -16,7 +16,13 @@ import click
 
 from repvgg_onnx import __version__, api, io
 from repvgg_onnx.errors import ReparamError
-from repvgg_onnx.verify import DEFAULT_RTOL, parse_input_shapes
+from repvgg_onnx.verify import (
+    DEFAULT_ATOL_SCALE,
+    DEFAULT_RTOL,
+    HALF_PRECISION_ATOL_SCALE,
+    HALF_PRECISION_RTOL,
+    parse_input_shapes,
+)
 
 EXIT_INTERNAL_ERROR = 3
 EXIT_INTERRUPTED = 130
@@ -77,9 +83,15 @@ def main() -> None:
     "--atol",
     type=float,
     default=None,
-    help="Absolute tolerance. Default: 1e-5 × the largest |value| of each original output.",
+    help=f"Absolute tolerance. Default: {DEFAULT_ATOL_SCALE:g} × the largest |value| of each "
+    f"original output ({HALF_PRECISION_ATOL_SCALE:g} × for float16).",
 )
-@click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True)
+@click.option(
+    "--rtol",
+    type=float,
+    default=None,
+    help=f"Relative tolerance. Default: {DEFAULT_RTOL:g} ({HALF_PRECISION_RTOL:g} for float16).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option(
     "--input-shape",
@@ -104,7 +116,7 @@ def fuse(
     output_path: Path,
     verify: bool,
     atol: float | None,
-    rtol: float,
+    rtol: float | None,
     seed: int,
     input_shapes: tuple[str, ...],
     output_format: str,

@@ -21,6 +21,9 @@ from repvgg_onnx.errors import CheckFailedError, InputSpecError, UnsupportedMode
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL_SCALE = 1e-5
+#: Half-precision outputs carry ~3 significant digits; their defaults are looser to match.
+HALF_PRECISION_RTOL = 1e-2
+HALF_PRECISION_ATOL_SCALE = 1e-3
 DEFAULT_BATCH = 1
 
 _ONNX_TO_NUMPY = {
@@ -64,7 +67,7 @@ class Verification:
     outputs: tuple[OutputComparison, ...]
     input_shapes: dict[str, list[int]]
     seed: int
-    rtol: float
+    rtol: float | None
     atol: float | None
 
     def __bool__(self) -> bool:
@@ -78,7 +81,7 @@ class Verification:
             "passed": self.passed,
             "seed": self.seed,
             "rtol": self.rtol,
-            "atol": self.atol if self.atol is not None else f"{DEFAULT_ATOL_SCALE}*max|ref|",
+            "atol": self.atol,
             "input_shapes": self.input_shapes,
             "outputs": [output.to_dict() for output in self.outputs],
         }
@@ -183,13 +186,23 @@ def synthesize_inputs(
 
 
 def compare_output(
-    name: str, reference: np.ndarray, candidate: np.ndarray, atol: float | None, rtol: float
+    name: str,
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    atol: float | None,
+    rtol: float | None,
 ) -> OutputComparison:
-    """Compare one output; ``atol=None`` means ``DEFAULT_ATOL_SCALE · max|reference|``."""
+    """Compare one output; ``None`` tolerances take the defaults for the output's precision:
+    ``rtol = DEFAULT_RTOL``, ``atol = DEFAULT_ATOL_SCALE · max|reference|`` (looser for float16).
+    """
+    half = np.asarray(reference).dtype == np.float16
+    if rtol is None:
+        rtol = HALF_PRECISION_RTOL if half else DEFAULT_RTOL
+    atol_scale = HALF_PRECISION_ATOL_SCALE if half else DEFAULT_ATOL_SCALE
     reference64 = np.asarray(reference, np.float64)
     candidate64 = np.asarray(candidate, np.float64)
     scale = float(np.abs(reference64).max()) if reference64.size else 0.0
-    effective_atol = DEFAULT_ATOL_SCALE * scale if atol is None else atol
+    effective_atol = atol_scale * scale if atol is None else atol
     if reference64.shape != candidate64.shape:
         return OutputComparison(
             name,
@@ -264,7 +277,7 @@ def verify_models(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
     atol: float | None = None,
-    rtol: float = DEFAULT_RTOL,
+    rtol: float | None = None,
 ) -> Verification:
     """Run both models on the same seeded inputs and compare every reference output by name."""
     shapes = resolve_input_shapes(reference, input_shapes)

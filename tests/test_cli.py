@@ -182,6 +182,7 @@ def test_real_subprocess_and_version(block_path, tmp_path):
     out = tmp_path / "out.onnx"
     done = subprocess.run(
         [sys.executable, "-m", "repvgg_onnx", "fuse", str(block_path), str(out)],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         check=False,
