@@ -188,10 +188,7 @@ def _plan_merge(graph: gs.Graph, root: gs.Node, leaves: list[gs.Tensor]) -> Merg
     source = max(branches, key=lambda b: votes[id(b.source)]).source
     for branch in branches:
         if branch.source is not source:
-            return (
-                f"the terms read different tensors: {branch.label} '{branch.leaf.name}' is a "
-                f"function of '{branch.source.name}', the others of '{source.name}'"
-            )
+            return _different_source_reason(branch, source)
     for branch in branches:
         if branch.problem:
             return branch.problem
@@ -213,6 +210,19 @@ def _plan_merge(graph: gs.Graph, root: gs.Node, leaves: list[gs.Tensor]) -> Merg
     except (IncompatibleBranchesError, ValueError) as error:
         return str(error)
     return MergePlan(root, source, merged, dtypes.pop(), labels)
+
+
+def _different_source_reason(branch: Branch, source: gs.Tensor) -> str:
+    node = producer(branch.leaf)
+    if branch.label == "Identity" and node is not None:
+        return (
+            f"term '{branch.leaf.name}' comes from {node.op} '{node.name}', which is not a "
+            f"Conv, BatchNormalization or identity of '{source.name}'"
+        )
+    return (
+        f"the terms read different tensors: {branch.label} '{branch.leaf.name}' reads "
+        f"'{branch.source.name}', the other terms read '{source.name}'"
+    )
 
 
 def _complete_forms(branches: list[Branch], source: gs.Tensor) -> list[AffineConv] | str:

@@ -150,11 +150,20 @@ def export_like(
     model.opset_import.extend(original.opset_import)
     del model.metadata_props[:]
     model.metadata_props.extend(original.metadata_props)
+    _keep_value_info_of(model, original)
     model.graph.name = original.graph.name
     model.graph.doc_string = original.graph.doc_string
     if original.ir_version >= _METADATA_MIN_IR_VERSION:
         _tag_fused_nodes(model, fused)
     return model
+
+
+def _keep_value_info_of(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Keep only the value_info entries the original had (shape inference added the rest)."""
+    known = {value.name for value in original.graph.value_info}
+    kept = [value for value in model.graph.value_info if value.name in known]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
 
 
 def _tag_fused_nodes(model: onnx.ModelProto, fused: Sequence[FusedBlock]) -> None:
