@@ -61,7 +61,8 @@ def conv_as_affine(node: gs.Node) -> AffineConv | str:
 
 
 def conv_dtype(node: gs.Node) -> np.dtype:
-    return np.asarray(constant_values(node.inputs[1])).dtype
+    """The element type of a Conv's constant weights, without loading them."""
+    return np.dtype(node.inputs[1].dtype)
 
 
 def batchnorm_parameters(node: gs.Node) -> BatchNormParameters | str:

@@ -36,8 +36,10 @@ class IncompatibleBranchesError(ValueError):
 class AffineConv:
     """``y = conv(x, kernel) + bias``, ONNX Conv semantics, for any number of spatial dims.
 
-    Invariants: ``kernel`` is float64 ``[Cout, Cin/groups, *kernel_shape]``; ``bias`` is float64
-    ``[Cout]``; ``strides``, ``dilations`` have one entry per spatial dim; ``pads`` is ONNX's
+    Invariants: ``kernel`` is ``[Cout, Cin/groups, *kernel_shape]`` and ``bias`` is ``[Cout]``,
+    both floating point: a model's float32 weights are read as they are (no copy), and every
+    kernel or bias this module computes is float64, so all arithmetic happens in float64;
+    ``strides``, ``dilations`` have one entry per spatial dim; ``pads`` is ONNX's
     ``(begin_0, begin_1, …, end_0, end_1, …)``.
     """
 
@@ -83,12 +85,12 @@ def affine_conv(
     groups: int = 1,
 ) -> AffineConv:
     """An :class:`AffineConv` with ONNX's defaults: stride 1, dilation 1, no pads, no bias."""
-    kernel = np.asarray(kernel, dtype=np.float64)
+    kernel = _as_floating(kernel)
     rank = kernel.ndim - 2
     if rank < 1:
         raise ValueError(f"a conv kernel needs at least 3 dims, got shape {kernel.shape}")
     out_channels = kernel.shape[0]
-    bias = np.zeros(out_channels) if bias is None else np.asarray(bias, dtype=np.float64)
+    bias = np.zeros(out_channels) if bias is None else _as_floating(bias)
     if bias.shape != (out_channels,):
         raise ValueError(f"bias shape {bias.shape} does not match {out_channels} output channels")
     if groups < 1 or out_channels % groups:
@@ -101,6 +103,12 @@ def affine_conv(
         pads=tuple(int(p) for p in pads) if pads is not None else (0,) * (2 * rank),
         groups=int(groups),
     )
+
+
+def _as_floating(values) -> np.ndarray:
+    """``values`` as a floating-point array: floating input as is, anything else as float64."""
+    array = np.asarray(values)
+    return array if np.issubdtype(array.dtype, np.floating) else array.astype(np.float64)
 
 
 def batchnorm_scale_shift(
@@ -134,8 +142,8 @@ def fold_batchnorm(
         )
     broadcast = (slice(None),) + (None,) * (conv.kernel.ndim - 1)
     return AffineConv(
-        kernel=conv.kernel * scale[broadcast],
-        bias=conv.bias * scale + shift,
+        kernel=np.multiply(conv.kernel, scale[broadcast], dtype=np.float64),
+        bias=np.multiply(conv.bias, scale, dtype=np.float64) + shift,
         strides=conv.strides,
         dilations=conv.dilations,
         pads=conv.pads,
@@ -184,14 +192,10 @@ def regroup_kernel(kernel: np.ndarray, groups: int, new_groups: int) -> np.ndarr
     return result
 
 
-def place_kernel(
-    kernel: np.ndarray, spatial_shape: Sequence[int], offsets: Sequence[int]
-) -> np.ndarray:
-    """Zero-pad ``kernel`` to ``spatial_shape``, its first tap at ``offsets`` (in taps)."""
-    result = np.zeros(kernel.shape[:2] + tuple(spatial_shape))
-    window = tuple(slice(o, o + k) for o, k in zip(offsets, kernel.shape[2:], strict=True))
-    result[(slice(None), slice(None), *window)] = kernel
-    return result
+def _window(kernel_shape: Sequence[int], offsets: Sequence[int]) -> tuple[slice, ...]:
+    """The index of a kernel placed at ``offsets`` inside a larger one (all channels)."""
+    spatial = (slice(o, o + k) for o, k in zip(offsets, kernel_shape, strict=True))
+    return (slice(None), slice(None), *spatial)
 
 
 def describe_kernel(conv: AffineConv) -> str:
@@ -230,7 +234,7 @@ def merge_affine_convs(
     bias = np.zeros(first.out_channels)
     for branch, branch_offsets in zip(branches, offsets, strict=True):
         regrouped = regroup_kernel(branch.kernel, branch.groups, groups)
-        kernel += place_kernel(regrouped, spatial_shape, branch_offsets)
+        kernel[_window(regrouped.shape[2:], branch_offsets)] += regrouped
         bias += branch.bias
     return AffineConv(kernel, bias, first.strides, dilations, begin + end, groups)
 

@@ -15,6 +15,7 @@ names the path, says what is wrong and what to do.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import secrets
@@ -29,6 +30,7 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx.external_data_helper import set_external_data, uses_external_data
 
 from repvgg_onnx.errors import ModelLoadError, ModelSaveError
+from repvgg_onnx.skeleton import model_skeleton
 
 # Protobuf cannot serialize a message of 2 GiB or more; stay well below it, since the estimate
 # counts only tensor data and not the graph around it.
@@ -44,6 +46,27 @@ _TYPED_FIELD_MAX_BYTES = {
     "uint64_data": 10,
 }
 _CHECKER_DETAIL_MAX_CHARS = 300
+
+#: Bytes per element of the fixed-width, whole-byte tensor types (sub-byte and string types are
+#: left to onnxruntime).
+_FIXED_ITEMSIZE = {
+    data_type: onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize
+    for data_type in (
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.BFLOAT16,
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.INT16,
+        onnx.TensorProto.UINT16,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.UINT32,
+        onnx.TensorProto.INT64,
+        onnx.TensorProto.UINT64,
+        onnx.TensorProto.BOOL,
+    )
+}
 
 _Writer = Callable[[BinaryIO], None]
 
@@ -104,11 +127,6 @@ def save_model(
             f"{target}: could not write the model ({err.strerror or err}); "
             "check free space and permissions of its folder."
         ) from err
-
-
-def exceeds_protobuf_limit(model: onnx.ModelProto) -> bool:
-    """True if ``model`` is too large to serialize in one protobuf (estimated, not measured)."""
-    return _estimated_size(model) > _INLINE_LIMIT_BYTES
 
 
 def model_file_size(path: str | os.PathLike) -> int:
@@ -218,8 +236,14 @@ def _load_tensor_data(tensor: onnx.TensorProto, ref: _ExternalRef) -> None:
 
 
 def _run_checker(model: onnx.ModelProto, path: Path) -> None:
-    """Run ``onnx.checker`` on the model, through its path when it is too big to serialize."""
-    subject = os.fspath(path) if _estimated_size(model) > _INLINE_LIMIT_BYTES else model
+    """``onnx.checker`` on the model's skeleton (nodes, types, attributes, small tensors) and our
+    own check of what the skeleton leaves out: each large tensor holds the bytes its shape needs.
+
+    Checking the skeleton avoids serializing the weights; only a skeleton too large to
+    serialize (huge Constant nodes) is checked through the file's path instead.
+    """
+    skeleton = model_skeleton(model)
+    subject = os.fspath(path) if _estimated_size(skeleton) > _INLINE_LIMIT_BYTES else skeleton
     try:
         onnx.checker.check_model(subject)
     except onnx.checker.ValidationError as err:
@@ -227,6 +251,32 @@ def _run_checker(model: onnx.ModelProto, path: Path) -> None:
             f"{path}: fails the ONNX checker ({_checker_detail(err)}); "
             "re-export the model or repair the graph."
         ) from err
+    for tensor in model.graph.initializer:
+        problem = _tensor_size_problem(tensor)
+        if problem:
+            raise ModelLoadError(f"{path}: {problem}; re-export the model.")
+
+
+def _tensor_size_problem(tensor: onnx.TensorProto) -> str | None:
+    """Why the tensor's data does not fit its shape and type, or ``None`` if it does."""
+    elements = math.prod(tensor.dims)
+    if tensor.HasField("raw_data"):
+        itemsize = _FIXED_ITEMSIZE.get(tensor.data_type)
+        needed = None if itemsize is None else elements * itemsize
+        if needed is not None and len(tensor.raw_data) != needed:
+            return (
+                f"initializer '{tensor.name}' holds {len(tensor.raw_data)} bytes but its shape "
+                f"{list(tensor.dims)} needs {needed}"
+            )
+        return None
+    for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+        values = getattr(tensor, field)
+        if values and len(values) != elements:
+            return (
+                f"initializer '{tensor.name}' holds {len(values)} values but its shape "
+                f"{list(tensor.dims)} needs {elements}"
+            )
+    return None
 
 
 def _checker_detail(err: Exception) -> str:

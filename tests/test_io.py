@@ -155,7 +155,7 @@ def test_load_dangling_weight_reference_fails_the_checker(tmp_path: Path) -> Non
     assert "input 'W'" in message
 
 
-def test_load_checks_large_models_through_their_path(
+def test_load_checks_the_skeleton_or_a_huge_one_through_its_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checked: list[object] = []
@@ -171,11 +171,10 @@ def test_load_checks_large_models_through_their_path(
     io.load_model(path)
     assert isinstance(checked[-1], onnx.ModelProto)
 
-    monkeypatch.setattr(io, "_INLINE_LIMIT_BYTES", 2 * WEIGHT_BYTES)
+    monkeypatch.setattr(io, "_INLINE_LIMIT_BYTES", -1)
     io.load_model(path)
     assert checked[-1] == str(path)
     path.write_bytes(onnx.parser.parse_model(DANGLING).SerializeToString())
-    monkeypatch.setattr(io, "_INLINE_LIMIT_BYTES", -1)
     assert "fails the ONNX checker" in load_error(path)
     assert checked[-1] == str(path)
 
@@ -518,3 +517,23 @@ def test_model_file_size_refuses_unsafe_data(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError) as err:
         io.model_file_size(folder / "m.onnx")
     assert "outside the model's folder" in assert_user_message(err, folder / "m.onnx")
+
+
+@pytest.mark.parametrize("cut", [1, 4])
+def test_load_refuses_a_large_initializer_shorter_than_its_shape(tmp_path: Path, cut: int) -> None:
+    """Large tensors are checked by us, not by onnx.checker (which only sees the skeleton)."""
+    weight = numpy_helper.from_array(np.ones((50, 50), np.float32), "big")
+    weight.raw_data = weight.raw_data[:-cut]
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["big"], ["y"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [50, 50])],
+        [weight],
+    )
+    path = tmp_path / "short.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    message = load_error(path)
+    assert (
+        f"initializer 'big' holds {10000 - cut} bytes but its shape [50, 50] needs 10000" in message
+    )

@@ -1,0 +1,58 @@
+"""A model's skeleton: its graph without the bytes of its large constants.
+
+Checks and shape inference need every tensor's type and shape, not the weights' values;
+serializing a model with its weights (as ``onnx.checker`` and ``onnx.shape_inference`` do) costs
+more than loading it. The skeleton keeps nodes, inputs, outputs, value_info, functions and
+small initializers (shape tensors, axes) and turns every large initializer into a graph input
+of the same name, element type and shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import onnx
+from onnx import helper
+
+#: Initializers with at most this many elements stay in the skeleton: shape inference may need
+#: the values of shape-like tensors (Reshape's shape, ReduceMean's axes, Slice's starts).
+SMALL_TENSOR_ELEMENTS = 1024
+
+_MODEL_FIELDS = ("ir_version", "producer_name", "producer_version", "domain", "model_version")
+
+
+def model_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph with each initializer of more than ``SMALL_TENSOR_ELEMENTS`` elements
+    replaced by a typed graph input; valid, checkable and inferable like the model."""
+    skeleton = onnx.ModelProto()
+    for name in _MODEL_FIELDS:
+        setattr(skeleton, name, getattr(model, name))
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    source, graph = model.graph, skeleton.graph
+    graph.name = source.name
+    graph.node.extend(source.node)
+    graph.input.extend(source.input)
+    graph.output.extend(source.output)
+    graph.value_info.extend(source.value_info)
+    graph.sparse_initializer.extend(source.sparse_initializer)
+    listed = {value.name for value in source.input}
+    for tensor in source.initializer:
+        if math.prod(tensor.dims) <= SMALL_TENSOR_ELEMENTS:
+            graph.initializer.append(tensor)
+        elif tensor.name not in listed:
+            graph.input.append(
+                helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+            )
+    return skeleton
+
+
+def inferred_value_info(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Types and shapes of the model's intermediate tensors by name (empty if inference fails)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(
+            model_skeleton(model), check_type=False, strict_mode=False
+        )
+    except Exception:  # inference is a help, never a requirement
+        return {}
+    return {value.name: value for value in inferred.graph.value_info}
