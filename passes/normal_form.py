@@ -76,6 +76,13 @@ def batchnorm_parameters(node: gs.Node) -> BatchNormParameters | str:
                 f"BatchNormalization '{node.name}' has a parameter that is not constant "
                 f"('{tensor.name}')"
             )
+    if attribute(node, "spatial", 1) == 0:
+        return f"BatchNormalization '{node.name}' has spatial=0 (statistics per position)"
+    if not all(value.ndim == 1 for value in values) or len({v.size for v in values}) != 1:
+        return (
+            f"BatchNormalization '{node.name}' has parameters of shapes "
+            f"{[list(v.shape) for v in values]}, not one value per channel"
+        )
     gamma, beta, mean, var = values
     return BatchNormParameters(gamma, beta, mean, var, float(attribute(node, "epsilon", 1e-5)))
 

@@ -54,7 +54,11 @@ class OutputComparison:
     """The smallest ``atol`` that would have passed at this ``rtol`` (as Polygraphy reports)."""
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        """JSON-ready: non-finite errors (a shape mismatch, NaN) become ``None``."""
+        data = {
+            k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+            for k, v in asdict(self).items()
+        }
         data["shape"] = list(self.shape)
         return data
 
