@@ -12,7 +12,6 @@ writes the tensor the Add tree's root wrote, under the same name, so whatever fo
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +77,8 @@ def merge_parallel_branches(graph: gs.Graph) -> PassResult:
         if not _looks_like_block(leaves):
             continue
         outcome = _plan_merge(graph, root, leaves)
+        if outcome is None:
+            continue
         if isinstance(outcome, MergePlan):
             plans.append(outcome)
         else:
@@ -132,29 +133,47 @@ def _looks_like_block(leaves: list[gs.Tensor]) -> bool:
     )
 
 
-def _read_branch(graph: gs.Graph, leaf: gs.Tensor) -> Branch:
+def _interpretations(graph: gs.Graph, leaf: gs.Tensor) -> list[Branch]:
+    """Every way to read ``leaf`` as an affine conv of some tensor, deepest first.
+
+    ``BN(conv(x))`` is a Conv+BN branch of ``x``, a BN branch of ``conv(x)`` and the identity
+    of itself; which one holds depends on the tensor the other terms read, so all are kept.
+    """
     node = producer(leaf)
-    if node is None or node.op not in ("Conv", "BatchNormalization"):
-        return Branch(leaf, leaf, "Identity")
-    if node.op == "Conv":
-        return _read_conv_branch(leaf, node, None)
-    params = batchnorm_parameters(node)
-    inner = node.inputs[0]
-    conv = producer(inner)
-    if conv is None or conv.op != "Conv":
-        branch = Branch(leaf, inner, "BN", interior=[leaf])
+    readings = []
+    if node is not None and node.op == "Conv":
+        readings.append(_read_conv_branch(leaf, node, None))
+    elif node is not None and node.op == "BatchNormalization":
+        params = batchnorm_parameters(node)
+        inner = node.inputs[0]
+        conv = producer(inner)
+        if conv is not None and conv.op == "Conv":
+            readings.append(_read_conv_bn_branch(graph, leaf, conv, node, params))
+        shallow = Branch(leaf, inner, "BN", interior=[leaf])
         if isinstance(params, str):
-            branch.problem = params
+            shallow.problem = params
         else:
-            branch.batchnorm, branch.dtype = params, params.dtype
-        return branch
+            shallow.batchnorm, shallow.dtype = params, params.dtype
+        readings.append(shallow)
+    readings.append(Branch(leaf, leaf, "Identity"))
+    return readings
+
+
+def _read_conv_bn_branch(
+    graph: gs.Graph,
+    leaf: gs.Tensor,
+    conv: gs.Node,
+    batchnorm: gs.Node,
+    params: BatchNormParameters | str,
+) -> Branch:
+    inner = batchnorm.inputs[0]
     if not has_single_use(graph, inner):
         return Branch(
             leaf,
             conv.inputs[0],
             "Conv+BN",
             problem=f"the output of Conv '{conv.name}' ('{inner.name}') is also read by "
-            f"{describe_uses(graph, inner, node)}, so it must keep its value",
+            f"{describe_uses(graph, inner, batchnorm)}, so it must keep its value",
         )
     return _read_conv_branch(leaf, conv, params, interior=[leaf, inner])
 
@@ -181,14 +200,17 @@ def _fold(conv: AffineConv, bn: BatchNormParameters) -> AffineConv:
     return fold_batchnorm(conv, bn.gamma, bn.beta, bn.mean, bn.var, bn.eps)
 
 
-def _plan_merge(graph: gs.Graph, root: gs.Node, leaves: list[gs.Tensor]) -> MergePlan | str:
-    """Decide, without touching the graph, whether the tree merges; a reason if it does not."""
-    branches = [_read_branch(graph, leaf) for leaf in leaves]
-    votes = Counter(id(b.source) for b in branches)
-    source = max(branches, key=lambda b: votes[id(b.source)]).source
-    for branch in branches:
-        if branch.source is not source:
-            return _different_source_reason(branch, source)
+def _plan_merge(graph: gs.Graph, root: gs.Node, leaves: list[gs.Tensor]) -> MergePlan | str | None:
+    """Decide, without touching the graph, whether the tree merges: a plan, a reason why not,
+    or ``None`` when the sum is not a block at all (no Conv or BN term of a shared input)."""
+    readings = [_interpretations(graph, leaf) for leaf in leaves]
+    source = _block_input(readings)
+    branches = [_reading_of(options, source) for options in readings]
+    if all(branch is None or branch.label == "Identity" for branch in branches):
+        return None
+    for options, branch in zip(readings, branches, strict=True):
+        if branch is None:
+            return _different_source_reason(options[0], source)
     for branch in branches:
         if branch.problem:
             return branch.problem
@@ -210,6 +232,23 @@ def _plan_merge(graph: gs.Graph, root: gs.Node, leaves: list[gs.Tensor]) -> Merg
     except (IncompatibleBranchesError, ValueError) as error:
         return str(error)
     return MergePlan(root, source, merged, dtypes.pop(), labels)
+
+
+def _block_input(readings: list[list[Branch]]) -> gs.Tensor:
+    """The tensor the most terms can be read as functions of (then the most non-identity
+    readings): the input of the block."""
+    candidates = {id(b.source): b.source for options in readings for b in options}
+
+    def support(tensor: gs.Tensor) -> tuple[int, int]:
+        chosen = [_reading_of(options, tensor) for options in readings]
+        found = [b for b in chosen if b is not None]
+        return len(found), sum(b.label != "Identity" for b in found)
+
+    return max(candidates.values(), key=support)
+
+
+def _reading_of(options: list[Branch], source: gs.Tensor) -> Branch | None:
+    return next((b for b in options if b.source is source), None)
 
 
 def _different_source_reason(branch: Branch, source: gs.Tensor) -> str:

@@ -144,3 +144,39 @@ def test_random_blocks_fuse_to_one_conv_with_equal_outputs(branches, seed):
     fused, outcome = fuse_model(model)
     assert op_counts(fused) == {"Conv": 1, "Relu": 1}, outcome.skipped
     assert_same_function(model, fused)
+
+
+@pytest.mark.parametrize("identity", ["bn", "identity"])
+def test_block_whose_input_is_a_conv_output(identity):
+    """The identity term ``BN(x)`` (or ``x``) with ``x = Conv(stem)`` is read as a branch of
+    ``x``, not as a Conv+BN branch of the stem's input."""
+    builder = GraphBuilder(7)
+    x = builder.branch("input", 3, 4, BranchSpec("conv"))
+    terms = [
+        builder.branch(x, 4, 4, BranchSpec("conv_bn")),
+        builder.branch(x, 4, 4, BranchSpec("conv_bn", kernel=(1, 1))),
+        builder.branch(x, 4, 4, BranchSpec(identity)),
+    ]
+    y = builder.add_chain(terms)
+    model = builder.model(
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4, 6, 6])],
+    )
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 2}
+    [block] = outcome.fused
+    assert block.branches == ("Conv3x3+BN", "Conv1x1+BN", "BN" if identity == "bn" else "Identity")
+    assert_same_function(model, fused)
+
+
+def test_sum_of_a_tensor_with_itself_is_not_a_block():
+    builder = GraphBuilder(8)
+    x = builder.branch("input", 3, 4, BranchSpec("conv"))
+    y = builder.add_chain([x, x])
+    model = builder.model(
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4, 6, 6])],
+    )
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1, "Add": 1}
+    assert outcome.fused == []
