@@ -123,6 +123,25 @@ def batchnorm_scale_shift(
     return scale, shift
 
 
+def scale_and_shift(conv: AffineConv, scale: np.ndarray, shift: np.ndarray) -> AffineConv:
+    """The affine conv equal to ``scale ⊙ conv(x) + shift`` (one value per output channel).
+
+    ``W' = W·scale`` per output channel, ``b' = b·scale + shift``.
+    """
+    scale = np.asarray(scale, np.float64)
+    if scale.shape != (conv.out_channels,):
+        raise ValueError(f"{scale.size} channel scales for a conv of {conv.out_channels} channels")
+    broadcast = (slice(None),) + (None,) * (conv.kernel.ndim - 1)
+    return AffineConv(
+        kernel=np.multiply(conv.kernel, scale[broadcast], dtype=np.float64),
+        bias=np.multiply(conv.bias, scale, dtype=np.float64) + np.asarray(shift, np.float64),
+        strides=conv.strides,
+        dilations=conv.dilations,
+        pads=conv.pads,
+        groups=conv.groups,
+    )
+
+
 def fold_batchnorm(
     conv: AffineConv,
     gamma: np.ndarray,
@@ -135,20 +154,7 @@ def fold_batchnorm(
 
     ``W' = W·γ/σ`` per output channel, ``b' = β + (b − μ)·γ/σ``, ``σ = sqrt(var + ε)``.
     """
-    scale, shift = batchnorm_scale_shift(gamma, beta, mean, var, eps)
-    if scale.shape != (conv.out_channels,):
-        raise ValueError(
-            f"BatchNormalization has {scale.size} channels, the conv {conv.out_channels}"
-        )
-    broadcast = (slice(None),) + (None,) * (conv.kernel.ndim - 1)
-    return AffineConv(
-        kernel=np.multiply(conv.kernel, scale[broadcast], dtype=np.float64),
-        bias=np.multiply(conv.bias, scale, dtype=np.float64) + shift,
-        strides=conv.strides,
-        dilations=conv.dilations,
-        pads=conv.pads,
-        groups=conv.groups,
-    )
+    return scale_and_shift(conv, *batchnorm_scale_shift(gamma, beta, mean, var, eps))
 
 
 def identity_conv(channels: int, spatial_rank: int) -> AffineConv:

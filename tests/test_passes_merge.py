@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -180,3 +182,53 @@ def test_sum_of_a_tensor_with_itself_is_not_a_block():
     fused, outcome = fuse_model(model)
     assert op_counts(fused) == {"Conv": 1, "Add": 1}
     assert outcome.fused == []
+
+
+def scaled_model(op: str, constant: np.ndarray, first: str = "conv") -> onnx.ModelProto:
+    """``relu(conv3(x) + op(conv1(x), constant))`` (PP-YOLOE's alpha-scaled 1x1 branch)."""
+    builder = GraphBuilder(9)
+    a = builder.branch("x", 4, 4, BranchSpec("conv_bn"))
+    b = builder.branch("x", 4, 4, BranchSpec("conv_bn", kernel=(1, 1)))
+    c = builder.constant("c", constant)
+    scaled = builder.name("scaled")
+    inputs = [b, c] if first == "conv" else [c, b]
+    builder.nodes.append(helper.make_node(op, inputs, [scaled], name="scale_op"))
+    total = builder.add_chain([a, scaled])
+    builder.nodes.append(helper.make_node("Relu", [total], ["y"]))
+    return builder.model(
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
+    )
+
+
+@pytest.mark.parametrize(
+    ("op", "constant", "first"),
+    [
+        ("Mul", np.array(0.7), "conv"),
+        ("Mul", np.array(1.3), "constant"),
+        ("Mul", np.array([0.5, 1.5, -2.0, 3.0]).reshape(4, 1, 1), "conv"),
+        ("Div", np.array([0.5, 1.5, -2.0, 3.0]).reshape(1, 4, 1, 1), "conv"),
+        ("Add", np.array([0.5, 1.5, -2.0, 3.0]).reshape(4, 1, 1), "constant"),
+        ("Sub", np.array([0.5]), "conv"),
+    ],
+)
+def test_per_channel_constant_op_on_a_branch_folds_and_merges(op, constant, first):
+    model = scaled_model(op, constant, first)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1, "Relu": 1}, outcome.skipped
+    assert_same_function(model, fused)
+
+
+@pytest.mark.parametrize(
+    ("op", "constant"),
+    [
+        ("Mul", np.full((1, 4, 6, 6), 0.5)),  # per position, not per channel
+        ("Div", np.array([0.5, 0.0, 1.0, 2.0]).reshape(4, 1, 1)),  # division by zero
+        ("Sub", np.array(0.5)),  # with the constant first, below
+    ],
+)
+def test_constant_ops_that_are_not_per_channel_scales_stay(op, constant):
+    model = scaled_model(op, constant, first="constant" if op == "Sub" else "conv")
+    fused, _ = fuse_model(model)
+    assert op_counts(fused)[op] == 1
+    assert_same_function(model, fused)
