@@ -87,3 +87,11 @@ def test_readme_sample_fuses_to_its_deploy_form():
         counted(result.model) == counted(deploy) == {"Conv": 22, "BatchNormalization": 0, "Add": 0}
     )
     assert len([b for b in result.report.fused if b.rule == "merge_parallel_branches"]) == 22
+
+
+@pytest.mark.parametrize("form", ["ts17_nofold", "dynamo18"])
+def test_the_callers_model_is_not_modified(form):
+    original = load_fixture("tiny_repvgg_g4", form)
+    before = original.SerializeToString()
+    repvgg_onnx.fuse(original)
+    assert original.SerializeToString() == before
