@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from repvgg_onnx.passes.result import FusedBlock, Skipped
+from repvgg_onnx.skeleton import serialized_size
 from repvgg_onnx.verify import Verification
 
 SCHEMA_VERSION = 1
@@ -17,7 +18,8 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class ModelStats:
-    """Size of a model: op-type histogram of the main graph, parameter count, bytes."""
+    """Size of a model: op-type histogram of the main graph, parameter count (initializer and
+    Constant elements), serialized bytes (see :func:`serialized_size`)."""
 
     op_counts: dict[str, int]
     parameters: int
@@ -37,15 +39,8 @@ class ModelStats:
         return cls(
             op_counts=dict(sorted(Counter(node.op_type for node in graph.node).items())),
             parameters=parameters,
-            size_bytes=_serialized_size(model),
+            size_bytes=serialized_size(model),
         )
-
-
-def _serialized_size(model: onnx.ModelProto) -> int:
-    try:
-        return model.ByteSize()
-    except Exception:  # protobuf refuses to measure messages over 2 GB
-        return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
 @dataclass

@@ -47,6 +47,28 @@ def model_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
+def serialized_size(model: onnx.ModelProto) -> int:
+    """The model's size in bytes as one protobuf, to within a few bytes per large tensor.
+
+    ``ModelProto.ByteSize()`` serializes every weight to count it; this measures the skeleton
+    and adds the large tensors' payload from their shape and element type.
+    """
+    payload = sum(
+        _payload_bytes(tensor)
+        for tensor in model.graph.initializer
+        if math.prod(tensor.dims) > SMALL_TENSOR_ELEMENTS
+    )
+    return model_skeleton(model).ByteSize() + payload
+
+
+def _payload_bytes(tensor: onnx.TensorProto) -> int:
+    try:
+        itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError):
+        return len(tensor.raw_data)
+    return math.prod(tensor.dims) * itemsize
+
+
 def inferred_value_info(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     """Types and shapes of the model's intermediate tensors by name (empty if inference fails)."""
     try:
