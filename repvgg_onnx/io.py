@@ -115,7 +115,7 @@ def save_model(
     _check_output_path(target)
     _refuse_external_references(model, target)
     if external_data is None:
-        external_data = _estimated_size(model) > _INLINE_LIMIT_BYTES
+        external_data = needs_external_data(model)
     if external_data:
         files = _external_data_files(model, target)
     else:
@@ -127,6 +127,11 @@ def save_model(
             f"{target}: could not write the model ({err.strerror or err}); "
             "check free space and permissions of its folder."
         ) from err
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    """True if ``model`` is too large to serialize as one protobuf (estimated, not measured)."""
+    return _estimated_size(model) > _INLINE_LIMIT_BYTES
 
 
 def model_file_size(path: str | os.PathLike) -> int:

@@ -10,13 +10,16 @@ far more than that, float32 rounding of a deep network by far less.
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from repvgg_onnx import io
 from repvgg_onnx.errors import CheckFailedError, InputSpecError, UnsupportedModelError
 
 DEFAULT_RTOL = 1e-4
@@ -205,7 +208,8 @@ def compare_output(
     atol_scale = HALF_PRECISION_ATOL_SCALE if half else DEFAULT_ATOL_SCALE
     reference64 = np.asarray(reference, np.float64)
     candidate64 = np.asarray(candidate, np.float64)
-    scale = float(np.abs(reference64).max()) if reference64.size else 0.0
+    finite = np.abs(reference64[np.isfinite(reference64)])
+    scale = float(finite.max()) if finite.size else 0.0
     effective_atol = atol_scale * scale if atol is None else atol
     if reference64.shape != candidate64.shape:
         return OutputComparison(
@@ -219,17 +223,19 @@ def compare_output(
             False,
             np.inf,
         )
-    error = np.abs(candidate64 - reference64)
-    magnitude = np.abs(reference64)
-    finite_match = np.array_equal(np.isfinite(reference64), np.isfinite(candidate64))
-    error = np.where(np.isfinite(error), error, np.where(reference64 == candidate64, 0.0, np.inf))
+    both_nan = np.isnan(reference64) & np.isnan(candidate64)
+    same_special = both_nan | (np.isinf(reference64) & (reference64 == candidate64))
+    with np.errstate(invalid="ignore"):
+        error = np.abs(candidate64 - reference64)
+    error = np.where(same_special, 0.0, np.where(np.isfinite(error), error, np.inf))
+    magnitude = np.where(np.isfinite(reference64), np.abs(reference64), 0.0)
     max_abs = float(error.max()) if error.size else 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
         relative = np.where(error == 0, 0.0, error / magnitude)
     max_rel = float(relative.max()) if relative.size else 0.0
     excess = error - rtol * magnitude
     required = float(max(excess.max(), 0.0)) if excess.size else 0.0
-    passed = finite_match and bool(np.all(error <= effective_atol + rtol * magnitude))
+    passed = bool(np.all(error <= effective_atol + rtol * magnitude))
     return OutputComparison(
         name,
         tuple(reference64.shape),
@@ -244,14 +250,22 @@ def compare_output(
 
 
 def create_session(model: onnx.ModelProto, role: str) -> ort.InferenceSession:
-    """A CPU session with graph optimizations off; ``role`` names the model in errors."""
+    """A CPU session with graph optimizations off; ``role`` names the model in errors.
+
+    A model too large for one protobuf goes through a temporary file with external data.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        if not io.needs_external_data(model):
+            return ort.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+        with tempfile.TemporaryDirectory(prefix="repvgg-onnx-") as folder:
+            path = Path(folder) / f"{role}.onnx"
+            io.save_model(model, path, external_data=True)
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises several unrelated types
         raise UnsupportedModelError(
             f"onnxruntime cannot load the {role} model ({_first_line(error)}); "

@@ -1,0 +1,71 @@
+"""verify.py: the comparison rule, input synthesis, and sessions for models of any size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import REPVGG_BRANCHES, block_model, fuse_model
+from repvgg_onnx import io
+from repvgg_onnx.errors import InputSpecError
+from repvgg_onnx.verify import (
+    compare_output,
+    parse_input_shapes,
+    resolve_input_shapes,
+    verify_models,
+)
+
+
+def test_pass_iff_within_atol_plus_rtol():
+    reference = np.array([1.0, 100.0, -10.0], np.float32)
+    inside = reference + np.array([1e-5, 1e-2, 1e-3], np.float32)
+    outside = reference + np.array([0, 0, 3e-3], np.float32)
+    assert compare_output("y", reference, inside, atol=1e-5, rtol=1e-4).passed
+    result = compare_output("y", reference, outside, atol=1e-5, rtol=1e-4)
+    assert not result.passed
+    assert result.max_abs_error == pytest.approx(3e-3, rel=1e-3)
+    assert result.required_atol == pytest.approx(3e-3 - 1e-3, rel=1e-2)
+
+
+def test_default_atol_is_relative_to_the_output_scale():
+    reference = np.array([1000.0, 0.0], np.float32)
+    candidate = np.array([1000.0, 5e-3], np.float32)  # 5e-6 of the scale, at a zero
+    result = compare_output("y", reference, candidate, atol=None, rtol=None)
+    assert result.passed and result.atol == pytest.approx(1e-2)
+    assert not compare_output("y", reference, candidate * [1, 3], atol=None, rtol=None).passed
+
+
+def test_float16_outputs_get_looser_defaults():
+    reference = np.array([1.0, 2.0], np.float16)
+    candidate = np.array([1.004, 2.0], np.float16)
+    assert compare_output("y", reference, candidate, atol=None, rtol=None).passed
+    assert not compare_output("y", reference, candidate, atol=None, rtol=1e-4).passed
+
+
+def test_nan_or_shape_mismatch_fails():
+    reference = np.array([1.0, np.nan], np.float32)
+    assert compare_output("y", reference, reference.copy(), None, None).passed
+    assert not compare_output("y", reference, np.array([1.0, 2.0], np.float32), None, None).passed
+    assert not compare_output("y", np.ones(3), np.ones(4), None, None).passed
+    assert (
+        compare_output("y", np.ones(3), np.ones(4), None, None).to_dict()["max_abs_error"] is None
+    )
+
+
+def test_input_shapes():
+    model = block_model(REPVGG_BRANCHES, batch="N")
+    assert resolve_input_shapes(model) == {"x": [1, 4, 8, 8]}
+    assert resolve_input_shapes(model, {"x": [3, 4, 8, 8]}) == {"x": [3, 4, 8, 8]}
+    assert parse_input_shapes(["a:b:1x2"]) == {"a:b": [1, 2]}
+    with pytest.raises(InputSpecError, match="does not fit"):
+        resolve_input_shapes(model, {"x": [1, 5, 8, 8]})
+
+
+def test_verification_of_models_too_large_for_one_protobuf(monkeypatch):
+    """Over the limit, sessions load through a temporary file with external data."""
+    model = block_model(REPVGG_BRANCHES)
+    fused, _ = fuse_model(model)
+    monkeypatch.setattr(io, "_INLINE_LIMIT_BYTES", 100)
+    assert io.needs_external_data(model)
+    result = verify_models(model, fused, seed=3)
+    assert result.passed and result.outputs[0].max_abs_error > 0
