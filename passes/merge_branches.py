@@ -227,11 +227,12 @@ def _plan_merge(graph: gs.Graph, root: gs.Node, leaves: list[gs.Tensor]) -> Merg
     if len(dtypes) != 1:
         return f"the branches have different weight types: {sorted(map(str, dtypes))}"
     labels = tuple(b.label for b in branches)
+    dtype = dtypes.pop()
     try:
-        merged = merge_affine_convs(forms, labels)
+        merged = merge_affine_convs(forms, labels, dtype)
     except (IncompatibleBranchesError, ValueError) as error:
         return str(error)
-    return MergePlan(root, source, merged, dtypes.pop(), labels)
+    return MergePlan(root, source, merged, dtype, labels)
 
 
 def _block_input(readings: list[list[Branch]]) -> gs.Tensor:

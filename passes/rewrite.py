@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from repvgg_onnx.algebra import AffineConv
+from repvgg_onnx.algebra import AffineConv, materialize
 
 from .graph_utils import UniqueNames
 
@@ -22,12 +22,13 @@ def replace_with_conv(
 
     ``last_node`` is disconnected from its output; the nodes that only fed it become dead and
     are removed by the caller's ``graph.cleanup()``. Weights are new constants (never an edit
-    of a shared initializer), cast from float64 to ``dtype``.
+    of a shared initializer) of ``dtype``, computed in float64.
     """
+    conv = materialize(conv, dtype)
     output = last_node.outputs[0]
     last_node.outputs.clear()
     stem = output.name or last_node.name
-    weight = gs.Constant(names(f"{stem}.reparam.weight"), conv.kernel.astype(dtype))
+    weight = gs.Constant(names(f"{stem}.reparam.weight"), conv.kernel)
     bias = gs.Constant(names(f"{stem}.reparam.bias"), conv.bias.astype(dtype))
     node = gs.Node(
         "Conv",

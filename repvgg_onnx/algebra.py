@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -34,11 +34,13 @@ class IncompatibleBranchesError(ValueError):
 
 @dataclass(frozen=True)
 class AffineConv:
-    """``y = conv(x, kernel) + bias``, ONNX Conv semantics, for any number of spatial dims.
+    """``y = scale ⊙ conv(x, kernel) + bias``, ONNX Conv semantics, any number of spatial dims.
 
-    Invariants: ``kernel`` is ``[Cout, Cin/groups, *kernel_shape]`` and ``bias`` is ``[Cout]``,
-    both floating point: a model's float32 weights are read as they are (no copy), and every
-    kernel or bias this module computes is float64, so all arithmetic happens in float64;
+    Invariants: ``kernel`` is ``[Cout, Cin/groups, *kernel_shape]``, ``bias`` and ``scale``
+    (``None`` means ones) are ``[Cout]``. The kernel is kept as the model stores it (no copy)
+    and the per-output-channel ``scale`` beside it, so folding a BatchNormalization or a
+    scale costs O(Cout); the arithmetic on kernels happens in float64, once, chunk by chunk,
+    when :func:`materialize` or :func:`merge_affine_convs` writes the final weights.
     ``strides``, ``dilations`` have one entry per spatial dim; ``pads`` is ONNX's
     ``(begin_0, begin_1, …, end_0, end_1, …)``.
     """
@@ -49,6 +51,7 @@ class AffineConv:
     dilations: tuple[int, ...]
     pads: tuple[int, ...]
     groups: int
+    scale: np.ndarray | None = None
 
     @property
     def spatial_rank(self) -> int:
@@ -126,19 +129,16 @@ def batchnorm_scale_shift(
 def scale_and_shift(conv: AffineConv, scale: np.ndarray, shift: np.ndarray) -> AffineConv:
     """The affine conv equal to ``scale ⊙ conv(x) + shift`` (one value per output channel).
 
-    ``W' = W·scale`` per output channel, ``b' = b·scale + shift``.
+    ``W' = W·scale`` per output channel (kept as a factor, see :class:`AffineConv`),
+    ``b' = b·scale + shift``.
     """
     scale = np.asarray(scale, np.float64)
     if scale.shape != (conv.out_channels,):
         raise ValueError(f"{scale.size} channel scales for a conv of {conv.out_channels} channels")
-    broadcast = (slice(None),) + (None,) * (conv.kernel.ndim - 1)
-    return AffineConv(
-        kernel=np.multiply(conv.kernel, scale[broadcast], dtype=np.float64),
+    return replace(
+        conv,
         bias=np.multiply(conv.bias, scale, dtype=np.float64) + np.asarray(shift, np.float64),
-        strides=conv.strides,
-        dilations=conv.dilations,
-        pads=conv.pads,
-        groups=conv.groups,
+        scale=scale if conv.scale is None else conv.scale * scale,
     )
 
 
@@ -198,6 +198,37 @@ def regroup_kernel(kernel: np.ndarray, groups: int, new_groups: int) -> np.ndarr
     return result
 
 
+def materialize(conv: AffineConv, dtype: np.dtype = np.float64) -> AffineConv:
+    """The same conv with ``scale`` multiplied into a kernel of ``dtype`` (float64 inside)."""
+    if conv.scale is None and conv.kernel.dtype == dtype:
+        return conv
+    kernel = np.empty(conv.kernel.shape, dtype)
+    for rows in _row_chunks(conv.kernel.shape, conv.out_channels // conv.groups):
+        kernel[rows] = _scaled_rows(conv, rows)
+    return replace(conv, kernel=kernel, scale=None)
+
+
+def _scaled_rows(conv: AffineConv, rows: slice) -> np.ndarray:
+    """Output channels ``rows`` of the effective kernel ``kernel·scale``, in float64."""
+    if conv.scale is None:
+        return conv.kernel[rows].astype(np.float64)
+    factor = conv.scale[rows].reshape((-1,) + (1,) * (conv.kernel.ndim - 1))
+    return np.multiply(conv.kernel[rows], factor, dtype=np.float64)
+
+
+#: Float64 elements per chunk of output channels: small enough to stay in cache, so a kernel
+#: is read once and written once instead of passing through several full-size temporaries.
+_CHUNK_ELEMENTS = 1 << 16
+
+
+def _row_chunks(shape: Sequence[int], rows_per_group: int) -> list[slice]:
+    """Slices of output channels, whole groups each, of about ``_CHUNK_ELEMENTS`` elements."""
+    per_row = max(1, math.prod(shape[1:]))
+    groups_per_chunk = max(1, _CHUNK_ELEMENTS // (per_row * rows_per_group))
+    step = groups_per_chunk * rows_per_group
+    return [slice(start, min(start + step, shape[0])) for start in range(0, shape[0], step)]
+
+
 def _window(kernel_shape: Sequence[int], offsets: Sequence[int]) -> tuple[slice, ...]:
     """The index of a kernel placed at ``offsets`` inside a larger one (all channels)."""
     spatial = (slice(o, o + k) for o, k in zip(offsets, kernel_shape, strict=True))
@@ -210,7 +241,9 @@ def describe_kernel(conv: AffineConv) -> str:
 
 
 def merge_affine_convs(
-    branches: Sequence[AffineConv], labels: Sequence[str] | None = None
+    branches: Sequence[AffineConv],
+    labels: Sequence[str] | None = None,
+    dtype: np.dtype = np.float64,
 ) -> AffineConv:
     """The one affine conv equal to the sum of ``branches`` applied to the same input.
 
@@ -223,7 +256,8 @@ def merge_affine_convs(
     densified beyond the main branch. Otherwise raises :class:`IncompatibleBranchesError`.
 
     The merged kernel spans the union of all taps: for centred branches this is the largest
-    kernel, with every smaller kernel at its centre.
+    kernel, with every smaller kernel at its centre. It is summed in float64, a chunk of
+    output channels at a time, and stored as ``dtype``.
     """
     if not branches:
         raise ValueError("nothing to merge")
@@ -236,12 +270,18 @@ def merge_affine_convs(
     groups = _merged_groups(branches, names)
     dilations = _merged_dilations(branches, names)
     begin, spatial_shape, end, offsets = _merged_window(branches, names, dilations)
-    kernel = np.zeros((first.out_channels, first.in_channels // groups, *spatial_shape))
-    bias = np.zeros(first.out_channels)
-    for branch, branch_offsets in zip(branches, offsets, strict=True):
-        regrouped = regroup_kernel(branch.kernel, branch.groups, groups)
-        kernel[_window(regrouped.shape[2:], branch_offsets)] += regrouped
-        bias += branch.bias
+    shape = (first.out_channels, first.in_channels // groups, *spatial_shape)
+    kernel = np.empty(shape, dtype)
+    for rows in _row_chunks(shape, first.out_channels // groups):
+        chunk = np.zeros((rows.stop - rows.start, *shape[1:]))
+        share = chunk.shape[0] / first.out_channels
+        for branch, branch_offsets in zip(branches, offsets, strict=True):
+            regrouped = regroup_kernel(
+                _scaled_rows(branch, rows), round(branch.groups * share), round(groups * share)
+            )
+            chunk[_window(regrouped.shape[2:], branch_offsets)] += regrouped
+        kernel[rows] = chunk
+    bias = np.sum([branch.bias for branch in branches], axis=0, dtype=np.float64)
     return AffineConv(kernel, bias, first.strides, dilations, begin + end, groups)
 
 

@@ -14,6 +14,7 @@ from repvgg_onnx.algebra import (
     batchnorm_as_conv,
     fold_batchnorm,
     identity_conv,
+    materialize,
     merge_affine_convs,
     regroup_kernel,
 )
@@ -21,6 +22,7 @@ from repvgg_onnx.algebra import (
 
 def convolve(x: np.ndarray, conv: AffineConv) -> np.ndarray:
     """ONNX Conv semantics for 2-D inputs ``[N, C, H, W]``, straight from the definition."""
+    conv = materialize(conv)
     n, cin, _, _ = x.shape
     (pt, pl, pb, pr), (sh, sw), (dh, dw) = conv.pads, conv.strides, conv.dilations
     padded = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
@@ -76,8 +78,8 @@ def test_fold_batchnorm_equals_bn_of_conv():
 def test_fold_batchnorm_uses_eps():
     conv = affine_conv(np.ones((1, 1, 1, 1)))
     params = (np.ones(1), np.zeros(1), np.zeros(1), np.ones(1))
-    assert fold_batchnorm(conv, *params, 0.0).kernel.item() == pytest.approx(1.0)
-    assert fold_batchnorm(conv, *params, 3.0).kernel.item() == pytest.approx(0.5)
+    assert materialize(fold_batchnorm(conv, *params, 0.0)).kernel.item() == pytest.approx(1.0)
+    assert materialize(fold_batchnorm(conv, *params, 3.0)).kernel.item() == pytest.approx(0.5)
 
 
 def test_batchnorm_as_conv_equals_batchnorm():
@@ -229,3 +231,24 @@ def test_merge_equals_sum_of_branches(branches):
     merged = assert_merge_exact(branches, size=11)
     largest = max(b.kernel_shape[0] for b in branches), max(b.kernel_shape[1] for b in branches)
     assert merged.kernel_shape == largest
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 40, 1 << 16])
+def test_chunked_merge_and_materialize_match_the_direct_sum(monkeypatch, chunk_elements):
+    """Chunks of whole groups of output channels give the same weights as one big chunk."""
+    import repvgg_onnx.algebra as algebra
+
+    monkeypatch.setattr(algebra, "_CHUNK_ELEMENTS", chunk_elements)
+    gamma, beta, mean, var = random_bn(RNG, 8)
+    branches = [
+        fold_batchnorm(centred((3, 3), groups=4), gamma, beta, mean, var, 1e-3),
+        centred((1, 1), groups=4),
+        batchnorm_as_conv(gamma, beta, mean, var, 1e-5, 2),
+    ]
+    merged = assert_merge_exact(branches)
+    as_float32 = merge_affine_convs(branches, dtype=np.float32)
+    assert as_float32.kernel.dtype == np.float32
+    np.testing.assert_allclose(as_float32.kernel, merged.kernel, rtol=1e-6)
+    folded = materialize(branches[0], np.float32)
+    assert folded.scale is None and folded.kernel.dtype == np.float32
+    np.testing.assert_allclose(folded.kernel, materialize(branches[0]).kernel, rtol=1e-6)
