@@ -176,25 +176,34 @@ def batchnorm_as_conv(
     return fold_batchnorm(identity_conv(channels, spatial_rank), gamma, beta, mean, var, eps)
 
 
-def regroup_kernel(kernel: np.ndarray, groups: int, new_groups: int) -> np.ndarray:
+def regroup_kernel(
+    kernel: np.ndarray,
+    groups: int,
+    new_groups: int,
+    first_row: int = 0,
+    out_channels: int | None = None,
+) -> np.ndarray:
     """Express a ``groups``-grouped kernel as an equivalent ``new_groups``-grouped one.
 
     ``new_groups`` must divide ``groups``; each new group holds ``groups/new_groups`` old groups
     on its block diagonal and zeros elsewhere. For the identity (``groups = C``) regrouped to
-    ``g`` this gives timm's ``k[i, i % (C/g)] = 1``.
+    ``g`` this gives timm's ``k[i, i % (C/g)] = 1``. ``kernel`` may be the output channels
+    ``first_row …`` of a kernel of ``out_channels`` channels; the result is the same rows.
     """
     if groups == new_groups:
         return kernel
     if new_groups < 1 or groups % new_groups:
         raise ValueError(f"cannot regroup a {groups}-group kernel into {new_groups} groups")
-    out_channels, in_per_group = kernel.shape[:2]
-    out_per_group = out_channels // groups
+    rows, in_per_group = kernel.shape[:2]
+    out_per_group = (rows if out_channels is None else out_channels) // groups
     merged_per_new = groups // new_groups
-    result = np.zeros((out_channels, in_per_group * merged_per_new, *kernel.shape[2:]))
-    for group in range(groups):
-        rows = slice(group * out_per_group, (group + 1) * out_per_group)
+    result = np.zeros((rows, in_per_group * merged_per_new, *kernel.shape[2:]))
+    last_row = first_row + rows
+    for group in range(first_row // out_per_group, (last_row - 1) // out_per_group + 1):
+        start = max(group * out_per_group, first_row) - first_row
+        stop = min((group + 1) * out_per_group, last_row) - first_row
         first_col = (group % merged_per_new) * in_per_group
-        result[rows, first_col : first_col + in_per_group] = kernel[rows]
+        result[start:stop, first_col : first_col + in_per_group] = kernel[start:stop]
     return result
 
 
@@ -203,7 +212,7 @@ def materialize(conv: AffineConv, dtype: np.dtype = np.float64) -> AffineConv:
     if conv.scale is None and conv.kernel.dtype == dtype:
         return conv
     kernel = np.empty(conv.kernel.shape, dtype)
-    for rows in _row_chunks(conv.kernel.shape, conv.out_channels // conv.groups):
+    for rows in _row_chunks(conv.kernel.shape):
         kernel[rows] = _scaled_rows(conv, rows)
     return replace(conv, kernel=kernel, scale=None)
 
@@ -221,11 +230,9 @@ def _scaled_rows(conv: AffineConv, rows: slice) -> np.ndarray:
 _CHUNK_ELEMENTS = 1 << 16
 
 
-def _row_chunks(shape: Sequence[int], rows_per_group: int) -> list[slice]:
-    """Slices of output channels, whole groups each, of about ``_CHUNK_ELEMENTS`` elements."""
-    per_row = max(1, math.prod(shape[1:]))
-    groups_per_chunk = max(1, _CHUNK_ELEMENTS // (per_row * rows_per_group))
-    step = groups_per_chunk * rows_per_group
+def _row_chunks(shape: Sequence[int]) -> list[slice]:
+    """Slices of output channels of about ``_CHUNK_ELEMENTS`` elements each."""
+    step = max(1, _CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
     return [slice(start, min(start + step, shape[0])) for start in range(0, shape[0], step)]
 
 
@@ -272,12 +279,11 @@ def merge_affine_convs(
     begin, spatial_shape, end, offsets = _merged_window(branches, names, dilations)
     shape = (first.out_channels, first.in_channels // groups, *spatial_shape)
     kernel = np.empty(shape, dtype)
-    for rows in _row_chunks(shape, first.out_channels // groups):
+    for rows in _row_chunks(shape):
         chunk = np.zeros((rows.stop - rows.start, *shape[1:]))
-        share = chunk.shape[0] / first.out_channels
         for branch, branch_offsets in zip(branches, offsets, strict=True):
             regrouped = regroup_kernel(
-                _scaled_rows(branch, rows), round(branch.groups * share), round(groups * share)
+                _scaled_rows(branch, rows), branch.groups, groups, rows.start, shape[0]
             )
             chunk[_window(regrouped.shape[2:], branch_offsets)] += regrouped
         kernel[rows] = chunk

@@ -249,6 +249,7 @@ def test_chunked_merge_and_materialize_match_the_direct_sum(monkeypatch, chunk_e
     as_float32 = merge_affine_convs(branches, dtype=np.float32)
     assert as_float32.kernel.dtype == np.float32
     np.testing.assert_allclose(as_float32.kernel, merged.kernel, rtol=1e-6)
+    assert_merge_exact([centred((3, 3)), centred((1, 1), groups=4)])  # a g4 kernel made dense
     folded = materialize(branches[0], np.float32)
     assert folded.scale is None and folded.kernel.dtype == np.float32
     np.testing.assert_allclose(folded.kernel, materialize(branches[0]).kernel, rtol=1e-6)
