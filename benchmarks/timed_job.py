@@ -1,0 +1,64 @@
+"""One timed job in a fresh interpreter, run by ``bench.py``; not meant to be run by hand.
+
+Usage: ``python benchmarks/timed_job.py {load-save,fuse,fuse-verify} IN OUT``
+
+Imports happen first and are not timed; then the job runs and one JSON object is printed on
+stdout: ``{"total": seconds, "phases": {phase: seconds}}``. ``total`` is the in-process time of
+the work alone (interpreter start-up and imports excluded); the phases of the fuse jobs are the
+tool's own (``load``, ``fuse``, ``verify``), ``other`` (the rest of ``fuse``) and ``save``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from time import perf_counter
+
+Timing = tuple[float, dict[str, float]]
+"""Seconds of the whole job after its imports, and of each of its phases."""
+
+
+def load_save(source: str, target: str) -> Timing:
+    """Plain ``onnx.load`` then ``onnx.save``: the baseline every fuse time is divided by."""
+    import onnx
+
+    start = perf_counter()
+    model = onnx.load(source)
+    loaded = perf_counter()
+    onnx.save(model, target)
+    end = perf_counter()
+    return end - start, {"load": loaded - start, "save": end - loaded}
+
+
+def fuse_save(source: str, target: str, verify: bool) -> Timing:
+    """``repvgg_onnx.fuse`` then ``repvgg_onnx.save_model``: what the CLI does, minus printing.
+
+    Phase ``other`` is the time spent inside ``fuse`` outside the tool's own phase timers.
+    """
+    import repvgg_onnx
+
+    start = perf_counter()
+    result = repvgg_onnx.fuse(source, verify=verify)
+    fused = perf_counter()
+    repvgg_onnx.save_model(result.model, target)
+    end = perf_counter()
+    timed = result.report.seconds
+    other = fused - start - sum(timed.values())
+    return end - start, {**timed, "other": other, "save": end - fused}
+
+
+def main(argv: list[str]) -> None:
+    """Run the job named by ``argv[0]`` on ``argv[1]`` -> ``argv[2]``; print its times as JSON."""
+    job, source, target = argv
+    jobs: dict[str, Callable[[], Timing]] = {
+        "load-save": lambda: load_save(source, target),
+        "fuse": lambda: fuse_save(source, target, verify=False),
+        "fuse-verify": lambda: fuse_save(source, target, verify=True),
+    }
+    total, phases = jobs[job]()
+    print(json.dumps({"total": total, "phases": phases}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
