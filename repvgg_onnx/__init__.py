@@ -8,7 +8,8 @@
 
 __version__ = "0.1.0"
 
-from repvgg_onnx.api import FuseResult, FuseVerificationError, fuse
+from repvgg_onnx.api import FuseResult, FuseVerificationError, diff, fuse, inspect, verify
+from repvgg_onnx.diff import GraphDiff
 from repvgg_onnx.errors import (
     CheckFailedError,
     InputSpecError,
@@ -17,21 +18,28 @@ from repvgg_onnx.errors import (
     ReparamError,
     UnsupportedModelError,
 )
+from repvgg_onnx.inspection import Inspection
 from repvgg_onnx.io import load_model, save_model
-from repvgg_onnx.verify import Verification, verify_models
+from repvgg_onnx.verify import Localization, Verification, verify_models
 
 __all__ = [
     "CheckFailedError",
     "FuseResult",
     "FuseVerificationError",
+    "GraphDiff",
     "InputSpecError",
+    "Inspection",
+    "Localization",
     "ModelLoadError",
     "ModelSaveError",
     "ReparamError",
     "UnsupportedModelError",
     "Verification",
+    "diff",
     "fuse",
+    "inspect",
     "load_model",
     "save_model",
+    "verify",
     "verify_models",
 ]

@@ -8,22 +8,23 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 
 from repvgg_onnx import io
-from repvgg_onnx.errors import CheckFailedError, UnsupportedModelError
-from repvgg_onnx.passes.result import FusedBlock
-from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass, PipelineResult, run_passes
+from repvgg_onnx.diff import GraphDiff, diff_models
+from repvgg_onnx.errors import CheckFailedError
+from repvgg_onnx.inspection import Inspection, inspect_model
+from repvgg_onnx.localize import first_divergence
+from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass
 from repvgg_onnx.report import FuseReport, ModelStats
-from repvgg_onnx.skeleton import inferred_value_info, model_skeleton
-from repvgg_onnx.verify import Verification, verify_models
+from repvgg_onnx.skeleton import model_skeleton
+from repvgg_onnx.transform import fuse_graph
+from repvgg_onnx.verify import ModelRunError, Verification, load_feeds, verify_models
 
 ModelLike = onnx.ModelProto | str | os.PathLike
-
-_METADATA_MIN_IR_VERSION = 10  # NodeProto.metadata_props exists from IR version 10 on
 
 
 @dataclass
@@ -45,6 +46,55 @@ class FuseResult:
 def load(model: ModelLike) -> onnx.ModelProto:
     """A ModelProto as is, or the model at a path (with its external data)."""
     return model if isinstance(model, onnx.ModelProto) else io.load_model(model)
+
+
+def _path_of(model: ModelLike) -> str | None:
+    return None if isinstance(model, onnx.ModelProto) else os.fspath(model)
+
+
+def verify(
+    a: ModelLike,
+    b: ModelLike,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    batches: int = 1,
+    inputs: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    localize: bool = False,
+) -> Verification:
+    """Do ``a`` and ``b`` compute the same function? Runs both in onnxruntime on the same
+    inputs (``inputs``: an ``.npz`` path or arrays by input name; else ``batches`` seeded
+    random batches) and compares every output. With ``localize``, a failure also names the
+    first shared intermediate tensor that diverges. Neither model is modified."""
+    model_a, model_b = load(a), load(b)
+    feeds = load_feeds(inputs) if isinstance(inputs, str | os.PathLike) else inputs
+    result = verify_models(
+        model_a,
+        model_b,
+        input_shapes=input_shapes,
+        seed=seed,
+        atol=atol,
+        rtol=rtol,
+        batches=batches,
+        feeds=feeds,
+        roles=("A", "B"),
+    )
+    localization = None
+    if localize and not result.passed and result.feeds is not None:
+        localization = first_divergence(model_a, model_b, result.feeds, atol, rtol)
+    return replace(result, localization=localization, a_path=_path_of(a), b_path=_path_of(b))
+
+
+def diff(a: ModelLike, b: ModelLike) -> GraphDiff:
+    """What changed from ``a`` to ``b``: interface, op counts, nodes, weights, fused blocks."""
+    return diff_models(load(a), load(b), _path_of(a), _path_of(b))
+
+
+def inspect(model: ModelLike) -> Inspection:
+    """The model's summary and what ``fuse`` would do to it, without writing anything."""
+    return inspect_model(load(model), _path_of(model))
 
 
 def fuse(
@@ -83,9 +133,17 @@ def fuse(
     )
     if verify:
         start = time.perf_counter()
-        report.verification = verify_models(
-            original, fused_model, input_shapes=input_shapes, seed=seed, atol=atol, rtol=rtol
-        )
+        try:
+            report.verification = verify_models(
+                original, fused_model, input_shapes=input_shapes, seed=seed, atol=atol, rtol=rtol
+            )
+        except ModelRunError as error:
+            if error.role != "fused":
+                raise
+            raise CheckFailedError(
+                f"the fused model does not run in onnxruntime ({error}); this is a bug in "
+                "repvgg-onnx: please report it with the model."
+            ) from error
         seconds["verify"] = time.perf_counter() - start
         if not report.verification.passed:
             raise FuseVerificationError(report)
@@ -103,85 +161,6 @@ class FuseVerificationError(CheckFailedError):
             "nothing was written. Please report this model; --atol/--rtol loosen the check."
         )
         self.report = report
-
-
-def fuse_graph(
-    model: onnx.ModelProto, passes: Sequence[Pass] = DEFAULT_PASSES
-) -> tuple[onnx.ModelProto, PipelineResult]:
-    """Run ``passes`` to a fixpoint on a copy of ``model``'s graph; no checks, no verification."""
-    graph = _import_graph(model)
-    _annotate_shapes(graph, model)
-    outcome = run_passes(graph, passes)
-    return export_like(graph, model, outcome.fused), outcome
-
-
-def _annotate_shapes(graph: gs.Graph, model: onnx.ModelProto) -> None:
-    """Give shapeless intermediate tensors their inferred shape, so passes can prove a ``+ 0``
-    does not broadcast and count an identity branch's channels."""
-    inferred = inferred_value_info(model)
-    for tensor in graph.tensors().values():
-        value = inferred.get(tensor.name)
-        if isinstance(tensor, gs.Variable) and tensor.shape is None and value is not None:
-            tensor_type = value.type.tensor_type
-            if tensor_type.HasField("shape"):
-                tensor.shape = [
-                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                    for d in tensor_type.shape.dim
-                ]
-
-
-def _import_graph(model: onnx.ModelProto) -> gs.Graph:
-    try:
-        return gs.import_onnx(model)
-    except Exception as error:  # graphsurgeon raises assorted types on odd models
-        raise UnsupportedModelError(
-            f"onnx-graphsurgeon cannot read this model ({error}); please report it."
-        ) from error
-
-
-def export_like(
-    graph: gs.Graph, original: onnx.ModelProto, fused: Sequence[FusedBlock] = ()
-) -> onnx.ModelProto:
-    """Export ``graph`` keeping ``original``'s model-level fields, and tag fused nodes.
-
-    Kept: IR version, opset imports, producer, domain, model version, doc strings, graph name,
-    metadata. A node a pass created gets ``metadata_props`` naming the rule and the branches
-    (when the IR version has them), so ``diff`` and debugging can tell what it came from.
-    """
-    model = gs.export_onnx(graph, do_type_check=False)
-    model.ir_version = original.ir_version
-    for name in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(model, name, getattr(original, name))
-    del model.opset_import[:]
-    model.opset_import.extend(original.opset_import)
-    del model.metadata_props[:]
-    model.metadata_props.extend(original.metadata_props)
-    _keep_value_info_of(model, original)
-    model.graph.name = original.graph.name
-    model.graph.doc_string = original.graph.doc_string
-    if original.ir_version >= _METADATA_MIN_IR_VERSION:
-        _tag_fused_nodes(model, fused)
-    return model
-
-
-def _keep_value_info_of(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
-    """Keep only the value_info entries the original had (shape inference added the rest)."""
-    known = {value.name for value in original.graph.value_info}
-    kept = [value for value in model.graph.value_info if value.name in known]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(kept)
-
-
-def _tag_fused_nodes(model: onnx.ModelProto, fused: Sequence[FusedBlock]) -> None:
-    by_node = {block.node: block for block in fused}
-    for node in model.graph.node:
-        block = by_node.get(node.name)
-        if block is not None:
-            for key, value in (
-                ("repvgg_onnx.rule", block.rule),
-                ("repvgg_onnx.branches", ", ".join(block.branches)),
-            ):
-                node.metadata_props.add(key=key, value=value)
 
 
 def check_fused_model(fused: onnx.ModelProto, original: onnx.ModelProto) -> None:

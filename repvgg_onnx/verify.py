@@ -9,10 +9,11 @@ far more than that, float32 rounding of a deep network by far less.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from repvgg_onnx import io
-from repvgg_onnx.errors import CheckFailedError, InputSpecError, UnsupportedModelError
+from repvgg_onnx.errors import InputSpecError, UnsupportedModelError
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL_SCALE = 1e-5
@@ -55,6 +56,12 @@ class OutputComparison:
     passed: bool
     required_atol: float
     """The smallest ``atol`` that would have passed at this ``rtol`` (as Polygraphy reports)."""
+    mean_abs_error: float = 0.0
+    cosine_similarity: float = 1.0
+    top1_agreement: float | None = None
+    """For ``[N, classes]`` outputs: the share of rows whose arg-max class is the same."""
+    b_name: str | None = None
+    """The candidate's name for this output when it differs (outputs matched by position)."""
 
     def to_dict(self) -> dict:
         """JSON-ready: non-finite errors (a shape mismatch, NaN) become ``None``."""
@@ -67,6 +74,28 @@ class OutputComparison:
 
 
 @dataclass(frozen=True)
+class Localization:
+    """The first intermediate tensor, in topological order, on which the two models disagree."""
+
+    tensor: str
+    max_abs_error: float
+    a_producer: str
+    b_producer: str
+    consumers: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        readers = ", ".join(self.consumers) or "no node"
+        return (
+            f"first divergence at tensor '{self.tensor}' (max abs err {self.max_abs_error:.3g}): "
+            f"computed by {self.a_producer} in A and {self.b_producer} in B, read by {readers}"
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"consumers": list(self.consumers), "message": self.message}
+
+
+@dataclass(frozen=True)
 class Verification:
     """The verdict on two models: ``passed`` iff every output is within tolerance."""
 
@@ -76,6 +105,13 @@ class Verification:
     seed: int
     rtol: float | None
     atol: float | None
+    batches: int = 1
+    warnings: tuple[str, ...] = ()
+    localization: Localization | None = None
+    a_path: str | None = None
+    b_path: str | None = None
+    feeds: Mapping[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    """The first batch of inputs both models ran on (for localization; not reported)."""
 
     def __bool__(self) -> bool:
         return self.passed
@@ -85,13 +121,28 @@ class Verification:
 
     def to_dict(self) -> dict:
         return {
+            "schema_version": 1,
+            "kind": "verify",
             "passed": self.passed,
+            "a_path": self.a_path,
+            "b_path": self.b_path,
             "seed": self.seed,
+            "batches": self.batches,
             "rtol": self.rtol,
             "atol": self.atol,
             "input_shapes": self.input_shapes,
             "outputs": [output.to_dict() for output in self.outputs],
+            "warnings": list(self.warnings),
+            "localization": self.localization.to_dict() if self.localization else None,
         }
+
+
+class ModelRunError(UnsupportedModelError):
+    """onnxruntime cannot load or run one of the two models; ``role`` says which."""
+
+    def __init__(self, message: str, role: str) -> None:
+        super().__init__(message)
+        self.role = role
 
 
 def parse_input_shapes(specs: Sequence[str]) -> dict[str, list[int]]:
@@ -233,6 +284,7 @@ def compare_output(
     with np.errstate(divide="ignore", invalid="ignore"):
         relative = np.where(error == 0, 0.0, error / magnitude)
     max_rel = float(relative.max()) if relative.size else 0.0
+    mean_abs = float(error.mean()) if error.size else 0.0
     excess = error - rtol * magnitude
     required = float(max(excess.max(), 0.0)) if excess.size else 0.0
     passed = bool(np.all(error <= effective_atol + rtol * magnitude))
@@ -246,7 +298,25 @@ def compare_output(
         rtol,
         passed,
         required,
+        mean_abs,
+        _cosine_similarity(reference64, candidate64),
+        _top1_agreement(reference64, candidate64),
     )
+
+
+def _cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.nan_to_num(a.reshape(-1)), np.nan_to_num(b.reshape(-1))
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if norms == 0:
+        return 1.0 if np.array_equal(a, b) else 0.0
+    return float(np.dot(a, b) / norms)
+
+
+def _top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float | None:
+    """Share of rows with the same arg-max, for 2-D ``[N, classes]`` score outputs."""
+    if reference.ndim != 2 or reference.shape[1] < 2:
+        return None
+    return float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1)))
 
 
 def create_session(model: onnx.ModelProto, role: str) -> ort.InferenceSession:
@@ -267,9 +337,10 @@ def create_session(model: onnx.ModelProto, role: str) -> ort.InferenceSession:
             io.save_model(model, path, external_data=True)
             return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises several unrelated types
-        raise UnsupportedModelError(
+        raise ModelRunError(
             f"onnxruntime cannot load the {role} model ({_first_line(error)}); "
-            "pass --no-verify to skip verification."
+            "pass --no-verify to skip verification.",
+            role,
         ) from error
 
 
@@ -280,10 +351,11 @@ def run_session(
     try:
         values = session.run(names, dict(feeds))
     except Exception as error:  # onnxruntime raises several unrelated types
-        raise UnsupportedModelError(
+        raise ModelRunError(
             f"onnxruntime cannot run the {role} model on inputs of shape "
             f"{ {k: list(v.shape) for k, v in feeds.items()} } ({_first_line(error)}); "
-            "give the right sizes with --input-shape NAME:DIMS."
+            "give the right sizes with --input-shape NAME:DIMS.",
+            role,
         ) from error
     return dict(zip(names, values, strict=True))
 
@@ -296,25 +368,46 @@ def verify_models(
     seed: int = 0,
     atol: float | None = None,
     rtol: float | None = None,
+    batches: int = 1,
+    feeds: Mapping[str, np.ndarray] | None = None,
+    roles: tuple[str, str] = ("original", "fused"),
 ) -> Verification:
-    """Run both models on the same seeded inputs and compare every reference output by name."""
-    shapes = resolve_input_shapes(reference, input_shapes)
-    feeds = synthesize_inputs(reference, shapes, seed)
-    expected = run_session(create_session(reference, "original"), feeds, "original")
-    try:
-        actual = run_session(create_session(candidate, "fused"), feeds, "fused")
-    except UnsupportedModelError as error:
-        raise CheckFailedError(
-            str(error).replace(
-                "; pass --no-verify",
-                "; this is a bug in repvgg-onnx, please report it. Pass --no-verify",
-            )
-        ) from error
-    comparisons = []
-    for name, value in expected.items():
-        if name not in actual:
-            raise CheckFailedError(f"the fused model has no output named '{name}'.")
-        comparisons.append(compare_output(name, value, actual[name], atol, rtol))
+    """Run both models on the same inputs and compare every output.
+
+    Inputs are ``feeds`` if given, else ``batches`` seeded random batches (seeds ``seed``,
+    ``seed + 1``…). Outputs are matched by name, or by position (with a warning) when the
+    names differ. ``roles`` name the models in errors (:class:`ModelRunError`).
+    """
+    if batches < 1:
+        raise InputSpecError(f"--batches must be at least 1, not {batches}.")
+    warnings: list[str] = []
+    if feeds is not None:
+        batch_feeds = [check_feeds(reference, feeds)]
+        shapes = {name: list(value.shape) for name, value in batch_feeds[0].items()}
+    else:
+        shapes = resolve_input_shapes(reference, input_shapes)
+        batch_feeds = [synthesize_inputs(reference, shapes, seed + i) for i in range(batches)]
+    candidate_feeds = _candidate_feed_names(reference, candidate, warnings)
+    a_session = create_session(reference, roles[0])
+    b_session = create_session(candidate, roles[1])
+    pairs = _output_pairs(a_session, b_session, warnings)
+    expected: dict[str, list[np.ndarray]] = {a: [] for a, _ in pairs}
+    actual: dict[str, list[np.ndarray]] = {b: [] for _, b in pairs}
+    for batch in batch_feeds:
+        for name, value in run_session(a_session, batch, roles[0]).items():
+            expected[name].append(value)
+        renamed = {candidate_feeds[name]: value for name, value in batch.items()}
+        for name, value in run_session(b_session, renamed, roles[1]).items():
+            if name in actual:
+                actual[name].append(value)
+    comparisons = [
+        replace(
+            compare_output(a, _joined(expected[a]), _joined(actual[b]), atol, rtol),
+            shape=tuple(expected[a][0].shape),
+            b_name=None if a == b else b,
+        )
+        for a, b in pairs
+    ]
     return Verification(
         passed=all(c.passed for c in comparisons),
         outputs=tuple(comparisons),
@@ -322,7 +415,87 @@ def verify_models(
         seed=seed,
         rtol=rtol,
         atol=atol,
+        batches=len(batch_feeds),
+        warnings=tuple(warnings),
+        feeds=batch_feeds[0],
     )
+
+
+def _joined(values: list[np.ndarray]) -> np.ndarray:
+    """The outputs of several batches as one array, batches stacked along the first axis."""
+    if len(values) == 1 or values[0].ndim == 0:
+        return values[0]
+    return np.concatenate(values, axis=0)
+
+
+def _output_pairs(
+    a: ort.InferenceSession, b: ort.InferenceSession, warnings: list[str]
+) -> list[tuple[str, str]]:
+    """``(A name, B name)`` of the outputs to compare: by name, else by position."""
+    a_names = [o.name for o in a.get_outputs()]
+    b_names = [o.name for o in b.get_outputs()]
+    if set(a_names) <= set(b_names):
+        return [(name, name) for name in a_names]
+    if len(a_names) != len(b_names):
+        raise InputSpecError(
+            f"the models' outputs differ: A has {a_names}, B has {b_names}; "
+            "they cannot be compared."
+        )
+    warnings.append(f"output names differ (A: {a_names}, B: {b_names}); compared by position.")
+    return list(zip(a_names, b_names, strict=True))
+
+
+def _candidate_feed_names(
+    reference: onnx.ModelProto, candidate: onnx.ModelProto, warnings: list[str]
+) -> dict[str, str]:
+    """The candidate's input name for each reference input: the same, else by position."""
+    a_names = [value.name for value in model_inputs(reference)]
+    b_names = [value.name for value in model_inputs(candidate)]
+    if a_names == b_names or set(a_names) == set(b_names):
+        return {name: name for name in a_names}
+    if len(a_names) != len(b_names):
+        raise InputSpecError(
+            f"the models' inputs differ: A has {a_names}, B has {b_names}; "
+            "they cannot be fed the same data."
+        )
+    warnings.append(f"input names differ (A: {a_names}, B: {b_names}); fed by position.")
+    return dict(zip(a_names, b_names, strict=True))
+
+
+def load_feeds(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file, keyed by input name."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except FileNotFoundError as error:
+        raise InputSpecError(f"{path}: file not found; check the --inputs path.") from error
+    except (OSError, ValueError) as error:
+        raise InputSpecError(
+            f"{path}: not a readable .npz file ({_first_line(error)}); save the inputs with "
+            "numpy.savez(path, input_name=array)."
+        ) from error
+
+
+def check_feeds(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feeds`` if they name exactly the model's inputs with fitting dtypes and shapes."""
+    inputs = {value.name: value for value in model_inputs(model)}
+    missing = [name for name in inputs if name not in feeds]
+    extra = [name for name in feeds if name not in inputs]
+    if missing or extra:
+        raise InputSpecError(
+            f"the inputs file does not match the model: missing {missing}, unexpected {extra}; "
+            f"the model's inputs are {list(inputs)}."
+        )
+    for name, value in inputs.items():
+        array = np.asarray(feeds[name])
+        expected = _ONNX_TO_NUMPY.get(value.type.tensor_type.elem_type)
+        if expected is not None and array.dtype != np.dtype(expected):
+            raise InputSpecError(
+                f"input '{name}' in the inputs file is {array.dtype}, the model wants "
+                f"{np.dtype(expected)}; convert it with array.astype(numpy.{np.dtype(expected)})."
+            )
+        _input_shape(value, list(array.shape))
+    return {name: np.asarray(feeds[name]) for name in inputs}
 
 
 def _first_line(error: BaseException) -> str:

@@ -9,8 +9,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from repvgg_onnx.api import fuse_graph
 from repvgg_onnx.pipeline import PipelineResult
+from repvgg_onnx.transform import fuse_graph
 
 OPSET = 17
 
