@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
+from repvgg_onnx.render import Rendered
 from repvgg_onnx.summary import ModelSummary
 
 
@@ -36,7 +37,7 @@ class Block:
 
 
 @dataclass
-class GraphDiff:
+class GraphDiff(Rendered):
     a: ModelSummary
     b: ModelSummary
     changes: dict[str, list[str]]

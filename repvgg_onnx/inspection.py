@@ -8,12 +8,13 @@ from dataclasses import asdict, dataclass
 import onnx
 
 from repvgg_onnx.passes.result import FusedBlock, Skipped
+from repvgg_onnx.render import Rendered
 from repvgg_onnx.summary import ModelSummary
 from repvgg_onnx.transform import fuse_graph
 
 
 @dataclass(frozen=True)
-class Inspection:
+class Inspection(Rendered):
     """``fusable``: the rewrites ``fuse`` would make; ``skipped``: candidates it would leave,
     with reasons. A deploy-ready model has no fusable block."""
 

@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from repvgg_onnx import io
 from repvgg_onnx.errors import InputSpecError, UnsupportedModelError
+from repvgg_onnx.render import Rendered
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL_SCALE = 1e-5
@@ -96,7 +97,7 @@ class Localization:
 
 
 @dataclass(frozen=True)
-class Verification:
+class Verification(Rendered):
     """The verdict on two models: ``passed`` iff every output is within tolerance."""
 
     passed: bool
