@@ -1,6 +1,7 @@
 """The ``repvgg-onnx`` command line: a thin shell around the API.
 
-Exit codes: 0 success, 1 a check failed (the models differ), 2 unusable input, 3 internal
+Exit codes (every command): 0 success, 1 a check failed (the models differ, verification
+failed, a fusable block remains under ``--fail-if-fusable``), 2 unusable input, 3 internal
 error (a bug: rerun with --debug and report it), 130 interrupted.
 """
 
@@ -15,7 +16,8 @@ from pathlib import Path
 import click
 
 from repvgg_onnx import __version__, api, io
-from repvgg_onnx.errors import ReparamError
+from repvgg_onnx.errors import InputSpecError, ReparamError
+from repvgg_onnx.render import Rendered, render
 from repvgg_onnx.verify import (
     DEFAULT_ATOL_SCALE,
     DEFAULT_RTOL,
@@ -24,18 +26,23 @@ from repvgg_onnx.verify import (
     parse_input_shapes,
 )
 
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
 EXIT_INTERNAL_ERROR = 3
 EXIT_INTERRUPTED = 130
 
+REPORT_FORMATS = {".json": "json", ".md": "markdown", ".html": "html", ".txt": "text"}
 
-def _debug_option(command: Callable) -> Callable:
-    """Add ``--debug`` and turn errors into one line on stderr and an exit code."""
 
+def _command(command: Callable) -> Callable:
+    """Add ``--debug`` and ``--quiet``; turn errors into one line on stderr and an exit code."""
+
+    @click.option("--quiet", "-q", is_flag=True, help="Print nothing on stdout.")
     @click.option("--debug", is_flag=True, help="Show a traceback on errors.")
     @functools.wraps(command)
-    def wrapper(*args, debug: bool, **kwargs):
+    def wrapper(*args, debug: bool, quiet: bool, **kwargs):
         try:
-            return command(*args, **kwargs)
+            return command(*args, quiet=quiet, **kwargs)
         except ReparamError as error:
             if debug:
                 raise
@@ -64,10 +71,100 @@ def _one_line(error: BaseException) -> str:
     return lines[0] if lines else ""
 
 
+def _progress(message: str, quiet: bool) -> None:
+    """A progress note on stderr, only for a person watching a terminal."""
+    if not quiet and sys.stderr.isatty():
+        click.echo(f"… {message}", err=True)
+
+
+def _format_option(*choices: str) -> Callable:
+    return click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(choices),
+        default="text",
+        show_default=True,
+        help="How the report is printed on stdout.",
+    )
+
+
+def _report_option(command: Callable) -> Callable:
+    return click.option(
+        "--report",
+        "report_path",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Also write the report to this file, in the format its extension names "
+        "(.json, .md, .html, .txt).",
+    )(command)
+
+
+def _check_report_path(path: Path | None) -> None:
+    """Refuse an unusable ``--report`` before any work is done."""
+    if path is None:
+        return
+    if path.suffix.lower() not in REPORT_FORMATS:
+        raise InputSpecError(
+            f"--report {path}: unknown extension '{path.suffix}'; use one of "
+            f"{', '.join(REPORT_FORMATS)}."
+        )
+    io.check_output_path(path)
+
+
+def _emit(result: Rendered, output_format: str, report_path: Path | None, quiet: bool) -> None:
+    """Print the report on stdout and write it to ``report_path``."""
+    report = result.to_dict()
+    if report_path is not None:
+        text = render(report, REPORT_FORMATS[report_path.suffix.lower()])
+        io.save_text(text.rstrip("\n") + "\n", report_path)
+    if not quiet:
+        click.echo(render(report, output_format).rstrip("\n"))
+
+
+_tolerance_options = [
+    click.option(
+        "--atol",
+        type=float,
+        default=None,
+        help=f"Absolute tolerance. Default: {DEFAULT_ATOL_SCALE:g} × the largest |value| of each "
+        f"reference output ({HALF_PRECISION_ATOL_SCALE:g} × for float16).",
+    ),
+    click.option(
+        "--rtol",
+        type=float,
+        default=None,
+        help=f"Relative tolerance. Default: {DEFAULT_RTOL:g} "
+        f"({HALF_PRECISION_RTOL:g} for float16).",
+    ),
+    click.option(
+        "--seed", type=int, default=0, show_default=True, help="Seed of the random inputs."
+    ),
+    click.option(
+        "--input-shape",
+        "input_shapes",
+        multiple=True,
+        metavar="NAME:DIMS",
+        help="Shape for an input with dynamic dims, e.g. input:1x3x224x224 (repeatable). "
+        "A dynamic first dim defaults to 1.",
+    ),
+]
+
+
+def _tolerances(command: Callable) -> Callable:
+    for option in reversed(_tolerance_options):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="repvgg-onnx")
 def main() -> None:
-    """Re-parameterize training-time multi-branch CNNs (RepVGG and friends) on ONNX graphs."""
+    """Re-parameterize training-time multi-branch CNNs (RepVGG and friends) on ONNX graphs.
+
+    \b
+    Exit codes: 0 ok · 1 check failed (models differ, fusable block left)
+                2 unusable input · 3 internal error · 130 interrupted
+    """
 
 
 @main.command()
@@ -79,38 +176,10 @@ def main() -> None:
     show_default=True,
     help="Check the fused model against the original in onnxruntime before writing it.",
 )
-@click.option(
-    "--atol",
-    type=float,
-    default=None,
-    help=f"Absolute tolerance. Default: {DEFAULT_ATOL_SCALE:g} × the largest |value| of each "
-    f"original output ({HALF_PRECISION_ATOL_SCALE:g} × for float16).",
-)
-@click.option(
-    "--rtol",
-    type=float,
-    default=None,
-    help=f"Relative tolerance. Default: {DEFAULT_RTOL:g} ({HALF_PRECISION_RTOL:g} for float16).",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
-@click.option(
-    "--input-shape",
-    "input_shapes",
-    multiple=True,
-    metavar="NAME:DIMS",
-    help="Shape for an input with dynamic dims, e.g. input:1x3x224x224 (repeatable). "
-    "A dynamic first dim defaults to 1.",
-)
-@click.option(
-    "--format",
-    "output_format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="How the report is printed on stdout.",
-)
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
-@_debug_option
+@_tolerances
+@_format_option("text", "markdown", "json")
+@_report_option
+@_command
 def fuse(
     input_path: Path,
     output_path: Path,
@@ -120,6 +189,7 @@ def fuse(
     seed: int,
     input_shapes: tuple[str, ...],
     output_format: str,
+    report_path: Path | None,
     quiet: bool,
 ) -> None:
     """Fuse every re-parameterizable block of IN.onnx and write the deploy form to OUT.onnx.
@@ -130,27 +200,137 @@ def fuse(
     written only if every output agrees. IN.onnx is never modified; OUT.onnx is written
     atomically (it may be IN.onnx itself).
     """
+    shapes = parse_input_shapes(input_shapes)
+    _check_report_path(report_path)
+    io.check_output_path(output_path)
+    _progress(f"fusing {input_path}", quiet)
     try:
         result = api.fuse(
-            input_path,
-            verify=verify,
-            input_shapes=parse_input_shapes(input_shapes),
-            seed=seed,
-            atol=atol,
-            rtol=rtol,
+            input_path, verify=verify, input_shapes=shapes, seed=seed, atol=atol, rtol=rtol
         )
     except api.FuseVerificationError as error:
-        _print_report(error.report, output_format, quiet=False)
+        _emit(error.report, output_format, report_path, quiet)
         raise
     start = time.perf_counter()
     io.save_model(result.model, output_path)
     result.report.seconds["save"] = time.perf_counter() - start
-    _print_report(result.report, output_format, quiet)
+    _emit(result.report, output_format, report_path, quiet)
     if output_format == "text" and not quiet:
         click.echo(f"Wrote {output_path}")
 
 
-def _print_report(report, output_format: str, quiet: bool) -> None:
-    if quiet:
-        return
-    click.echo(report.to_json() if output_format == "json" else report.to_text())
+@main.command("verify")
+@click.argument("a_path", metavar="A.onnx", type=click.Path(path_type=Path))
+@click.argument("b_path", metavar="B.onnx", type=click.Path(path_type=Path))
+@_tolerances
+@click.option(
+    "--batches", type=int, default=1, show_default=True, help="Random batches to compare on."
+)
+@click.option(
+    "--inputs",
+    "inputs_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Your own inputs: an .npz file with one array per model input, by input name.",
+)
+@click.option(
+    "--localize",
+    is_flag=True,
+    help="When the models differ, name the first shared intermediate tensor that diverges.",
+)
+@_format_option("text", "markdown", "json")
+@_report_option
+@_command
+def verify_command(
+    a_path: Path,
+    b_path: Path,
+    atol: float | None,
+    rtol: float | None,
+    seed: int,
+    input_shapes: tuple[str, ...],
+    batches: int,
+    inputs_path: Path | None,
+    localize: bool,
+    output_format: str,
+    report_path: Path | None,
+    quiet: bool,
+) -> None:
+    """Check that B.onnx computes the same function as A.onnx (exit 1 if not).
+
+    Both run in onnxruntime on the same inputs; every output is compared by name (by position,
+    with a warning, when the names differ). Passes iff |B − A| ≤ atol + rtol·|A| everywhere.
+    """
+    shapes = parse_input_shapes(input_shapes)
+    _check_report_path(report_path)
+    _progress(f"running {a_path} and {b_path} on {batches} batch(es)", quiet)
+    result = api.verify(
+        a_path,
+        b_path,
+        input_shapes=shapes,
+        seed=seed,
+        batches=batches,
+        inputs=inputs_path,
+        atol=atol,
+        rtol=rtol,
+        localize=localize,
+    )
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    _emit(result, output_format, report_path, quiet)
+    if not result.passed:
+        sys.exit(EXIT_CHECK_FAILED)
+
+
+@main.command("diff")
+@click.argument("a_path", metavar="A.onnx", type=click.Path(path_type=Path))
+@click.argument("b_path", metavar="B.onnx", type=click.Path(path_type=Path))
+@_format_option("text", "markdown", "json", "html")
+@_report_option
+@_command
+def diff_command(
+    a_path: Path, b_path: Path, output_format: str, report_path: Path | None, quiet: bool
+) -> None:
+    """Show what changed from A.onnx to B.onnx, block by block.
+
+    Op counts, parameters and size, interface (inputs, outputs, opsets, metadata), nodes and
+    initializers added and removed, and each fused block: which subgraph of A became which
+    node of B. Exit 0 whatever the differences (use verify to check equivalence).
+    """
+    _check_report_path(report_path)
+    _progress(f"comparing {a_path} and {b_path}", quiet)
+    _emit(api.diff(a_path, b_path), output_format, report_path, quiet)
+
+
+@main.command("inspect")
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
+@click.option(
+    "--fail-if-fusable",
+    is_flag=True,
+    help="Exit 1 if fuse would change the model: a training-form model must not ship.",
+)
+@_format_option("text", "markdown", "json")
+@_report_option
+@_command
+def inspect_command(
+    model_path: Path,
+    fail_if_fusable: bool,
+    output_format: str,
+    report_path: Path | None,
+    quiet: bool,
+) -> None:
+    """Summarize MODEL.onnx and list what fuse would do to it, writing nothing.
+
+    Inputs and outputs, opsets, op counts, parameters and size; each fusable block with its
+    branches, and each candidate fuse would leave alone with the reason.
+    """
+    _check_report_path(report_path)
+    _progress(f"inspecting {model_path}", quiet)
+    inspection = api.inspect(model_path)
+    _emit(inspection, output_format, report_path, quiet)
+    if fail_if_fusable and inspection.fusable:
+        click.echo(
+            f"error: {len(inspection.fusable)} fusable block(s) remain; run "
+            f"repvgg-onnx fuse {model_path} <out>.onnx before shipping.",
+            err=True,
+        )
+        sys.exit(EXIT_CHECK_FAILED)

@@ -129,6 +129,25 @@ def save_model(
         ) from err
 
 
+def save_text(text: str, path: str | os.PathLike) -> None:
+    """Write a report atomically (UTF-8), with the same guarantees as :func:`save_model`."""
+    target = Path(path)
+    _check_output_path(target)
+    try:
+        _write_atomically([(target, lambda file: file.write(text.encode("utf-8")))])
+    except OSError as err:
+        raise ModelSaveError(
+            f"{target}: cannot be written ({err.strerror or err}); check the folder's "
+            "permissions and free space."
+        ) from err
+
+
+def check_output_path(path: str | os.PathLike) -> None:
+    """Raise :class:`ModelSaveError` now if ``path`` cannot be written later (a directory, or
+    a missing folder): so long work is not wasted on an unwritable output."""
+    _check_output_path(Path(path))
+
+
 def needs_external_data(model: onnx.ModelProto) -> bool:
     """True if ``model`` is too large to serialize as one protobuf (estimated, not measured)."""
     return _estimated_size(model) > _INLINE_LIMIT_BYTES
