@@ -33,7 +33,7 @@ class Rendered:
 def render(report: dict, output_format: str) -> str:
     """``report`` as ``"text"``, ``"markdown"``, ``"json"`` or ``"html"``."""
     if output_format == "json":
-        return json.dumps(report, indent=2, default=_json_default)
+        return json.dumps(report, indent=2, ensure_ascii=False, default=_json_default)
     if output_format == "html":
         from repvgg_onnx.html import render_html
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 
 import numpy as np
 import onnx
@@ -67,3 +69,9 @@ class FuseReport(Rendered):
             "rounds": self.rounds,
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
         }
+
+
+def report_schema() -> dict:
+    """The JSON schema every report's ``to_dict()`` follows (``schema_version`` 1)."""
+    text = resources.files("repvgg_onnx").joinpath("schema/report.schema.json").read_text()
+    return json.loads(text)
