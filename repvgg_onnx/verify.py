@@ -435,15 +435,7 @@ def _output_pairs(
     """``(A name, B name)`` of the outputs to compare: by name, else by position."""
     a_names = [o.name for o in a.get_outputs()]
     b_names = [o.name for o in b.get_outputs()]
-    if set(a_names) <= set(b_names):
-        return [(name, name) for name in a_names]
-    if len(a_names) != len(b_names):
-        raise InputSpecError(
-            f"the models' outputs differ: A has {a_names}, B has {b_names}; "
-            "they cannot be compared."
-        )
-    warnings.append(f"output names differ (A: {a_names}, B: {b_names}); compared by position.")
-    return list(zip(a_names, b_names, strict=True))
+    return _matched_names("outputs", a_names, b_names, "compared", warnings)
 
 
 def _candidate_feed_names(
@@ -452,15 +444,22 @@ def _candidate_feed_names(
     """The candidate's input name for each reference input: the same, else by position."""
     a_names = [value.name for value in model_inputs(reference)]
     b_names = [value.name for value in model_inputs(candidate)]
-    if a_names == b_names or set(a_names) == set(b_names):
-        return {name: name for name in a_names}
+    return dict(_matched_names("inputs", a_names, b_names, "fed", warnings))
+
+
+def _matched_names(
+    what: str, a_names: list[str], b_names: list[str], verb: str, warnings: list[str]
+) -> list[tuple[str, str]]:
+    """Pair each of A's names with B's: the same name if B has all of A's, else by position
+    (with a warning) if the counts agree; else the models cannot be compared."""
+    if set(a_names) <= set(b_names):
+        return [(name, name) for name in a_names]
     if len(a_names) != len(b_names):
         raise InputSpecError(
-            f"the models' inputs differ: A has {a_names}, B has {b_names}; "
-            "they cannot be fed the same data."
+            f"the models' {what} differ: A has {a_names}, B has {b_names}; they cannot be compared."
         )
-    warnings.append(f"input names differ (A: {a_names}, B: {b_names}); fed by position.")
-    return dict(zip(a_names, b_names, strict=True))
+    warnings.append(f"{what[:-1]} names differ (A: {a_names}, B: {b_names}); {verb} by position.")
+    return list(zip(a_names, b_names, strict=True))
 
 
 def load_feeds(path: str | os.PathLike) -> dict[str, np.ndarray]:
