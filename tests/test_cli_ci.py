@@ -191,3 +191,14 @@ def test_every_command_exits_2_on_an_unusable_model(tmp_path, command):
     result = invoke(*args)
     assert result.exit_code == 2
     assert result.output.startswith("error: ") and result.output.count("\n") == 1
+
+
+def test_diff_html_report_pictures_every_block(pair, tmp_path):
+    training, fused, _ = pair
+    page = tmp_path / "diff.html"
+    result = invoke("diff", training, fused, "--report", page, "-q")
+    assert result.exit_code == 0
+    html = page.read_text()
+    assert html.count("<svg") >= 2 * 7
+    assert "Conv3x3+BN, Conv1x1+BN, BN → Conv3x3" in html
+    assert "http://" not in html and "https://" not in html
