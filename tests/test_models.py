@@ -95,3 +95,11 @@ def test_the_callers_model_is_not_modified(form):
     before = original.SerializeToString()
     repvgg_onnx.fuse(original)
     assert original.SerializeToString() == before
+
+
+@pytest.mark.parametrize("name", list(MANIFEST["models"]))
+def test_pytorch_deploy_exports_have_nothing_left_to_fuse(name):
+    inspection = repvgg_onnx.inspect(
+        MODELS / MANIFEST["models"][name]["forms"]["reference"]["file"]
+    )
+    assert inspection.fusable == []
