@@ -74,9 +74,26 @@ def export_like(
     _keep_value_info_of(model, original)
     model.graph.name = original.graph.name
     model.graph.doc_string = original.graph.doc_string
+    _restore_node_annotations(model, original)
     if original.ir_version >= _METADATA_MIN_IR_VERSION:
         _tag_fused_nodes(model, fused)
     return model
+
+
+def _restore_node_annotations(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Give surviving nodes back the doc strings and metadata graphsurgeon does not carry."""
+    annotated = {
+        (node.name, node.op_type, tuple(node.output)): node
+        for node in original.graph.node
+        if node.doc_string or node.metadata_props
+    }
+    if not annotated:
+        return
+    for node in model.graph.node:
+        source = annotated.get((node.name, node.op_type, tuple(node.output)))
+        if source is not None:
+            node.doc_string = source.doc_string
+            node.metadata_props.extend(source.metadata_props)
 
 
 def _keep_value_info_of(model: onnx.ModelProto, original: onnx.ModelProto) -> None:

@@ -103,3 +103,14 @@ def test_pytorch_deploy_exports_have_nothing_left_to_fuse(name):
         MODELS / MANIFEST["models"][name]["forms"]["reference"]["file"]
     )
     assert inspection.fusable == []
+
+
+def test_surviving_nodes_keep_their_metadata_and_doc_strings():
+    original = load_fixture("tiny_repvgg_se", "dynamo18")
+    relu = next(n for n in original.graph.node if n.op_type == "Relu")
+    relu.doc_string = "kept"
+    relu.metadata_props.add(key="origin", value="se block")
+    fused = repvgg_onnx.fuse(original, verify=False).model
+    [survivor] = [n for n in fused.graph.node if n.name == relu.name]
+    assert survivor.doc_string == "kept"
+    assert {p.key: p.value for p in survivor.metadata_props}["origin"] == "se block"
