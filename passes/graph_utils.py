@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -64,9 +62,3 @@ class UniqueNames:
         self._taken.add(name)
         return name
 
-
-def op_counts(nodes: Iterable[gs.Node]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in nodes:
-        counts[node.op] = counts.get(node.op, 0) + 1
-    return counts

@@ -65,6 +65,3 @@ def tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
     ]
     return TensorInfo(value.name, dtype, shape)
 
-
-def show_shape(shape: list[int | str | None]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
