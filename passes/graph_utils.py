@@ -61,4 +61,3 @@ class UniqueNames:
             suffix += 1
         self._taken.add(name)
         return name
-

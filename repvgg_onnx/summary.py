@@ -64,4 +64,3 @@ def tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
         for d in tensor_type.shape.dim
     ]
     return TensorInfo(value.name, dtype, shape)
-
