@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -63,6 +63,7 @@ def verify(
     atol: float | None = None,
     rtol: float | None = None,
     localize: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> Verification:
     """Do ``a`` and ``b`` compute the same function? Runs both in onnxruntime on the same
     inputs (``inputs``: an ``.npz`` path or arrays by input name; else ``batches`` seeded
@@ -80,6 +81,7 @@ def verify(
         batches=batches,
         feeds=feeds,
         roles=("A", "B"),
+        progress=progress,
     )
     localization = None
     if localize and not result.passed and result.feeds is not None:

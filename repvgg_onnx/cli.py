@@ -273,6 +273,7 @@ def verify_command(
         atol=atol,
         rtol=rtol,
         localize=localize,
+        progress=lambda message: _progress(message, quiet),
     )
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -372,12 +372,14 @@ def verify_models(
     batches: int = 1,
     feeds: Mapping[str, np.ndarray] | None = None,
     roles: tuple[str, str] = ("original", "fused"),
+    progress: Callable[[str], None] | None = None,
 ) -> Verification:
     """Run both models on the same inputs and compare every output.
 
     Inputs are ``feeds`` if given, else ``batches`` seeded random batches (seeds ``seed``,
     ``seed + 1``…). Outputs are matched by name, or by position (with a warning) when the
-    names differ. ``roles`` name the models in errors (:class:`ModelRunError`).
+    names differ. ``roles`` name the models in errors (:class:`ModelRunError`); ``progress``
+    hears about each batch.
     """
     if batches < 1:
         raise InputSpecError(f"--batches must be at least 1, not {batches}.")
@@ -394,7 +396,9 @@ def verify_models(
     pairs = _output_pairs(a_session, b_session, warnings)
     expected: dict[str, list[np.ndarray]] = {a: [] for a, _ in pairs}
     actual: dict[str, list[np.ndarray]] = {b: [] for _, b in pairs}
-    for batch in batch_feeds:
+    for index, batch in enumerate(batch_feeds, start=1):
+        if progress is not None:
+            progress(f"batch {index}/{len(batch_feeds)}")
         for name, value in run_session(a_session, batch, roles[0]).items():
             expected[name].append(value)
         renamed = {candidate_feeds[name]: value for name, value in batch.items()}

@@ -69,3 +69,11 @@ def test_verification_of_models_too_large_for_one_protobuf(monkeypatch):
     assert io.needs_external_data(model)
     result = verify_models(model, fused, seed=3)
     assert result.passed and result.outputs[0].max_abs_error > 0
+
+
+def test_progress_hears_about_every_batch():
+    model = block_model(REPVGG_BRANCHES, batch="N")
+    fused, _ = fuse_model(model)
+    heard: list[str] = []
+    result = verify_models(model, fused, batches=3, progress=heard.append)
+    assert result.batches == 3 and heard == ["batch 1/3", "batch 2/3", "batch 3/3"]
