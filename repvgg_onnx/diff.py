@@ -85,10 +85,9 @@ def diff_models(
     """Compare two models: summaries, interface changes, nodes and weights, fused blocks."""
     summary_a, summary_b = ModelSummary.of(a, a_path), ModelSummary.of(b, b_path)
     a_keys, b_keys = _node_keys(a), _node_keys(b)
-    added = [node for node, key in zip(b.graph.node, b_keys, strict=True) if key not in set(a_keys)]
-    removed = [
-        node for node, key in zip(a.graph.node, a_keys, strict=True) if key not in set(b_keys)
-    ]
+    a_known, b_known = set(a_keys), set(b_keys)
+    added = [node for node, key in zip(b.graph.node, b_keys, strict=True) if key not in a_known]
+    removed = [node for node, key in zip(a.graph.node, a_keys, strict=True) if key not in b_known]
     a_inits = {t.name for t in a.graph.initializer}
     b_inits = {t.name for t in b.graph.initializer}
     return GraphDiff(
@@ -165,7 +164,7 @@ def _blocks(a: onnx.ModelProto, b: onnx.ModelProto, added: list[onnx.NodeProto])
             Block(
                 outputs[0],
                 inputs,
-                _summary(node, a_nodes, a_block, b_block, inputs),
+                _summary(node, a_block, b_block),
                 a_block,
                 b_block,
             )
@@ -228,21 +227,15 @@ def _weight_kernel(node: onnx.NodeProto, model: onnx.ModelProto) -> list[int]:
     return []
 
 
-def _summary(
-    node: onnx.NodeProto,
-    a_nodes: list[onnx.NodeProto],
-    a_block: list[BlockNode],
-    b_block: list[BlockNode],
-    inputs: list[str],
-) -> str:
+def _summary(node: onnx.NodeProto, a_block: list[BlockNode], b_block: list[BlockNode]) -> str:
     """``"Conv3x3+BN, Conv1x1+BN, BN → Conv3x3"``: the fused node's own record if it has one
     (repvgg-onnx tags fused nodes), else read from A's subgraph."""
     recorded = {p.key: p.value for p in node.metadata_props}.get("repvgg_onnx.branches")
-    before = recorded or ", ".join(_branch_terms(a_block, inputs)) or "(nothing)"
+    before = recorded or ", ".join(_branch_terms(a_block)) or "(nothing)"
     return f"{before} → {', '.join(_short(n) for n in b_block)}"
 
 
-def _branch_terms(a_block: list[BlockNode], inputs: list[str]) -> list[str]:
+def _branch_terms(a_block: list[BlockNode]) -> list[str]:
     """The terms of A's Add tree, each as its chain of ops (``Conv 3x3+BN``), or the chain."""
     by_output = {out: n for n in a_block for out in n.outputs}
     adds = [n for n in a_block if n.op in ("Add", "Sum")]
