@@ -100,6 +100,11 @@ def _comparison_line(output: dict) -> str:
     return f"'{name}' {verdict}: " + ", ".join(parts) + f" ({allowed})"
 
 
+def _rewrite(block: dict) -> str:
+    """``"Conv3x3+BN, Conv1x1+BN, BN → Conv3x3"`` for a fused block's dict."""
+    return f"{', '.join(block['branches'])} → {block['result']}"
+
+
 def _num(value, spec: str = ".3g") -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -118,7 +123,7 @@ def _fuse_text(report: dict) -> str:
         lines = [f"Fused {_plural(len(fused), 'block')} ({detail}):"]
     else:
         lines = ["Fused nothing: no re-parameterizable block found."]
-    lines += [f"  {b['output']}: {', '.join(b['branches'])} → {b['result']}" for b in fused]
+    lines += [f"  {b['output']}: {_rewrite(b)}" for b in fused]
     if report["skipped"]:
         lines.append(f"Skipped {_plural(len(report['skipped']), 'candidate')}:")
         lines += [f"  {s['node']}: {s['reason']}" for s in report["skipped"]]
@@ -203,7 +208,7 @@ def _inspect_text(report: dict) -> str:
     fusable = report["fusable"]
     if fusable:
         lines.append(f"{_plural(len(fusable), 'fusable block')} (repvgg-onnx fuse would fuse):")
-        lines += [f"  {b['output']}: {', '.join(b['branches'])} → {b['result']}" for b in fusable]
+        lines += [f"  {b['output']}: {_rewrite(b)}" for b in fusable]
     else:
         lines.append("No fusable block: the model is in deploy form.")
     if report["skipped"]:
@@ -228,9 +233,7 @@ def _fuse_markdown(report: dict) -> str:
     lines = [f"### repvgg-onnx fuse: {_plural(len(report['fused']), 'block')} fused", ""]
     lines += _op_table(before["op_counts"], after["op_counts"])
     lines += ["", _size_line(before, after), ""]
-    lines += _blocks_table(
-        [(b["output"], f"{', '.join(b['branches'])} → {b['result']}") for b in report["fused"]]
-    )
+    lines += _blocks_table([(b["output"], _rewrite(b)) for b in report["fused"]])
     lines += _skipped_list(report["skipped"])
     verification = report.get("verification")
     if verification:
@@ -302,9 +305,7 @@ def _inspect_markdown(report: dict) -> str:
     lines = [f"### repvgg-onnx inspect {_code(report.get('path') or 'model')}: {verdict}", ""]
     lines += [f"- {_cell(line)}" for line in _interface(report["summary"])]
     lines.append("")
-    lines += _blocks_table(
-        [(b["output"], f"{', '.join(b['branches'])} → {b['result']}") for b in fusable]
-    )
+    lines += _blocks_table([(b["output"], _rewrite(b)) for b in fusable])
     lines += _skipped_list(report["skipped"])
     return "\n".join(lines) + "\n"
 
