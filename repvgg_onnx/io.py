@@ -112,7 +112,7 @@ def save_model(
     remains. Raises ``ModelSaveError`` when the output cannot be written.
     """
     target = Path(path)
-    _check_output_path(target)
+    check_output_path(target)
     _refuse_external_references(model, target)
     if external_data is None:
         external_data = needs_external_data(model)
@@ -132,7 +132,7 @@ def save_model(
 def save_text(text: str, path: str | os.PathLike) -> None:
     """Write a report atomically (UTF-8), with the same guarantees as :func:`save_model`."""
     target = Path(path)
-    _check_output_path(target)
+    check_output_path(target)
     try:
         _write_atomically([(target, lambda file: file.write(text.encode("utf-8")))])
     except OSError as err:
@@ -140,12 +140,6 @@ def save_text(text: str, path: str | os.PathLike) -> None:
             f"{target}: cannot be written ({err.strerror or err}); check the folder's "
             "permissions and free space."
         ) from err
-
-
-def check_output_path(path: str | os.PathLike) -> None:
-    """Raise :class:`ModelSaveError` now if ``path`` cannot be written later (a directory, or
-    a missing folder): so long work is not wasted on an unwritable output."""
-    _check_output_path(Path(path))
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
@@ -350,7 +344,10 @@ def _tensor_size(tensor: onnx.TensorProto) -> int:
     return len(tensor.raw_data) + typed + sum(len(text) for text in tensor.string_data)
 
 
-def _check_output_path(path: Path) -> None:
+def check_output_path(path: str | os.PathLike) -> None:
+    """Raise :class:`ModelSaveError` now if ``path`` cannot be written later (a directory, or
+    a missing folder): so long work is not wasted on an unwritable output."""
+    path = Path(path)
     if path.is_dir():
         raise ModelSaveError(
             f"{path}: is a directory; give a file path such as {path / 'model.onnx'}."
