@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 import onnx
 
 from repvgg_onnx.report import ModelStats
+from repvgg_onnx.verify import model_inputs
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,12 @@ class ModelSummary:
     @classmethod
     def of(cls, model: onnx.ModelProto, path: str | os.PathLike | None = None) -> ModelSummary:
         stats = ModelStats.of(model)
-        initializers = {tensor.name for tensor in model.graph.initializer}
         return cls(
             path=None if path is None else os.fspath(path),
             ir_version=model.ir_version,
             producer=f"{model.producer_name} {model.producer_version}".strip(),
             opsets={opset.domain: opset.version for opset in model.opset_import},
-            inputs=[tensor_info(v) for v in model.graph.input if v.name not in initializers],
+            inputs=[tensor_info(value) for value in model_inputs(model)],
             outputs=[tensor_info(v) for v in model.graph.output],
             op_counts=stats.op_counts,
             parameters=stats.parameters,
