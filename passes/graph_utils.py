@@ -5,12 +5,37 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+#: Op domains whose ops have the standard ONNX meaning; ops of any other domain (a custom
+#: ``Conv`` of a model-local function, say) are never read as linear ops or folded.
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+_OVERRIDABLE = "_repvgg_onnx_overridable"
+
+
+def is_standard(node: gs.Node) -> bool:
+    return (node.domain or "") in STANDARD_DOMAINS
+
+
+def mark_overridable(tensor: gs.Tensor) -> None:
+    """Record that ``tensor`` is an initializer also listed as a graph input: a caller may feed
+    another value at run time, so its value is only a default, not a constant."""
+    setattr(tensor, _OVERRIDABLE, True)
+
+
+def is_overridable(tensor: gs.Tensor) -> bool:
+    return bool(getattr(tensor, _OVERRIDABLE, False))
+
 
 def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
-    """The tensor's value if it is a constant (initializer), else ``None``."""
-    if isinstance(tensor, gs.Constant):
+    """The tensor's value if it is a constant (an initializer no caller can override)."""
+    if isinstance(tensor, gs.Constant) and not is_overridable(tensor):
         return np.asarray(tensor.values)
     return None
+
+
+def is_omitted(tensor: gs.Tensor) -> bool:
+    """An optional input left out (empty name)."""
+    return not tensor.name and isinstance(tensor, gs.Variable)
 
 
 def producer(tensor: gs.Tensor) -> gs.Node | None:
@@ -22,18 +47,22 @@ def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     return any(output is tensor for output in graph.outputs)
 
 
+def use_count(tensor: gs.Tensor) -> int:
+    """How many node inputs read ``tensor`` (nodes of subgraphs included)."""
+    return sum(1 for node in tensor.outputs for t in node.inputs if t is tensor)
+
+
 def has_single_use(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     """True iff exactly one node input reads ``tensor`` and it is not a graph output."""
-    uses = sum(1 for node in tensor.outputs for t in node.inputs if t is tensor)
-    return uses == 1 and not is_graph_output(graph, tensor)
+    return use_count(tensor) == 1 and not is_graph_output(graph, tensor)
 
 
-def describe_uses(graph: gs.Graph, tensor: gs.Tensor, besides: gs.Node) -> str:
+def describe_uses(graph: gs.Graph, tensor: gs.Tensor, besides: gs.Node | None = None) -> str:
     """Who else reads ``tensor``: ``"node 'Relu_3'"``, ``"the graph output"``."""
-    others = [f"node '{node.name}'" for node in tensor.outputs if node is not besides]
+    others = [f"{node.op} '{node.name}'" for node in tensor.outputs if node is not besides]
     if is_graph_output(graph, tensor):
         others.append("the graph output")
-    return ", ".join(others) or f"node '{besides.name}' twice"
+    return ", ".join(others) or "nothing"
 
 
 def replace_uses(tensor: gs.Tensor, replacement: gs.Tensor) -> None:
@@ -45,7 +74,29 @@ def replace_uses(tensor: gs.Tensor, replacement: gs.Tensor) -> None:
 
 
 def attribute(node: gs.Node, name: str, default):
-    return node.attrs.get(name, default)
+    value = node.attrs.get(name, default)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
+    """The tensor's shape if every dim is a known integer, else ``None``."""
+    shape = tensor.shape
+    if shape is None or not all(isinstance(d, int | np.integer) and d >= 0 for d in shape):
+        return None
+    return tuple(int(d) for d in shape)
+
+
+def rank(tensor: gs.Tensor) -> int | None:
+    return None if tensor.shape is None else len(tensor.shape)
+
+
+def dim(tensor: gs.Tensor, axis: int) -> int | None:
+    """One dim of the tensor's shape if known, else ``None``."""
+    shape = tensor.shape
+    if shape is None or not -len(shape) <= axis < len(shape):
+        return None
+    value = shape[axis]
+    return int(value) if isinstance(value, int | np.integer) and value >= 0 else None
 
 
 class UniqueNames:

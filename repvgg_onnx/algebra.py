@@ -42,7 +42,14 @@ class AffineConv:
     scale costs O(Cout); the arithmetic on kernels happens in float64, once, chunk by chunk,
     when :func:`materialize` or :func:`merge_affine_convs` writes the final weights.
     ``strides``, ``dilations`` have one entry per spatial dim; ``pads`` is ONNX's
-    ``(begin_0, begin_1, …, end_0, end_1, …)``.
+    ``(begin_0, begin_1, …, end_0, end_1, …)``. A kernel with no spatial dims
+    (``[Cout, Cin/groups]``) is a linear map of the channel axis (Gemm, MatMul).
+
+    ``pad_value`` (per input channel, ``None`` for zeros) is the value the padded border of the
+    input holds: a ``Pad`` with a non-zero value reads this way; an ONNX Conv always pads with
+    zeros. ``auto_pad`` is ``"SAME_UPPER"``/``"SAME_LOWER"`` when the padding depends on the
+    input size (``SAME_*`` with strides > 1); ``pads`` is then all zeros and meaningless, so
+    only per-output-channel folds apply.
     """
 
     kernel: np.ndarray
@@ -52,6 +59,8 @@ class AffineConv:
     pads: tuple[int, ...]
     groups: int
     scale: np.ndarray | None = None
+    pad_value: np.ndarray | None = None
+    auto_pad: str = "NOTSET"
 
     @property
     def spatial_rank(self) -> int:
@@ -70,6 +79,15 @@ class AffineConv:
         return int(self.kernel.shape[1]) * self.groups
 
     @property
+    def has_explicit_pads(self) -> bool:
+        return self.auto_pad == "NOTSET"
+
+    @property
+    def is_padded(self) -> bool:
+        """True if some output reads the padded border (explicit non-zero pads or auto_pad)."""
+        return not self.has_explicit_pads or any(self.pads)
+
+    @property
     def pads_begin(self) -> tuple[int, ...]:
         return self.pads[: self.spatial_rank]
 
@@ -86,18 +104,25 @@ def affine_conv(
     dilations: Sequence[int] | None = None,
     pads: Sequence[int] | None = None,
     groups: int = 1,
+    auto_pad: str = "NOTSET",
 ) -> AffineConv:
     """An :class:`AffineConv` with ONNX's defaults: stride 1, dilation 1, no pads, no bias."""
     kernel = _as_floating(kernel)
     rank = kernel.ndim - 2
-    if rank < 1:
-        raise ValueError(f"a conv kernel needs at least 3 dims, got shape {kernel.shape}")
+    if rank < 0:
+        raise ValueError(f"a conv kernel needs at least 2 dims, got shape {kernel.shape}")
     out_channels = kernel.shape[0]
     bias = np.zeros(out_channels) if bias is None else _as_floating(bias)
     if bias.shape != (out_channels,):
         raise ValueError(f"bias shape {bias.shape} does not match {out_channels} output channels")
     if groups < 1 or out_channels % groups:
         raise ValueError(f"{out_channels} output channels cannot be split into {groups} groups")
+    geometry = {"strides": strides, "dilations": dilations}
+    for name, values in geometry.items():
+        if values is not None and len(values) != rank:
+            raise ValueError(f"{name} {list(values)} do not fit a {rank}-d kernel")
+    if pads is not None and len(pads) != 2 * rank:
+        raise ValueError(f"pads {list(pads)} do not fit a {rank}-d kernel")
     return AffineConv(
         kernel=kernel,
         bias=bias,
@@ -105,6 +130,7 @@ def affine_conv(
         dilations=tuple(int(d) for d in dilations) if dilations is not None else (1,) * rank,
         pads=tuple(int(p) for p in pads) if pads is not None else (0,) * (2 * rank),
         groups=int(groups),
+        auto_pad=auto_pad,
     )
 
 
@@ -132,14 +158,23 @@ def scale_and_shift(conv: AffineConv, scale: np.ndarray, shift: np.ndarray) -> A
     ``W' = W·scale`` per output channel (kept as a factor, see :class:`AffineConv`),
     ``b' = b·scale + shift``.
     """
-    scale = np.asarray(scale, np.float64)
-    if scale.shape != (conv.out_channels,):
-        raise ValueError(f"{scale.size} channel scales for a conv of {conv.out_channels} channels")
+    scale = per_channel(scale, conv.out_channels, "channel scales")
+    shift = per_channel(shift, conv.out_channels, "channel shifts")
     return replace(
         conv,
-        bias=np.multiply(conv.bias, scale, dtype=np.float64) + np.asarray(shift, np.float64),
+        bias=np.multiply(conv.bias, scale, dtype=np.float64) + shift,
         scale=scale if conv.scale is None else conv.scale * scale,
     )
+
+
+def per_channel(values: np.ndarray, channels: int, what: str = "values") -> np.ndarray:
+    """``values`` as ``channels`` float64 numbers: one per channel, or one for all of them."""
+    values = np.asarray(values, np.float64).reshape(-1)
+    if values.size == 1:
+        return np.full(channels, values[0])
+    if values.size != channels:
+        raise ValueError(f"{values.size} {what} for {channels} channels")
+    return values
 
 
 def fold_batchnorm(
@@ -270,6 +305,16 @@ def merge_affine_convs(
         raise ValueError("nothing to merge")
     names = list(labels) if labels is not None else [f"branch {i}" for i in range(len(branches))]
     first = branches[0]
+    for branch, name in zip(branches, names, strict=True):
+        if not branch.has_explicit_pads:
+            raise IncompatibleBranchesError(
+                f"{name} uses auto_pad={branch.auto_pad} with strides "
+                f"{_show(branch.strides)}, whose padding depends on the input size"
+            )
+        if branch.pad_value is not None and any(branch.pads) and np.any(branch.pad_value):
+            raise IncompatibleBranchesError(
+                f"{name} pads with a non-zero value, which a merged conv cannot do"
+            )
     _require_equal(branches, names, lambda b: b.spatial_rank, "spatial rank")
     _require_equal(branches, names, lambda b: b.out_channels, "output channels")
     _require_equal(branches, names, lambda b: b.in_channels, "input channels")

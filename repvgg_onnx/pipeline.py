@@ -8,25 +8,16 @@ from dataclasses import dataclass, field
 import onnx_graphsurgeon as gs
 
 from repvgg_onnx.errors import UnsupportedModelError
+from repvgg_onnx.passes.affine_regions import fuse_affine_regions
 from repvgg_onnx.passes.canonicalize import canonicalize
-from repvgg_onnx.passes.fold_batchnorm import fold_batchnorm
-from repvgg_onnx.passes.fold_scale import fold_scale
-from repvgg_onnx.passes.merge_branches import merge_parallel_branches
-from repvgg_onnx.passes.normal_form import is_training_batchnorm
+from repvgg_onnx.passes.readers import is_training_batchnorm
 from repvgg_onnx.passes.result import FusedBlock, PassResult, Skipped
 
 Pass = Callable[[gs.Graph], PassResult]
 
-#: Canonicalize first so the others see plain Conv/BN/Add; merge before folding so a block's
-#: Conv+BN branches are described as such; fold after merging so a BN after a merged block
-#: (RepViT's BN after the sum) folds into the new Conv on the next round; a per-channel
-#: constant Mul/Add after a Conv (PP-YOLOE's alpha) folds so its branch merges next round.
-DEFAULT_PASSES: tuple[Pass, ...] = (
-    canonicalize,
-    merge_parallel_branches,
-    fold_batchnorm,
-    fold_scale,
-)
+#: Canonicalize first so the region pass sees plain linear ops (no Identity, Constant or
+#: neutral nodes); then every affine region becomes one node per source it reads.
+DEFAULT_PASSES: tuple[Pass, ...] = (canonicalize, fuse_affine_regions)
 
 MAX_ROUNDS = 16
 

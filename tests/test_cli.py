@@ -64,14 +64,14 @@ def test_fuse_in_place_replaces_only_with_the_verified_model(block_path):
 
 
 def test_failed_verification_exits_1_and_writes_nothing(block_path, tmp_path, monkeypatch):
-    import repvgg_onnx.algebra as algebra
+    import repvgg_onnx.passes.readers as readers
 
-    real = algebra.batchnorm_scale_shift
+    real = readers.batchnorm_scale_shift
 
     def wrong_eps(gamma, beta, mean, var, eps):
         return real(gamma, beta, mean, var, eps * 100)
 
-    monkeypatch.setattr(algebra, "batchnorm_scale_shift", wrong_eps)
+    monkeypatch.setattr(readers, "batchnorm_scale_shift", wrong_eps)
     out = tmp_path / "out.onnx"
     result = invoke("fuse", block_path, out)
     assert result.exit_code == 1

@@ -1,0 +1,53 @@
+"""The region pass: every affine region worth it becomes one node per source it reads.
+
+Invariant: the graph computes the same function (to float rounding); each rewritten region's
+output tensor keeps its name (it is written by the new node or by the last new Add), so
+whatever read it is untouched.
+"""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from .graph_utils import UniqueNames
+from .regions import RULE, RegionFinder, RegionPlan
+from .result import FusedBlock, PassResult
+from .rewrite import add_nodes
+
+
+def fuse_affine_regions(graph: gs.Graph) -> PassResult:
+    """Plan every region (no edits), then rewrite the ones that gain; report both."""
+    plans, skipped = RegionFinder(graph).plan_all()
+    names = UniqueNames(graph)
+    fused = [_rewrite(graph, plan, names) for plan in plans]
+    if fused:
+        graph.cleanup().toposort()
+    return PassResult(fused=fused, skipped=skipped)
+
+
+def _rewrite(graph: gs.Graph, plan: RegionPlan, names: UniqueNames) -> FusedBlock:
+    """Disconnect the region's root node from its output and compute it anew; the region's
+    other nodes become dead and ``cleanup`` removes them."""
+    root = plan.root
+    stem = plan.root_node.name or root.name
+    plan.root_node.outputs.clear()
+    parts: list[gs.Tensor] = []
+    writer = ""
+    single = len(plan.emissions) == 1
+    for index, emission in enumerate(plan.emissions):
+        if not emission.specs:
+            parts.append(emission.source)
+            continue
+        output = root if single else gs.Variable(names(f"{root.name}_part{index}"), root.dtype)
+        nodes = add_nodes(graph, list(emission.specs), emission.source, output, stem, names)
+        writer = writer or nodes[0].name
+        parts.append(output)
+    total = parts[0]
+    for index, part in enumerate(parts[1:], start=1):
+        last = index == len(parts) - 1
+        output = root if last else gs.Variable(names(f"{root.name}_sum{index}"), root.dtype)
+        graph.nodes.append(
+            gs.Node("Add", names(f"{stem}/reparam_add"), inputs=[total, part], outputs=[output])
+        )
+        total = output
+    return FusedBlock(RULE, root.name, writer, plan.branches, plan.result)

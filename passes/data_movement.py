@@ -1,0 +1,106 @@
+"""Read a chain of element-moving ops (Pad, ScatterND of constants, Transpose, Slice) as a Pad.
+
+Exporters write DBB's "BN then pad with the BN's shift" layer as ``Pad`` followed by slice
+assignments: ``ScatterND`` nodes (with ``Transpose`` around them in the dynamo exporter) that
+overwrite the border with constants. Such ops only copy input elements or write constants, so
+the chain is fully described by where each output element comes from, and two evaluations
+prove it: on input ``p = 1, 2, …, n`` and on ``−p``, an output element that is a copy of
+input ``j`` reads ``j+1`` and ``−(j+1)``; one that is a constant reads the same value twice.
+Anything else means the chain computed something, and it is refused. If every output
+element is a copy at a fixed offset or a per-channel constant on the border, the chain is a
+constant-mode Pad with one fill value per channel (:func:`repvgg_onnx.linear_forms.pad_conv`).
+
+The evaluation is onnx's reference implementation of the ops, never ours.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+from repvgg_onnx.algebra import AffineConv
+from repvgg_onnx.linear_forms import pad_conv
+
+from .graph_utils import constant_values, static_shape
+
+#: Probe values ``1…n`` are exact in float32 up to 2**24.
+MAX_PROBE_ELEMENTS = 1 << 24
+
+
+def chain_as_pad(nodes: list[gs.Node], source: gs.Tensor, opset: int) -> AffineConv | str:
+    """The Pad that ``nodes`` (bottom to top, each reading the previous one's output) compute
+    from ``source``, or why they are not one."""
+    shape = static_shape(source)
+    if shape is None or len(shape) < 3:
+        return f"the shape of '{source.name}' is not static, so {_names(nodes)} cannot be read"
+    if math.prod(shape) > MAX_PROBE_ELEMENTS:
+        return f"'{source.name}' is too large to read {_names(nodes)} exactly"
+    try:
+        model = _chain_model(nodes, source, shape, opset)
+        evaluator = ReferenceEvaluator(model)
+        probe = np.arange(1, math.prod(shape) + 1, dtype=np.float32).reshape(shape)
+        [first] = evaluator.run(None, {"x": probe})
+        [second] = evaluator.run(None, {"x": -probe})
+    except Exception as error:  # the reference evaluator raises assorted types
+        return f"{_names(nodes)} could not be evaluated ({type(error).__name__})"
+    return _as_pad(np.asarray(first, np.float64), np.asarray(second, np.float64), shape, nodes)
+
+
+def _names(nodes: list[gs.Node]) -> str:
+    return ", ".join(f"{node.op} '{node.name}'" for node in nodes)
+
+
+def _chain_model(
+    nodes: list[gs.Node], source: gs.Tensor, shape: tuple[int, ...], opset: int
+) -> onnx.ModelProto:
+    """A model of just the chain, input ``x`` (float32) in place of ``source``."""
+    protos, initializers = [], {}
+    for node in nodes:
+        proto = OnnxExporter.export_node(node)
+        for index, tensor in enumerate(node.inputs):
+            if tensor is source:
+                proto.input[index] = "x"
+            elif (value := constant_values(tensor)) is not None:
+                initializers[tensor.name] = numpy_helper.from_array(value, tensor.name)
+        protos.append(proto)
+    top = nodes[-1].outputs[0].name
+    graph = helper.make_graph(
+        protos,
+        "chain",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info(top, onnx.TensorProto.FLOAT, None)],
+        list(initializers.values()),
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _as_pad(
+    first: np.ndarray, second: np.ndarray, shape: tuple[int, ...], nodes: list[gs.Node]
+) -> AffineConv | str:
+    size = math.prod(shape)
+    constant = first == second
+    copy = (first == -second) & (first >= 1) & (first <= size) & (first == np.round(first))
+    not_a_pad = f"{_names(nodes)} do not compute a constant-mode pad"
+    if first.ndim != len(shape) or not np.all(constant | copy) or np.sum(copy) != size:
+        return not_a_pad
+    sources = np.unravel_index(first[copy].astype(np.int64) - 1, shape)
+    targets = np.nonzero(copy)
+    offsets = [t - s for t, s in zip(targets, sources, strict=True)]
+    if any(np.any(o != o.flat[0]) for o in offsets) or any(o.flat[0] for o in offsets[:2]):
+        return not_a_pad
+    begin = [int(o.flat[0]) for o in offsets[2:]]
+    end = [out - inp - b for out, inp, b in zip(first.shape[2:], shape[2:], begin, strict=True)]
+    if first.shape[:2] != shape[:2] or min(begin + end, default=0) < 0:
+        return not_a_pad
+    border = np.where(constant, first, np.nan)
+    values = np.moveaxis(border, 1, 0).reshape(shape[1], -1)
+    fill = np.nanmax(values, axis=1) if np.any(constant) else np.zeros(shape[1])
+    if np.any(constant) and not np.all(np.isnan(values) | (values == fill[:, None])):
+        return f"{_names(nodes)} pad with values that differ within a channel"
+    return pad_conv(shape[1], begin + end, np.nan_to_num(fill))

@@ -1,0 +1,615 @@
+"""Affine regions: the largest subgraphs computing a tensor as an affine map of one tensor.
+
+A *region* is a tree of linear ops (see :mod:`.readers`) whose interior tensors are each read
+once, by the next op of the tree, and by nothing else (no graph output, no other node, no
+subgraph). Its root is a linear op whose output is read elsewhere. Expressing the root bottom
+up gives a sum of *terms*: each a form of the algebra applied to a *source* tensor (a tensor
+the region reads but does not compute). Terms of the same source merge into one form; terms of
+different sources stay in a smaller Add (RepGhost's ``dw(x1) + BN(x1) + shortcut``).
+
+Where composing two ops is not exact (padding would see a shift, a ConvTranspose's input
+side…), the tree is *cut*: the inner tensor becomes the root of a region of its own, and the
+outer op reads it as a source; each cut with a real reason is reported as skipped. Cost is
+checked on the whole region first (DBB's average-pool branch costs more alone than merged);
+if the region would cost more multiply-adds than the nodes it replaces, it is planned again
+with every composition checked on its own (a depthwise conv before a pointwise one stays).
+
+Planning never touches the graph; :mod:`.rewrite` applies the plans.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from repvgg_onnx.algebra import AffineConv, IncompatibleBranchesError
+from repvgg_onnx.linear_forms import (
+    IDENTITY,
+    ChannelAffine,
+    Form,
+    NotComposableError,
+    TransposedConv,
+    channel_affine,
+    compose,
+    describe_form,
+    emittable_reason,
+    input_channels,
+    multiply_adds,
+    output_channels,
+    sum_forms,
+)
+
+from .data_movement import chain_as_pad
+from .graph_utils import describe_uses, dim, has_single_use, producer, rank
+from .readers import Kind, Layout, LinearOp, Refusal, cost_of, read_node
+from .result import Skipped
+from .rewrite import NodeSpec, node_specs
+
+RULE = "affine_region"
+
+#: Ops with a weight tensor: two of them in a row are two layers, not a fold missed.
+WEIGHTED = frozenset({Kind.CONV, Kind.CONV_TRANSPOSE, Kind.GEMM, Kind.MATMUL})
+
+
+@dataclass(frozen=True)
+class Term:
+    """``form(source)``: one summand of a region, and the graph nodes it stands for.
+
+    ``weighted`` says whether a Conv, Gemm, MatMul or ConvTranspose is among them: a failed
+    composition of two weighted terms is two layers, not a missed fold, and is not reported.
+    """
+
+    source: gs.Tensor
+    form: Form
+    labels: tuple[str, ...] = ()
+    nodes: tuple[gs.Node, ...] = ()
+    cost: float = 0.0
+    layout: Layout = Layout.ANY
+    negative: bool = False
+    weighted: bool = False
+
+    @property
+    def is_raw(self) -> bool:
+        """The source itself, untouched: no node, no map."""
+        return not self.nodes and isinstance(self.form, ChannelAffine) and self.form.is_identity
+
+    def describe(self) -> str:
+        """``"Conv3x3+BN"``, ``"−BN"``, ``"Identity"``."""
+        return ("−" if self.negative else "") + ("+".join(self.labels) or "Identity")
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A tensor as ``Σ terms``; ``nodes`` are the Add/Sub nodes that summed them."""
+
+    terms: tuple[Term, ...]
+    nodes: tuple[gs.Node, ...] = ()
+    cost: float = 0.0
+
+    @property
+    def all_nodes(self) -> tuple[gs.Node, ...]:
+        return self.nodes + tuple(n for term in self.terms for n in term.nodes)
+
+    @property
+    def total_cost(self) -> float:
+        return self.cost + sum(term.cost for term in self.terms)
+
+    def by_source(self) -> list[list[Term]]:
+        groups: dict[int, list[Term]] = {}
+        for term in self.terms:
+            groups.setdefault(id(term.source), []).append(term)
+        return list(groups.values())
+
+
+@dataclass(frozen=True)
+class Emission:
+    """The nodes the rewrite creates for one group of terms (none: the source itself)."""
+
+    source: gs.Tensor
+    specs: tuple[NodeSpec, ...]
+    label: str
+
+    @property
+    def node_count(self) -> int:
+        return len(self.specs)
+
+
+@dataclass(frozen=True)
+class RegionPlan:
+    """Replace ``nodes`` (the region) by ``emissions`` summed, writing ``root``."""
+
+    root: gs.Tensor
+    root_node: gs.Node
+    nodes: tuple[gs.Node, ...]
+    emissions: tuple[Emission, ...]
+    branches: tuple[str, ...]
+    result: str
+
+
+class _Costly(Exception):
+    """The region as a whole would cost more than the nodes it replaces."""
+
+
+@dataclass
+class RegionFinder:
+    """Reads every node once, then plans every region of ``graph``."""
+
+    graph: gs.Graph
+    readings: dict[int, LinearOp | Refusal | None] = field(default_factory=dict)
+    anchors: set[int] = field(default_factory=set)
+    unreadable: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.readings = {id(node): read_node(node) for node in self.graph.nodes}
+
+    def op_of(self, tensor: gs.Tensor) -> LinearOp | None:
+        node = producer(tensor)
+        reading = self.readings.get(id(node)) if node is not None else None
+        return reading if isinstance(reading, LinearOp) else None
+
+    def refusal_of(self, tensor: gs.Tensor) -> Refusal | None:
+        node = producer(tensor)
+        reading = self.readings.get(id(node)) if node is not None else None
+        return reading if isinstance(reading, Refusal) else None
+
+    def is_interior(self, tensor: gs.Tensor) -> bool:
+        """Computed by a linear op and read only once, by another linear op of the graph."""
+        op = self.op_of(tensor)
+        if op is None or op.output is not tensor or id(tensor) in self.anchors:
+            return False
+        if not has_single_use(self.graph, tensor):
+            return False
+        reader = self.readings.get(id(tensor.outputs[0]))
+        return isinstance(reader, LinearOp) and any(t is tensor for t in reader.inputs)
+
+    def plan_all(self) -> tuple[list[RegionPlan], list[Skipped]]:
+        """Plans for every region worth rewriting, and the candidates skipped (with reasons)."""
+        pending = [
+            reading.output
+            for reading in self.readings.values()
+            if isinstance(reading, LinearOp) and not self.is_interior(reading.output)
+        ]
+        plans, skipped = [], []
+        while pending:
+            root = pending.pop()
+            plan, cuts, skips = self._plan_root(root)
+            skipped.extend(skips)
+            if plan is not None:
+                plans.append(plan)
+            for cut in cuts:
+                if id(cut) not in self.anchors:
+                    self.anchors.add(id(cut))
+                    if self.op_of(cut) is not None:
+                        pending.append(cut)
+        return plans, skipped
+
+    def _plan_root(self, root: gs.Tensor):
+        op = self.op_of(root)
+        if op is None or id(op.node) in self.unreadable:
+            return None, [], []
+        attempt = None
+        for local_costs in (False, True):
+            attempt = _Attempt(self, local_costs)
+            try:
+                expression = attempt.expand(op)
+                plan = attempt.plan(op, expression)
+            except _Costly:
+                continue
+            return plan, attempt.cuts, attempt.skipped
+        return None, attempt.cuts, attempt.skipped
+
+
+def _meet(a: Layout, b: Layout) -> Layout | None:
+    """The layout two views of one tensor agree on, or ``None`` if they conflict."""
+    if a is Layout.ANY:
+        return b
+    if b is Layout.ANY or a is b:
+        return a
+    return None
+
+
+@dataclass
+class _Attempt:
+    """One bottom-up reading of a region (with or without a cost check per composition)."""
+
+    finder: RegionFinder
+    local_costs: bool
+    cuts: list[gs.Tensor] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def express(self, tensor: gs.Tensor) -> Expression:
+        if not self.finder.is_interior(tensor) or any(c is tensor for c in self.cuts):
+            return Expression((Term(tensor, IDENTITY),))
+        return self.expand(self.finder.op_of(tensor))
+
+    def expand(self, op: LinearOp) -> Expression:
+        """The output of ``op`` as a sum of terms of the region's sources."""
+        if op.kind is Kind.SUM:
+            return self._expand_sum(op)
+        if op.kind is Kind.RESHAPE:
+            return self._expand_reshape(op)
+        chain = self._data_movement_chain(op)
+        if chain is not None:
+            return self._expand_chain(op, chain)
+        if op.kind is Kind.DATA_MOVEMENT:
+            return self._keep(op)
+        inner = self.express(op.input)
+        return self._apply(op, op.form, inner, (op.node,), op.label, op.input)
+
+    def _expand_sum(self, op: LinearOp) -> Expression:
+        terms: list[Term] = []
+        nodes: tuple[gs.Node, ...] = (op.node,)
+        cost = cost_of(op, _channels_of(op.output))
+        for tensor, sign in zip(op.inputs, op.signs, strict=True):
+            part = self.express(tensor)
+            nodes += part.nodes
+            cost += part.cost
+            terms.extend(part.terms if sign > 0 else (_negate(t) for t in part.terms))
+        layout = Layout.ANY
+        for term in terms:
+            met = _meet(layout, term.layout)
+            if met is None:
+                return self._cut_all(op)
+            layout = met
+        return Expression(tuple(terms), nodes, cost)
+
+    def _cut_all(self, op: LinearOp) -> Expression:
+        self.cuts.extend(op.inputs)
+        terms = [Term(t, IDENTITY) for t in op.inputs]
+        terms = [t if s > 0 else _negate(t) for t, s in zip(terms, op.signs, strict=True)]
+        return Expression(tuple(terms), (op.node,), cost_of(op, _channels_of(op.output)))
+
+    def _expand_reshape(self, op: LinearOp) -> Expression:
+        """A channel-preserving Reshape is the identity on ``[..., C]`` maps."""
+        inner = self.express(op.input)
+        for term in inner.terms:
+            form = term.form
+            spatial = isinstance(form, AffineConv) and form.spatial_rank > 0
+            if spatial or isinstance(form, TransposedConv) or term.layout is Layout.CHANNELS_FIRST:
+                return self._cut(op, op.input, None)
+        terms = tuple(replace(t, layout=Layout.CHANNELS_LAST) for t in inner.terms)
+        return Expression(terms, (*inner.nodes, op.node), inner.cost)
+
+    def _data_movement_chain(self, op: LinearOp) -> list[LinearOp] | None:
+        """The element-moving ops ``op`` tops (bottom first), if it tops more than a Pad."""
+        if op.kind not in (Kind.DATA_MOVEMENT, Kind.PAD):
+            return None
+        chain, tensor = [op], op.input
+        while self.finder.is_interior(tensor) and not any(c is tensor for c in self.cuts):
+            below = self.finder.op_of(tensor)
+            if below.kind not in (Kind.DATA_MOVEMENT, Kind.PAD):
+                break
+            chain.append(below)
+            tensor = below.input
+        if len(chain) == 1 and op.kind is Kind.PAD:
+            return None
+        return chain[::-1] if any(o.kind is Kind.PAD for o in chain) else None
+
+    def _expand_chain(self, op: LinearOp, chain: list[LinearOp]) -> Expression:
+        source = chain[0].input
+        form = chain_as_pad([o.node for o in chain], source, _opset(self.finder.graph))
+        if isinstance(form, str):
+            self.finder.unreadable.add(id(op.node))
+            return self._keep(op)
+        inner = self.express(source)
+        nodes = tuple(o.node for o in chain)
+        return self._apply(op, form, inner, nodes, "Pad", source)
+
+    def _keep(self, op: LinearOp) -> Expression:
+        """``op`` stays a node of its own: its output is a source of the region above."""
+        self.cuts.append(op.output)
+        return Expression((Term(op.output, IDENTITY),))
+
+    def _apply(
+        self,
+        op: LinearOp,
+        form: Form,
+        inner: Expression,
+        nodes: tuple[gs.Node, ...],
+        label: str,
+        input_tensor: gs.Tensor,
+    ) -> Expression:
+        """``form(inner)``: distributed over the terms if per-channel, else composed with
+        the terms merged (one source only)."""
+        op_cost = cost_of(op, _channels_of(op.output))
+        if isinstance(form, ChannelAffine):
+            return self._apply_channel_affine(op, form, inner, nodes, label, input_tensor)
+        groups = inner.by_source()
+        if len(groups) != 1:
+            return self._cut(op, input_tensor, None, form, nodes, label)
+        merged = self._merge(inner)
+        if isinstance(merged, str):
+            return self._cut(op, input_tensor, merged, form, nodes, label)
+        layout = _meet(op.layout, merged.layout)
+        if layout is None:
+            return self._cut(op, input_tensor, None, form, nodes, label)
+        try:
+            composite = compose(form, merged.form, _rtol(op))
+        except NotComposableError as error:
+            reason = (
+                f"{_node_text(op)} cannot absorb {merged.describe()} of '{merged.source.name}' "
+                f"before it: {error}"
+            )
+            reported = not merged.is_raw and not (op.kind in WEIGHTED and merged.weighted)
+            return self._cut(op, input_tensor, reason if reported else None, form, nodes, label)
+        cost = op_cost + merged.cost * _positions_per_output(form)
+        if self.local_costs and multiply_adds(composite) > cost and not merged.is_raw:
+            reason = (
+                f"{_node_text(op)} composed with {merged.describe()} would cost "
+                f"{multiply_adds(composite):.0f} multiply-adds per output instead of {cost:.0f}"
+            )
+            reported = not (op.kind in WEIGHTED and merged.weighted)
+            return self._cut(op, input_tensor, reason if reported else None, form, nodes, label)
+        term = Term(
+            merged.source,
+            composite,
+            (*merged.labels, label),
+            merged.nodes + nodes,
+            cost,
+            layout,
+            merged.negative,
+            merged.weighted or op.kind in WEIGHTED,
+        )
+        return Expression((term,))
+
+    def _apply_channel_affine(
+        self, op, form: ChannelAffine, inner: Expression, nodes, label, input_tensor
+    ) -> Expression:
+        terms = []
+        scale_only = channel_affine(form.scale, 0.0)
+        for index, term in enumerate(inner.terms):
+            layout = _meet(op.layout, term.layout)
+            step = form if index == 0 else scale_only
+            try:
+                if layout is None:
+                    raise NotComposableError("its channel axis differs")
+                composed = compose(step, term.form)
+            except NotComposableError:
+                return self._cut(op, input_tensor, None, form, nodes, label)
+            terms.append(replace(term, form=composed, labels=(*term.labels, label), layout=layout))
+        cost = inner.cost + cost_of(op, _channels_of(op.output))
+        terms[0] = replace(terms[0], nodes=terms[0].nodes + nodes)
+        return Expression(tuple(terms), inner.nodes, cost)
+
+    def _merge(self, inner: Expression) -> Term | str:
+        """The terms of one source as a single term (their Add nodes included)."""
+        terms = inner.terms
+        if len(terms) == 1:
+            term = terms[0]
+            return replace(term, nodes=term.nodes + inner.nodes, cost=inner.total_cost)
+        source = terms[0].source
+        layout = Layout.ANY
+        for term in terms:
+            layout = _meet(layout, term.layout) or layout
+        shape = _shape_facts(terms, source, layout)
+        if isinstance(shape, str):
+            return shape
+        try:
+            form = sum_forms(
+                [t.form for t in terms],
+                [t.describe() for t in terms],
+                spatial_rank=shape[0],
+                channels=shape[1],
+            )
+        except (IncompatibleBranchesError, ValueError) as error:
+            return str(error)
+        label = "(" + ", ".join(t.describe() for t in terms) + ")"
+        weighted = any(t.weighted for t in terms)
+        return Term(
+            source, form, (label,), inner.all_nodes, inner.total_cost, layout, False, weighted
+        )
+
+    def _cut(
+        self,
+        op: LinearOp,
+        input_tensor: gs.Tensor,
+        reason: str | None,
+        form: Form | None = None,
+        nodes: tuple[gs.Node, ...] | None = None,
+        label: str | None = None,
+    ) -> Expression:
+        """Stop the region below ``op``: its input becomes a source (and a region root)."""
+        self.cuts.append(input_tensor)
+        if reason:
+            self.skipped.append(Skipped(RULE, op.node.name, reason))
+        form = op.form if form is None else form
+        if form is None or emittable_reason(form):
+            return self._keep(op)
+        term = Term(
+            input_tensor,
+            form,
+            (label or op.label,),
+            nodes or (op.node,),
+            cost_of(op, _channels_of(op.output)),
+            op.layout,
+            weighted=op.kind in WEIGHTED,
+        )
+        return Expression((term,))
+
+    def plan(self, op: LinearOp, expression: Expression) -> RegionPlan | None:
+        """What replaces the region rooted at ``op``, or ``None`` if nothing is gained."""
+        root = op.output
+        emitted: list[tuple[Term, Form]] = []
+        for terms in expression.by_source():
+            merged = self._merged_group(terms)
+            if merged is None:
+                emitted.extend((t, t.form) for t in terms)
+            else:
+                emitted.append(merged)
+        emissions = []
+        for term, form in emitted:
+            emission = self._emission(term, form, root)
+            if isinstance(emission, str):
+                self.skipped.append(Skipped(RULE, op.node.name, emission))
+                return None
+            emissions.append(emission)
+        new_nodes = sum(e.node_count for e in emissions) + len(emissions) - 1
+        replaced = expression.all_nodes
+        if new_nodes >= len(replaced):
+            self._explain_kept_sum(op, expression)
+            return None
+        branches = tuple(t.describe() for t in expression.terms)
+        result = " + ".join(e.label for e in emissions)
+        return RegionPlan(root, op.node, replaced, tuple(emissions), branches, result)
+
+    def _merged_group(self, terms: list[Term]) -> tuple[Term, Form] | None:
+        """The terms of one source merged, or ``None`` to keep them apart (with a reason)."""
+        if len(terms) == 1:
+            return terms[0], terms[0].form
+        merged = self._merge(Expression(tuple(terms)))
+        if isinstance(merged, str):
+            names = ", ".join(t.describe() for t in terms)
+            self.skipped.append(
+                Skipped(
+                    RULE, terms[0].nodes[-1].name if terms[0].nodes else "", f"{names}: {merged}"
+                )
+            )
+            return None
+        adds = (len(terms) - 1) * (_channels_of(terms[0].source) or 1)
+        budget = sum(t.cost for t in terms) + adds
+        if multiply_adds(merged.form) > budget:
+            if not self.local_costs:
+                raise _Costly
+            names = ", ".join(t.describe() for t in terms)
+            reason = (
+                f"merging {names} of '{terms[0].source.name}' would cost "
+                f"{multiply_adds(merged.form):.0f} multiply-adds per output instead of {budget:.0f}"
+            )
+            self.skipped.append(Skipped(RULE, terms[0].nodes[-1].name, reason))
+            return None
+        return merged, merged.form
+
+    def _emission(self, term: Term, form: Form, root: gs.Tensor) -> Emission | str:
+        if term.is_raw:
+            return Emission(term.source, (), f"'{term.source.name}'")
+        reason = emittable_reason(form)
+        if reason:
+            return f"{term.describe()} cannot be one node: {reason}"
+        reshaped = any(n.op in ("Reshape", "Flatten") for n in term.nodes)
+        if reshaped and not _same_leading_dims(term.source, root):
+            return (
+                f"{term.describe()} reshapes '{term.source.name}' into the shape of "
+                f"'{root.name}', which one linear op cannot do"
+            )
+        channels_last = term.layout is Layout.CHANNELS_LAST
+        specs = node_specs(form, _dtype_of(term), channels_last, rank(term.source))
+        if isinstance(specs, str):
+            return f"{term.describe()} is left as it is: {specs}"
+        return Emission(term.source, tuple(specs), _describe_specs(form, specs))
+
+    def _explain_kept_sum(self, op: LinearOp, expression: Expression) -> None:
+        groups = expression.by_source()
+        if op.kind is not Kind.SUM or len(groups) < 2:
+            return
+        linear = any(not t.is_raw for t in expression.terms)
+        refused = [self.finder.refusal_of(t.source) for t in expression.terms]
+        if not linear and not any(refused):
+            return
+        parts = [_describe_source(self.finder, group[0].source) for group in groups]
+        self.skipped.append(
+            Skipped(
+                RULE,
+                op.node.name,
+                "the terms read different tensors: " + "; ".join(parts) + ", so the Add stays",
+            )
+        )
+
+
+def _negate(term: Term) -> Term:
+    return replace(term, form=compose(channel_affine(-1.0), term.form), negative=not term.negative)
+
+
+def _describe_source(finder: RegionFinder, tensor: gs.Tensor) -> str:
+    """Why the region stops at ``tensor``, for the reason of a sum that stays."""
+    node = producer(tensor)
+    refusal = finder.refusal_of(tensor)
+    if refusal is not None:
+        return f"term '{tensor.name}' comes from {refusal.reason}"
+    if node is None:
+        return f"'{tensor.name}' (an input)"
+    if finder.op_of(tensor) is None:
+        return f"term '{tensor.name}' comes from {node.op} '{node.name}', which is not linear"
+    if not has_single_use(finder.graph, tensor):
+        return (
+            f"'{tensor.name}' (from {node.op} '{node.name}') is also read by "
+            f"{describe_uses(finder.graph, tensor, tensor.outputs[0])}, so it must keep its value"
+        )
+    return f"'{tensor.name}' (from {node.op} '{node.name}')"
+
+
+def _node_text(op: LinearOp) -> str:
+    return f"{op.node.op} '{op.node.name}'"
+
+
+def _rtol(op: LinearOp) -> float:
+    return 1e-3 if op.dtype is not None and np.dtype(op.dtype).itemsize <= 2 else 1e-5
+
+
+def _opset(graph: gs.Graph) -> int:
+    return int(graph.opset) if graph.opset else 17
+
+
+def _channels_of(tensor: gs.Tensor) -> int | None:
+    return dim(tensor, 1) if (rank(tensor) or 0) >= 2 else None
+
+
+def _positions_per_output(form: Form) -> float:
+    """Positions of an op's input per position of its output (its strides' product)."""
+    if isinstance(form, AffineConv):
+        return float(math.prod(form.strides))
+    return 1.0
+
+
+def _shape_facts(terms, source: gs.Tensor, layout: Layout) -> tuple[int, int] | str:
+    """``(spatial rank, channels)`` of a sum of terms of ``source``."""
+    convs = [t.form for t in terms if isinstance(t.form, AffineConv)]
+    channel_counts = [input_channels(t.form) for t in terms] + [
+        output_channels(t.form) for t in terms
+    ]
+    channels = next((c for c in channel_counts if c is not None), None)
+    if convs:
+        return convs[0].spatial_rank, convs[0].in_channels
+    source_rank = rank(source)
+    if layout is Layout.CHANNELS_LAST or source_rank == 2:
+        spatial = 0
+        channels = channels or dim(source, -1)
+    elif source_rank is not None:
+        spatial = source_rank - 2
+        channels = channels or dim(source, 1)
+    else:
+        return f"the rank of '{source.name}' is unknown"
+    if channels is None:
+        return f"the channel count of '{source.name}' is unknown"
+    return spatial, channels
+
+
+def _same_leading_dims(source: gs.Tensor, root: gs.Tensor) -> bool:
+    a, b = source.shape, root.shape
+    if a is None or b is None or len(a) != len(b):
+        return False
+    return all(x == y and x is not None for x, y in zip(a[:-1], b[:-1], strict=True))
+
+
+def _dtype_of(term: Term) -> np.dtype:
+    """The element type of the source tensor, else of the first weights in the term."""
+    if term.source.dtype is not None:
+        try:
+            dtype = np.dtype(term.source.dtype)
+            if np.issubdtype(dtype, np.floating):
+                return dtype
+        except TypeError:
+            pass
+    for node in term.nodes:
+        for tensor in node.inputs[1:]:
+            if isinstance(tensor, gs.Constant) and np.issubdtype(tensor.dtype, np.floating):
+                return np.dtype(tensor.dtype)
+    return np.dtype(np.float32)
+
+
+def _describe_specs(form: Form, specs: list[NodeSpec]) -> str:
+    if isinstance(form, AffineConv) and form.spatial_rank > 0:
+        return describe_form(form)
+    return "+".join(spec.op for spec in specs) or "Identity"
