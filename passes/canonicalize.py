@@ -1,14 +1,20 @@
-"""Bring what real exporters emit into one shape, so the fusing passes see plain Conv/BN/Add.
+"""Bring what real exporters emit into one shape, so the region pass sees plain linear ops.
 
 - ``Constant`` nodes become initializers (gs constants), read by the same consumers;
-- ``Identity`` nodes are bypassed (the TorchScript exporter shares equal initializers through
-  them);
-- ``Sum`` of n inputs becomes a chain of binary ``Add`` nodes (``Sum`` of one is bypassed);
+- no-ops are bypassed: ``Identity``, inference ``Dropout`` (its mask unused), ``Transpose``
+  with the identity permutation, ``Reshape`` to the shape it already has, ``Sum`` of one;
+- ``Reshape(Reshape(x, a), b)`` reads ``x`` directly (a reshape depends only on the order of
+  elements);
+- ``Sum`` of n inputs becomes a chain of binary ``Add`` nodes;
 - ``Add(x, 0)``, ``Sub(x, 0)``, ``Mul(x, 1)`` and ``Div(x, 1)`` with a one-element constant
-  that cannot broadcast ``x`` to a larger shape are bypassed.
+  that cannot broadcast ``x`` to a larger shape are bypassed (never ``Sub(0, x)``).
+
+A no-op whose output is a graph output is removed by making the node before it write the
+graph output (its name is kept), unless that would rename a graph input or another output.
+Only standard-domain ops are touched.
 
 Invariant: the graph computes the same function, bit for bit; graph inputs and outputs keep
-their names (an op whose output is a graph output is left in place).
+their names.
 """
 
 from __future__ import annotations
@@ -16,7 +22,18 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph_utils import UniqueNames, constant_values, is_graph_output, replace_uses
+from .graph_utils import (
+    UniqueNames,
+    attribute,
+    constant_values,
+    is_graph_output,
+    is_omitted,
+    is_standard,
+    producer,
+    replace_uses,
+    static_shape,
+    use_count,
+)
 from .result import PassResult
 
 RULE = "canonicalize"
@@ -29,14 +46,17 @@ def canonicalize(graph: gs.Graph) -> PassResult:
     rewrites = 0
     names = UniqueNames(graph)
     for node in list(graph.nodes):
+        if not is_standard(node):
+            continue
         if node.op == "Constant":
             rewrites += _constant_to_initializer(graph, node, names)
-        elif node.op == "Identity" or (node.op == "Sum" and len(node.inputs) == 1):
-            rewrites += _bypass(graph, node, node.inputs[0])
-        elif node.op == "Sum":
+        elif node.op == "Sum" and len(node.inputs) > 1:
             rewrites += _sum_to_adds(graph, node, names)
-        elif node.op in _NEUTRAL_ELEMENT:
-            operand = _neutral_operand(node)
+        elif node.op == "Reshape" and _reshapes_a_reshape(graph, node):
+            node.inputs[0] = producer(node.inputs[0]).inputs[0]
+            rewrites += 1
+        else:
+            operand = _no_op_operand(graph, node)
             if operand is not None:
                 rewrites += _bypass(graph, node, operand)
     if rewrites:
@@ -44,13 +64,78 @@ def canonicalize(graph: gs.Graph) -> PassResult:
     return PassResult(rewrites=rewrites)
 
 
+def _no_op_operand(graph: gs.Graph, node: gs.Node) -> gs.Tensor | None:
+    """The input whose value ``node`` outputs unchanged, if it is a no-op."""
+    op = node.op
+    if op == "Identity" or (op == "Sum" and len(node.inputs) == 1):
+        return node.inputs[0]
+    if op == "Dropout":
+        return node.inputs[0] if _is_inference_dropout(graph, node) else None
+    if op == "Transpose":
+        perm = attribute(node, "perm", None)
+        rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
+        identity = perm is not None and list(perm) == list(range(len(perm)))
+        return node.inputs[0] if identity or (perm is None and rank == 1) else None
+    if op in ("Reshape", "Flatten"):
+        before, after = static_shape(node.inputs[0]), static_shape(node.outputs[0])
+        return node.inputs[0] if before is not None and before == after else None
+    if op in _NEUTRAL_ELEMENT:
+        return _neutral_operand(node)
+    return None
+
+
+def _is_inference_dropout(graph: gs.Graph, node: gs.Node) -> bool:
+    """Dropout is the identity unless it trains (``training_mode`` true) or its mask is read."""
+    mask = node.outputs[1] if len(node.outputs) > 1 else None
+    if mask is not None and (use_count(mask) or is_graph_output(graph, mask)):
+        return False
+    if len(node.inputs) > 2 and not is_omitted(node.inputs[2]):
+        mode = constant_values(node.inputs[2])
+        return mode is not None and not bool(np.asarray(mode).reshape(-1)[0])
+    return True
+
+
+def _reshapes_a_reshape(graph: gs.Graph, node: gs.Node) -> bool:
+    """``Reshape(Reshape(x, a), b)`` with a constant ``b`` that copies no dim (no 0 entries,
+    or ``allowzero``) and the inner result read by nobody else."""
+    inner = producer(node.inputs[0])
+    if inner is None or inner.op != "Reshape" or not is_standard(inner):
+        return False
+    if use_count(node.inputs[0]) != 1 or is_graph_output(graph, node.inputs[0]):
+        return False
+    target = constant_values(node.inputs[1]) if len(node.inputs) > 1 else None
+    if target is None:
+        return False
+    return bool(attribute(node, "allowzero", 0)) or not np.any(target == 0)
+
+
 def _bypass(graph: gs.Graph, node: gs.Node, replacement: gs.Tensor) -> int:
     """Make the readers of ``node``'s output read ``replacement``; 1 if done, 0 if not."""
     output = node.outputs[0]
-    if is_graph_output(graph, output) or output is replacement:
+    if output is replacement:
         return 0
+    if is_graph_output(graph, output):
+        return _write_output_directly(graph, node, replacement)
     replace_uses(output, replacement)
     node.outputs.clear()
+    return 1
+
+
+def _write_output_directly(graph: gs.Graph, node: gs.Node, replacement: gs.Tensor) -> int:
+    """Drop a no-op before a graph output: the node computing ``replacement`` writes the
+    graph output instead (the output's name survives, ``replacement``'s does not)."""
+    writer = producer(replacement)
+    if writer is None or is_graph_output(graph, replacement) or not is_standard(writer):
+        return 0
+    output = node.outputs[0]
+    known = replacement.dtype is not None and output.dtype is not None
+    if known and np.dtype(replacement.dtype) != np.dtype(output.dtype):
+        return 0
+    node.outputs.clear()
+    node.inputs.clear()
+    replace_uses(replacement, output)
+    index = next(i for i, t in enumerate(writer.outputs) if t is replacement)
+    writer.outputs[index] = output
     return 1
 
 

@@ -498,6 +498,8 @@ class _Attempt:
         specs = node_specs(form, _dtype_of(term), channels_last, rank(term.source))
         if isinstance(specs, str):
             return f"{term.describe()} is left as it is: {specs}"
+        if not specs:
+            return Emission(term.source, (), f"'{term.source.name}'")
         return Emission(term.source, tuple(specs), _describe_specs(form, specs))
 
     def _explain_kept_sum(self, op: LinearOp, expression: Expression) -> None:

@@ -38,12 +38,14 @@ class PassResult:
     """The outcome of one pass over a graph.
 
     ``rewrites`` counts changes that are not fused blocks (canonicalization); the graph was
-    modified iff ``fused`` is non-empty or ``rewrites`` is positive.
+    modified iff ``fused`` is non-empty or ``rewrites`` is positive. ``shapes_stale`` says that
+    tensors may now have shapes inference could find and did not (a folded constant).
     """
 
     fused: list[FusedBlock] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     rewrites: int = 0
+    shapes_stale: bool = False
 
     @property
     def modified(self) -> bool:

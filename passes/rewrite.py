@@ -2,7 +2,7 @@
 
 A form becomes the one standard op that computes it: a Conv (any spatial rank), a Gemm
 (``[N, C]``) or MatMul+Add (``[..., C]``) for a linear map of channels, a ConvTranspose, or a
-per-channel map as BatchNormalization (``mean 0, var 1, ε 0``; Mul+Add on ``[..., C]``).
+per-channel map as Mul and Add (never a BatchNormalization: a deploy-form model has none).
 Weights are new constants computed in float64 and cast once to the model's type; a cast that
 overflows is refused before any edit.
 """
@@ -33,7 +33,9 @@ def node_specs(form: Form, dtype: np.dtype, channels_last: bool, source_rank: in
     """The nodes computing ``form`` on a tensor of rank ``source_rank``, weights as ``dtype``,
     or a sentence saying why the weights do not fit ``dtype``."""
     if isinstance(form, ChannelAffine):
-        specs = _channel_affine_specs(form, dtype, channels_last and (source_rank or 0) > 2)
+        specs = _channel_affine_specs(form, dtype, channels_last, source_rank)
+        if isinstance(specs, str):
+            return specs
     elif isinstance(form, TransposedConv):
         specs = [_conv_transpose_spec(form, dtype)]
     elif form.spatial_rank == 0:
@@ -94,23 +96,30 @@ def _conv_transpose_spec(form: TransposedConv, dtype: np.dtype) -> NodeSpec:
     return NodeSpec("ConvTranspose", attrs, constants)
 
 
-def _channel_affine_specs(form: ChannelAffine, dtype: np.dtype, last_axis: bool) -> list[NodeSpec]:
-    channels = form.channels or 1
-    scale, shift = per_channel(form.scale, channels), per_channel(form.shift, channels)
-    if last_axis:
-        specs = []
-        if not np.all(scale == 1):
-            specs.append(NodeSpec("Mul", {}, (("scale", _cast(scale, dtype)),)))
-        if np.any(shift):
-            specs.append(NodeSpec("Add", {}, (("shift", _cast(shift, dtype)),)))
-        return specs
-    constants = (
-        ("scale", _cast(scale, dtype)),
-        ("shift", _cast(shift, dtype)),
-        ("mean", np.zeros(channels, dtype)),
-        ("var", np.ones(channels, dtype)),
-    )
-    return [NodeSpec("BatchNormalization", {"epsilon": 0.0}, constants)]
+def _channel_affine_specs(
+    form: ChannelAffine, dtype: np.dtype, channels_last: bool, source_rank: int | None
+) -> list[NodeSpec] | str:
+    """``Mul`` then ``Add`` (each left out when it is the identity), with constants shaped to
+    broadcast along the channel axis: ``[C]`` for ``[..., C]`` and ``[N, C]``, ``[C, 1, …]``
+    for ``[N, C, …]``."""
+    channels = form.channels
+    if channels is None:
+        shape: tuple[int, ...] = ()
+    elif channels_last or source_rank == 2:
+        shape = (channels,)
+    elif source_rank is None:
+        return "the rank of its input is unknown"
+    else:
+        shape = (channels,) + (1,) * (source_rank - 2)
+    count = channels or 1
+    scale = per_channel(form.scale, count).reshape(shape)
+    shift = per_channel(form.shift, count).reshape(shape)
+    specs = []
+    if not np.all(scale == 1):
+        specs.append(NodeSpec("Mul", {}, (("scale", _cast(scale, dtype)),)))
+    if np.any(shift):
+        specs.append(NodeSpec("Add", {}, (("shift", _cast(shift, dtype)),)))
+    return specs
 
 
 def add_nodes(

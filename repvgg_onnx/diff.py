@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
+from repvgg_onnx.passes.readers import READERS
 from repvgg_onnx.render import Rendered
 from repvgg_onnx.summary import ModelSummary
 
@@ -157,6 +158,8 @@ def _blocks(a: onnx.ModelProto, b: onnx.ModelProto, added: list[onnx.NodeProto])
         if not outputs:
             continue
         a_nodes = _subgraph(a_producer, outputs, surviving - set(outputs))
+        if not _is_fused_block(node, a_nodes):
+            continue
         inputs = [i for i in node.input if i and i not in b_constants]
         a_block = [_block_node(n, a, a_constants) for n in a_nodes]
         b_block = [_block_node(node, b, b_constants)]
@@ -170,6 +173,20 @@ def _blocks(a: onnx.ModelProto, b: onnx.ModelProto, added: list[onnx.NodeProto])
             )
         )
     return blocks
+
+
+def _is_fused_block(node: onnx.NodeProto, a_nodes: list[onnx.NodeProto]) -> bool:
+    """A node of B is a fused block when repvgg-onnx tagged it, or when the A subgraph it
+    replaces holds a linear op besides a same-op node writing the same output (a node whose
+    constant inputs were merely folded, such as a Reshape's shape, is not a block)."""
+    if any(p.key == "repvgg_onnx.rule" for p in node.metadata_props):
+        return True
+    others = [
+        n
+        for n in a_nodes
+        if not (n.op_type == node.op_type and list(n.output) == list(node.output))
+    ]
+    return any(n.op_type in READERS for n in others)
 
 
 def _tensor_names(model: onnx.ModelProto) -> set[str]:

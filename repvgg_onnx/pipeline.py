@@ -10,14 +10,17 @@ import onnx_graphsurgeon as gs
 from repvgg_onnx.errors import UnsupportedModelError
 from repvgg_onnx.passes.affine_regions import fuse_affine_regions
 from repvgg_onnx.passes.canonicalize import canonicalize
+from repvgg_onnx.passes.fold_constants import fold_constants
 from repvgg_onnx.passes.readers import is_training_batchnorm
 from repvgg_onnx.passes.result import FusedBlock, PassResult, Skipped
+from repvgg_onnx.shapes import reinfer_shapes
 
 Pass = Callable[[gs.Graph], PassResult]
 
 #: Canonicalize first so the region pass sees plain linear ops (no Identity, Constant or
-#: neutral nodes); then every affine region becomes one node per source it reads.
-DEFAULT_PASSES: tuple[Pass, ...] = (canonicalize, fuse_affine_regions)
+#: neutral nodes) and constant subexpressions as constants; then every affine region becomes
+#: one node per source it reads.
+DEFAULT_PASSES: tuple[Pass, ...] = (canonicalize, fold_constants, fuse_affine_regions)
 
 MAX_ROUNDS = 16
 
@@ -51,7 +54,12 @@ def run_passes(graph: gs.Graph, passes: Sequence[Pass] = DEFAULT_PASSES) -> Pipe
     result = PipelineResult()
     for _ in range(MAX_ROUNDS):
         result.rounds += 1
-        outcomes = [run(graph) for run in passes]
+        outcomes = []
+        for run in passes:
+            outcome = run(graph)
+            if outcome.shapes_stale:
+                reinfer_shapes(graph)
+            outcomes.append(outcome)
         for outcome in outcomes:
             result.fused.extend(outcome.fused)
         result.skipped = [skip for outcome in outcomes for skip in outcome.skipped]

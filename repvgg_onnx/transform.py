@@ -13,8 +13,10 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from repvgg_onnx.errors import UnsupportedModelError
+from repvgg_onnx.passes.graph_utils import mark_overridable
 from repvgg_onnx.passes.result import FusedBlock
 from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass, PipelineResult, run_passes
+from repvgg_onnx.shapes import annotate_shapes
 from repvgg_onnx.skeleton import inferred_value_info
 
 _METADATA_MIN_IR_VERSION = 10  # NodeProto.metadata_props exists from IR version 10 on
@@ -25,24 +27,37 @@ def fuse_graph(
 ) -> tuple[onnx.ModelProto, PipelineResult]:
     """Run ``passes`` to a fixpoint on a copy of ``model``'s graph; no checks, no verification."""
     graph = _import_graph(model)
+    _mark_overridable_initializers(graph, model)
     _annotate_shapes(graph, model)
     outcome = run_passes(graph, passes)
     return export_like(graph, model, outcome.fused), outcome
 
 
+#: From IR version 4 on, an initializer need not be a graph input; one that is listed anyway
+#: is a default the caller may override. Before, every initializer had to be listed.
+_OVERRIDABLE_MIN_IR_VERSION = 4
+
+
+def _mark_overridable_initializers(graph: gs.Graph, model: onnx.ModelProto) -> None:
+    """Initializers also listed as graph inputs (IR >= 4) are not constants: no pass may bake
+    them in, and the exported model lists them again (graphsurgeon drops the listing)."""
+    if model.ir_version < _OVERRIDABLE_MIN_IR_VERSION:
+        return
+    tensors = graph.tensors()
+    for name in _initializer_inputs(model):
+        if name in tensors:
+            mark_overridable(tensors[name])
+
+
+def _initializer_inputs(model: onnx.ModelProto) -> list[str]:
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    return [value.name for value in model.graph.input if value.name in initializers]
+
+
 def _annotate_shapes(graph: gs.Graph, model: onnx.ModelProto) -> None:
     """Give shapeless intermediate tensors their inferred shape, so passes can prove a ``+ 0``
     does not broadcast and count an identity branch's channels."""
-    inferred = inferred_value_info(model)
-    for tensor in graph.tensors().values():
-        value = inferred.get(tensor.name)
-        if isinstance(tensor, gs.Variable) and tensor.shape is None and value is not None:
-            tensor_type = value.type.tensor_type
-            if tensor_type.HasField("shape"):
-                tensor.shape = [
-                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                    for d in tensor_type.shape.dim
-                ]
+    annotate_shapes(graph, inferred_value_info(model))
 
 
 def _import_graph(model: onnx.ModelProto) -> gs.Graph:
@@ -72,12 +87,43 @@ def export_like(
     del model.metadata_props[:]
     model.metadata_props.extend(original.metadata_props)
     _keep_value_info_of(model, original)
+    _list_initializer_inputs(model, original)
     model.graph.name = original.graph.name
     model.graph.doc_string = original.graph.doc_string
     _restore_node_annotations(model, original)
     if original.ir_version >= _METADATA_MIN_IR_VERSION:
         _tag_fused_nodes(model, fused)
     return model
+
+
+def _list_initializer_inputs(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Keep the original's graph inputs, in order, including initializers it listed there;
+    below IR version 4 every initializer, new ones included, must be listed."""
+    present = {value.name for value in model.graph.input}
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    kept = {tensor.name: tensor for tensor in original.graph.initializer}
+    inputs = []
+    for value in original.graph.input:
+        if value.name in present:
+            inputs.append(next(v for v in model.graph.input if v.name == value.name))
+        elif value.name in kept:
+            inputs.append(value)
+            if value.name not in initializers:
+                model.graph.initializer.append(kept[value.name])
+                initializers.add(value.name)
+    listed = {value.name for value in inputs}
+    inputs += [v for v in model.graph.input if v.name not in listed]
+    if original.ir_version < _OVERRIDABLE_MIN_IR_VERSION:
+        listed = {value.name for value in inputs}
+        for tensor in model.graph.initializer:
+            if tensor.name not in listed:
+                inputs.append(
+                    onnx.helper.make_tensor_value_info(
+                        tensor.name, tensor.data_type, list(tensor.dims)
+                    )
+                )
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
 
 
 def _restore_node_annotations(model: onnx.ModelProto, original: onnx.ModelProto) -> None:

@@ -83,16 +83,32 @@ def test_add_of_a_broadcasting_zero_is_kept():
     assert canonicalize(graph).rewrites == 0
 
 
-def test_graph_output_names_survive():
+def test_an_identity_before_a_graph_output_goes_and_the_output_keeps_its_name():
     model = parse(
         HEADER
         + """
-        g (float[1,4,6,6] x) => (float[1,4,6,6] y) {
+        g (float[1,4,6,6] x) => (float[1,4,6,6] y, float[1,4,6,6] z) {
           r = Relu(x)
           y = Identity(r)
+          z = Neg(r)
         }"""
     )
     graph = gs.import_onnx(model)
     canonicalize(graph)
-    assert [t.name for t in graph.outputs] == ["y"]
-    assert [n.op for n in graph.nodes] == ["Relu", "Identity"]
+    assert [t.name for t in graph.outputs] == ["y", "z"]
+    relu, neg = graph.nodes
+    assert (relu.op, relu.outputs[0].name, neg.inputs[0].name) == ("Relu", "y", "y")
+    assert_same_function(model, gs.export_onnx(graph))
+
+
+def test_an_identity_between_a_graph_input_and_output_stays():
+    model = parse(
+        HEADER
+        + """
+        g (float[1,4,6,6] x) => (float[1,4,6,6] y) {
+          y = Identity(x)
+        }"""
+    )
+    graph = gs.import_onnx(model)
+    canonicalize(graph)
+    assert [n.op for n in graph.nodes] == ["Identity"]
