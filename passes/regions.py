@@ -329,17 +329,19 @@ class _Attempt:
         try:
             composite = compose(form, merged.form, _rtol(op))
         except NotComposableError as error:
+            before = f" ({merged.nodes[-1].op} '{merged.nodes[-1].name}')" if merged.nodes else ""
             reason = (
-                f"{_node_text(op)} cannot absorb {merged.describe()} of '{merged.source.name}' "
-                f"before it: {error}"
+                f"{_node_text(op)} cannot absorb the {merged.describe()}{before} before it: {error}"
             )
             reported = not merged.is_raw and not (op.kind in WEIGHTED and merged.weighted)
             return self._cut(op, input_tensor, reason if reported else None, form, nodes, label)
         cost = op_cost + merged.cost * _positions_per_output(form)
         if self.local_costs and multiply_adds(composite) > cost and not merged.is_raw:
+            before = f" ({merged.nodes[-1].op} '{merged.nodes[-1].name}')" if merged.nodes else ""
             reason = (
-                f"{_node_text(op)} composed with {merged.describe()} would cost "
-                f"{multiply_adds(composite):.0f} multiply-adds per output instead of {cost:.0f}"
+                f"{_node_text(op)} composed with the {merged.describe()}{before} before it "
+                f"would cost {multiply_adds(composite):.0f} multiply-adds per output, not "
+                f"{cost:.0f}"
             )
             reported = not (op.kind in WEIGHTED and merged.weighted)
             return self._cut(op, input_tensor, reason if reported else None, form, nodes, label)
@@ -458,7 +460,10 @@ class _Attempt:
     def _merged_group(self, terms: list[Term]) -> tuple[Term, Form] | None:
         """The terms of one source merged, or ``None`` to keep them apart (with a reason)."""
         if len(terms) == 1:
-            return terms[0], terms[0].form
+            term = terms[0]
+            if not term.is_raw and multiply_adds(term.form) > term.cost and not self.local_costs:
+                raise _Costly
+            return term, term.form
         merged = self._merge(Expression(tuple(terms)))
         if isinstance(merged, str):
             names = ", ".join(t.describe() for t in terms)
@@ -510,7 +515,7 @@ class _Attempt:
         refused = [self.finder.refusal_of(t.source) for t in expression.terms]
         if not linear and not any(refused):
             return
-        parts = [_describe_source(self.finder, group[0].source) for group in groups]
+        parts = [_describe_source(self.finder, group[0].source, op.node) for group in groups]
         self.skipped.append(
             Skipped(
                 RULE,
@@ -524,7 +529,7 @@ def _negate(term: Term) -> Term:
     return replace(term, form=compose(channel_affine(-1.0), term.form), negative=not term.negative)
 
 
-def _describe_source(finder: RegionFinder, tensor: gs.Tensor) -> str:
+def _describe_source(finder: RegionFinder, tensor: gs.Tensor, reader: gs.Node) -> str:
     """Why the region stops at ``tensor``, for the reason of a sum that stays."""
     node = producer(tensor)
     refusal = finder.refusal_of(tensor)
@@ -537,7 +542,7 @@ def _describe_source(finder: RegionFinder, tensor: gs.Tensor) -> str:
     if not has_single_use(finder.graph, tensor):
         return (
             f"'{tensor.name}' (from {node.op} '{node.name}') is also read by "
-            f"{describe_uses(finder.graph, tensor, tensor.outputs[0])}, so it must keep its value"
+            f"{describe_uses(finder.graph, tensor, reader)}, so it must keep its value"
         )
     return f"'{tensor.name}' (from {node.op} '{node.name}')"
 

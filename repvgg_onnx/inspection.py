@@ -14,32 +14,86 @@ from repvgg_onnx.transform import fuse_graph
 
 
 @dataclass(frozen=True)
+class RemainingBatchNorm:
+    """A BatchNormalization ``fuse`` would leave, and why (one sentence)."""
+
+    node: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Inspection(Rendered):
     """``fusable``: the rewrites ``fuse`` would make; ``skipped``: candidates it would leave,
-    with reasons. A deploy-ready model has no fusable block."""
+    with reasons; ``batchnorms``: every BatchNormalization left after fusing, with its reason.
+
+    A model is in deploy form iff nothing is fusable and no BatchNormalization remains.
+    """
 
     summary: ModelSummary
     fusable: list[FusedBlock]
     skipped: list[Skipped]
+    batchnorms: list[RemainingBatchNorm]
 
     @property
     def path(self) -> str | None:
         return self.summary.path
+
+    @property
+    def deploy_form(self) -> bool:
+        return not self.fusable and not self.batchnorms
 
     def to_dict(self) -> dict:
         return {
             "schema_version": 1,
             "kind": "inspect",
             "path": self.path,
+            "deploy_form": self.deploy_form,
             "summary": self.summary.to_dict(),
             "fusable": [
                 asdict(block) | {"branches": list(block.branches)} for block in self.fusable
             ],
             "skipped": [asdict(skip) for skip in self.skipped],
+            "batchnorms": [asdict(bn) for bn in self.batchnorms],
         }
 
 
 def inspect_model(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> Inspection:
     """Summarize ``model`` and run the passes on a copy of its graph to list what would fuse."""
-    _, outcome = fuse_graph(model)
-    return Inspection(ModelSummary.of(model, path), outcome.fused, outcome.skipped)
+    fused, outcome = fuse_graph(model)
+    remaining = remaining_batchnorms(fused, outcome.skipped)
+    return Inspection(ModelSummary.of(model, path), outcome.fused, outcome.skipped, remaining)
+
+
+def remaining_batchnorms(
+    fused: onnx.ModelProto, skipped: list[Skipped]
+) -> list[RemainingBatchNorm]:
+    """Each BatchNormalization of the fused model with the reason it stayed: the skip that
+    names it, or else what it reads and what reads it (no linear op to fold into)."""
+    graph = fused.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {value.name for value in graph.output}
+    remaining = []
+    for node in graph.node:
+        if node.op_type != "BatchNormalization":
+            continue
+        named = [s.reason for s in skipped if s.node == node.name or f"'{node.name}'" in s.reason]
+        if named:
+            remaining.append(RemainingBatchNorm(node.name, named[0]))
+            continue
+        source = producers.get(node.input[0])
+        before = f"{source.op_type} '{source.name}'" if source else f"input '{node.input[0]}'"
+        after = [f"{r.op_type} '{r.name}'" for r in readers.get(node.output[0], [])]
+        if node.output[0] in outputs:
+            after.append("the graph output")
+        remaining.append(
+            RemainingBatchNorm(
+                node.name,
+                f"BatchNormalization '{node.name}' reads {before} and is read by "
+                f"{', '.join(after) or 'nothing'}; it has no linear neighbour it can fold into",
+            )
+        )
+    return remaining

@@ -57,9 +57,11 @@ def run_passes(graph: gs.Graph, passes: Sequence[Pass] = DEFAULT_PASSES) -> Pipe
         outcomes = []
         for run in passes:
             outcome = run(graph)
-            if outcome.shapes_stale:
-                reinfer_shapes(graph)
             outcomes.append(outcome)
+            while outcome.shapes_stale:
+                reinfer_shapes(graph)
+                outcome = run(graph)
+                outcomes.append(outcome)
         for outcome in outcomes:
             result.fused.extend(outcome.fused)
         result.skipped = [skip for outcome in outcomes for skip in outcome.skipped]

@@ -206,11 +206,17 @@ def _inspect_text(report: dict) -> str:
     lines = [f"{report.get('path') or 'model'}"]
     lines += [f"  {line}" for line in _interface(report["summary"])]
     fusable = report["fusable"]
+    batchnorms = report.get("batchnorms", [])
     if fusable:
         lines.append(f"{_plural(len(fusable), 'fusable block')} (repvgg-onnx fuse would fuse):")
         lines += [f"  {b['output']}: {_rewrite(b)}" for b in fusable]
+    elif batchnorms:
+        lines.append("No fusable block, but BatchNormalization remains: not deploy form.")
     else:
-        lines.append("No fusable block: the model is in deploy form.")
+        lines.append("No fusable block and no BatchNormalization: the model is in deploy form.")
+    if batchnorms:
+        lines.append(f"{_plural(len(batchnorms), 'BatchNormalization')} would remain:")
+        lines += [f"  {bn['node']}: {bn['reason']}" for bn in batchnorms]
     if report["skipped"]:
         lines.append(f"{_plural(len(report['skipped']), 'candidate')} left alone:")
         lines += [f"  {s['node']}: {s['reason']}" for s in report["skipped"]]
@@ -297,15 +303,20 @@ def _diff_markdown(report: dict) -> str:
 
 def _inspect_markdown(report: dict) -> str:
     fusable = report["fusable"]
-    verdict = (
-        f"❌ {_plural(len(fusable), 'fusable block')} (training form)"
-        if fusable
-        else "✅ no fusable block (deploy form)"
-    )
+    batchnorms = report.get("batchnorms", [])
+    if fusable:
+        verdict = f"❌ {_plural(len(fusable), 'fusable block')} (training form)"
+    elif batchnorms:
+        verdict = f"⚠️ no fusable block, {_plural(len(batchnorms), 'BatchNormalization')} left"
+    else:
+        verdict = "✅ no fusable block, no BatchNormalization (deploy form)"
     lines = [f"### repvgg-onnx inspect {_code(report.get('path') or 'model')}: {verdict}", ""]
     lines += [f"- {_cell(line)}" for line in _interface(report["summary"])]
     lines.append("")
     lines += _blocks_table([(b["output"], _rewrite(b)) for b in fusable])
+    if batchnorms:
+        lines += ["", f"**{_plural(len(batchnorms), 'BatchNormalization')} would remain:**", ""]
+        lines += [f"- {_code(bn['node'])}: {_cell(bn['reason'])}" for bn in batchnorms]
     lines += _skipped_list(report["skipped"])
     return "\n".join(lines) + "\n"
 
