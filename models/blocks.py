@@ -34,6 +34,9 @@ TINY_INPUT_SHAPE = (1, 3, 32, 32)
 LARGE_EPS = 1e-3
 """The non-default BatchNorm epsilon :func:`randomize_batchnorm_` gives about a third of the BNs."""
 
+RANDOMIZED_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+"""The BatchNorm kinds :func:`randomize_batchnorm_` gives random statistics."""
+
 
 class ConvBN(nn.Sequential):
     """``bn(conv(x))`` with a bias-free ``nn.Conv2d``; children ``conv`` and ``bn`` as official."""
@@ -256,31 +259,39 @@ def repvgg_b1g4(**kwargs: Any) -> RepVGG:
 def randomize_batchnorm_(model: nn.Module, seed: int, weight_gain: float = 1.0) -> nn.Module:
     """Give ``model`` non-trivial, seed-determined BN statistics and conv/linear weights; return it.
 
-    Per BN: ``running_mean ~ N(0, 0.5)``, ``running_var ~ U(0.2, 3.0)``, ``weight ~ U(0.5, 1.5)``,
-    ``bias ~ N(0, 0.5)`` (N(mean, std)); ``round(n/3)`` of the ``n`` BNs, chosen by the seed, get
-    ``eps = LARGE_EPS``, the others ``1e-5``. Conv and linear weights are
-    ``N(0, weight_gain / sqrt(fan_in))`` and their biases ``N(0, 0.1)``. Every parameter and
-    running statistic is overwritten, all drawn from one ``torch.Generator`` seeded with ``seed``
-    (the global RNG is untouched): the same architecture and seed always give the same tensors.
+    Per BN (``BatchNorm1d`` and ``BatchNorm2d``, in module order): ``running_mean ~ N(0, 0.5)``,
+    ``running_var ~ U(0.2, 3.0)``, ``weight ~ U(0.5, 1.5)``, ``bias ~ N(0, 0.5)`` (N(mean, std));
+    ``max(1, round(n/3))`` of the ``n`` BNs, chosen by the seed, get ``eps = LARGE_EPS``, the
+    others ``1e-5``. Conv and linear weights are ``N(0, weight_gain / sqrt(fan_in))`` and their
+    biases ``N(0, 0.1)``. Any other parameter (a layer scale, a gate logit) is ``N(0, 0.5)``,
+    drawn last in ``parameters()`` order. Every parameter and running statistic is overwritten,
+    all drawn from one ``torch.Generator`` seeded with ``seed`` (the global RNG is untouched): the
+    same architecture and seed always give the same tensors.
 
     Default statistics (mean 0, var 1, gamma 1, beta 0) would hide a wrong BN fold. As the
     statistics do not match the data, a deep net needs ``weight_gain < 1`` to keep its
     activations O(1) (each three-branch block otherwise grows them by about 1.5x).
     """
     generator = torch.Generator().manual_seed(seed)
-    batchnorms = [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
+    batchnorms = [module for module in model.modules() if isinstance(module, RANDOMIZED_BATCHNORMS)]
     order = torch.randperm(len(batchnorms), generator=generator).tolist()
-    large_eps = set(order[: round(len(batchnorms) / 3)])
+    large_eps = set(order[: max(1, round(len(batchnorms) / 3))])
     for index, bn in enumerate(batchnorms):
         _randomize_one_batchnorm_(bn, generator)
         bn.eps = LARGE_EPS if index in large_eps else 1e-5
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d | nn.Linear):
-            _randomize_weight_and_bias_(module, weight_gain, generator)
+    layers = [module for module in model.modules() if isinstance(module, nn.Conv2d | nn.Linear)]
+    for module in layers:
+        _randomize_weight_and_bias_(module, weight_gain, generator)
+    owned = {id(p) for module in [*batchnorms, *layers] for p in module.parameters(recurse=False)}
+    for parameter in model.parameters():
+        if id(parameter) not in owned:
+            parameter.normal_(0.0, 0.5, generator=generator)
     return model
 
 
-def _randomize_one_batchnorm_(bn: nn.BatchNorm2d, generator: torch.Generator) -> None:
+def _randomize_one_batchnorm_(
+    bn: nn.BatchNorm1d | nn.BatchNorm2d, generator: torch.Generator
+) -> None:
     assert bn.running_mean is not None and bn.running_var is not None
     bn.running_mean.normal_(0.0, 0.5, generator=generator)
     bn.running_var.uniform_(0.2, 3.0, generator=generator)
