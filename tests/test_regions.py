@@ -1,0 +1,325 @@
+"""The affine-region pass on generated and hand-written graphs, checked in onnxruntime.
+
+The property test builds random regions of one input ``x``: chains of Conv (odd and even
+kernels, asymmetric pads, ``auto_pad`` SAME_UPPER/SAME_LOWER, dilations, groups), BN, per-
+channel Mul/Add/Sub, zero Pad and AveragePool, summed with signs, scaled after the sum, with
+a partial sum of another tensor, and sometimes a ReLU inside a branch. Every fused model must
+compute what the original does; the tests never trust fuse's own verification.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from helpers import assert_same_function, fuse_model, op_counts
+
+C = 4
+SIZE = 9
+
+
+class Builder:
+    """Nodes and random constants of a graph on ``x [1, C, SIZE, SIZE]``."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.count = 0
+
+    def name(self, stem: str) -> str:
+        self.count += 1
+        return f"{stem}{self.count}"
+
+    def const(self, value, dtype=np.float32) -> str:
+        name = self.name("c")
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], **attrs) -> str:
+        out = self.name(op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [out], name=self.name(op), **attrs))
+        return out
+
+    def conv(self, x: str, kernel: tuple[int, int], mode: str, dilation: int, groups: int) -> str:
+        """A conv that keeps the spatial size, padded one of several ways."""
+        weight = self.const(self.rng.normal(0, 0.4, (C, C // groups, *kernel)))
+        bias = [self.const(self.rng.normal(0, 0.3, C))] if self.rng.random() < 0.5 else []
+        attrs: dict = {"dilations": [dilation] * 2, "group": groups}
+        totals = [dilation * (k - 1) for k in kernel]
+        if mode in ("SAME_UPPER", "SAME_LOWER") and dilation == 1:
+            attrs["auto_pad"] = mode
+        else:
+            begin = [t // 2 if mode != "end" else t - t // 2 for t in totals]
+            attrs["pads"] = begin + [t - b for t, b in zip(totals, begin, strict=True)]
+        return self.node("Conv", [x, weight, *bias], **attrs)
+
+    def batchnorm(self, x: str) -> str:
+        rng = self.rng
+        params = [
+            self.const(rng.uniform(0.5, 1.5, C)),
+            self.const(rng.normal(0, 0.5, C)),
+            self.const(rng.normal(0, 0.5, C)),
+            self.const(rng.uniform(0.2, 3.0, C)),
+        ]
+        return self.node("BatchNormalization", [x, *params], epsilon=1e-3)
+
+    def per_channel(self, x: str, op: str) -> str:
+        value = self.rng.uniform(0.5, 1.5, (C, 1, 1)) * self.rng.choice([-1, 1], (C, 1, 1))
+        return self.node(op, [x, self.const(value)])
+
+    def padded_conv(self, x: str) -> str:
+        """Pad(0) then an unpadded 3x3: the pad merges into the conv's pads."""
+        pads = self.const([0, 0, 1, 1, 0, 0, 1, 1], np.int64)
+        padded = self.node("Pad", [x, pads])
+        weight = self.const(self.rng.normal(0, 0.4, (C, C, 3, 3)))
+        return self.node("Conv", [padded, weight])
+
+    def average_pool(self, x: str) -> str:
+        return self.node(
+            "AveragePool", [x], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1
+        )
+
+    def model(self, output: str, extra_inputs=()) -> onnx.ModelProto:
+        shape = [1, C, SIZE, SIZE]
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape), *extra_inputs]
+        outputs = [helper.make_tensor_value_info(output, TensorProto.FLOAT, [1, None, None, None])]
+        graph = helper.make_graph(self.nodes, "region", inputs, outputs, self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
+
+STEPS = st.sampled_from(
+    ["conv", "conv", "pointwise", "bn", "Mul", "Add", "Sub", "pad_conv", "avgpool", "relu"]
+)
+KERNELS = st.sampled_from([(1, 1), (3, 3), (2, 2), (1, 3), (3, 1), (5, 5), (4, 2)])
+MODES = st.sampled_from(["centre", "end", "SAME_UPPER", "SAME_LOWER"])
+
+
+@st.composite
+def chains(draw):
+    return [
+        (draw(STEPS), draw(KERNELS), draw(MODES), draw(st.sampled_from([1, 2])))
+        for _ in range(draw(st.integers(0, 3)))
+    ]
+
+
+def build_chain(builder: Builder, x: str, chain, groups: int) -> str:
+    for step, kernel, mode, dilation in chain:
+        if step == "conv":
+            x = builder.conv(x, kernel, mode, dilation, groups)
+        elif step == "pointwise":
+            x = builder.conv(x, (1, 1), mode, 1, 1)
+        elif step == "bn":
+            x = builder.batchnorm(x)
+        elif step in ("Mul", "Add", "Sub"):
+            x = builder.per_channel(x, step)
+        elif step == "pad_conv":
+            x = builder.padded_conv(x)
+        elif step == "avgpool":
+            x = builder.average_pool(x)
+        else:
+            x = builder.node("Relu", [x])
+    return x
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    terms=st.lists(st.tuples(chains(), st.booleans()), min_size=1, max_size=4),  # (chain, −)
+    groups=st.sampled_from([1, 2, 4]),
+    after=chains(),
+    other=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_regions_compute_the_same_function(terms, groups, after, other, seed):
+    builder = Builder(seed)
+    total = build_chain(builder, "x", terms[0][0], groups)
+    for chain, negative in terms[1:]:
+        term = build_chain(builder, "x", chain, groups)
+        total = builder.node("Sub" if negative else "Add", [total, term])
+    if other:
+        total = builder.node("Add", [total, builder.node("Relu", ["x"])])
+    y = build_chain(builder, total, after, groups)
+    model = builder.model(y if y != "x" else builder.node("Relu", [y]))
+    fused, _ = fuse_model(model)
+    assert_same_function(model, fused)
+    assert len(fused.graph.node) <= len(model.graph.node)
+
+
+def test_bn_before_a_zero_padded_conv_stays_with_its_reason():
+    builder = Builder(1)
+    bn = builder.batchnorm("x")
+    y = builder.conv(bn, (3, 3), "centre", 1, 1)
+    model = builder.model(y)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == op_counts(model)
+    [skip] = outcome.skipped
+    assert "cannot absorb the BN (BatchNormalization" in skip.reason
+    assert "padding would see" in skip.reason
+
+
+def test_bn_with_zero_shift_before_a_padded_conv_folds():
+    """``β = μγ/σ`` makes the shift zero: the padding sees zeros either way."""
+    builder = Builder(2)
+    gamma, mean, var = np.full(C, 1.3), np.linspace(-1, 1, C), np.full(C, 0.7)
+    beta = mean * gamma / np.sqrt(var + 1e-3)
+    params = [builder.const(v) for v in (gamma, beta, mean, var)]
+    bn = builder.node("BatchNormalization", ["x", *params], epsilon=1e-3)
+    y = builder.conv(bn, (3, 3), "centre", 1, 1)
+    model = builder.model(y)
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1}
+    assert_same_function(model, fused)
+
+
+def test_bn_before_an_unpadded_conv_folds_forward():
+    builder = Builder(3)
+    bn = builder.batchnorm("x")
+    y = builder.node("Conv", [bn, builder.const(builder.rng.normal(size=(C, C, 3, 3)))])
+    model = builder.model(y)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1}
+    assert outcome.fused[0].branches == ("BN+Conv3x3",)
+    assert_same_function(model, fused)
+
+
+def test_a_depthwise_conv_before_a_pointwise_one_is_not_composed():
+    """dw7x7 then 1x1 (FastViT's ConvMlp): one dense 7x7 would cost far more; the BN still
+    folds into the depthwise conv."""
+    builder = Builder(4)
+    dw = builder.batchnorm(builder.conv("x", (7, 7), "centre", 1, C))
+    y = builder.node("Conv", [dw, builder.const(builder.rng.normal(size=(4 * C, C, 1, 1)))])
+    model = builder.model(y)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 2}
+    assert [b.branches for b in outcome.fused] == [("Conv7x7/g4+BN",)]
+    assert_same_function(model, fused)
+
+
+def test_two_padded_3x3_convs_in_a_row_stay_two():
+    builder = Builder(5)
+    y = builder.conv(builder.conv("x", (3, 3), "centre", 1, 1), (3, 3), "centre", 1, 1)
+    model = builder.model(y)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 2} and outcome.fused == []
+    assert outcome.skipped == []  # two layers, not a missed fold
+
+
+def test_unpadded_1x1_then_3x3_becomes_one_3x3():
+    """DBB's 1x1→kxk chain: exact and no more expensive."""
+    builder = Builder(6)
+    inner = builder.node("Conv", ["x", builder.const(builder.rng.normal(size=(C, C, 1, 1)))])
+    y = builder.node("Conv", [inner, builder.const(builder.rng.normal(size=(C, C, 3, 3)))])
+    model = builder.model(y)
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1}
+    assert_same_function(model, fused)
+
+
+def test_a_tensor_read_inside_a_subgraph_is_not_interior():
+    builder = Builder(7)
+    conv = builder.conv("x", (3, 3), "centre", 1, 1)
+    bn = builder.batchnorm(conv)
+    then_graph = helper.make_graph(
+        [helper.make_node("Relu", [conv], ["inner"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("inner", TensorProto.FLOAT, None)],
+    )
+    else_graph = helper.make_graph(
+        [helper.make_node("Neg", [conv], ["inner2"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("inner2", TensorProto.FLOAT, None)],
+    )
+    branch = builder.node("If", ["flag"], then_branch=then_graph, else_branch=else_graph)
+    y = builder.node("Add", [bn, branch])
+    flag = helper.make_tensor_value_info("flag", TensorProto.BOOL, [])
+    model = builder.model(y, extra_inputs=[flag])
+    fused, _ = fuse_model(model)
+    assert op_counts(fused)["BatchNormalization"] == 1
+    for value in (True, False):
+        feeds = {"x": np.random.default_rng(0).normal(size=(1, C, SIZE, SIZE)).astype("f")}
+        feeds["flag"] = np.array(value)
+        from helpers import run
+
+        np.testing.assert_allclose(run(fused, feeds)[0], run(model, feeds)[0], rtol=1e-5)
+
+
+def test_terms_of_one_source_with_different_shapes_are_not_merged():
+    """``conv_full(x)`` is ``[1, C, 1, 1]`` and broadcasts against ``conv3(x)``."""
+    builder = Builder(8)
+    full = builder.node("Conv", ["x", builder.const(builder.rng.normal(size=(C, C, SIZE, SIZE)))])
+    same = builder.conv("x", (3, 3), "centre", 1, 1)
+    y = builder.node("Add", [same, full])
+    model = builder.model(y)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == op_counts(model)
+    assert_same_function(model, fused)
+    assert any("differ in size" in s.reason for s in outcome.skipped)
+
+
+def test_average_pool_that_excludes_padding_is_not_read():
+    builder = Builder(9)
+    pool = builder.node(
+        "AveragePool", ["x"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0
+    )
+    y = builder.batchnorm(builder.conv(pool, (1, 1), "centre", 1, 1))
+    model = builder.model(y)
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == {"AveragePool": 1, "Conv": 1}
+    assert_same_function(model, fused)
+
+
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER"])
+def test_same_padding_with_stride_2_is_not_merged_but_bn_folds(mode):
+    builder = Builder(10)
+    weight = builder.const(builder.rng.normal(size=(C, C, 2, 2)))
+    a = builder.batchnorm(builder.node("Conv", ["x", weight], auto_pad=mode, strides=[2, 2]))
+    b = builder.node(
+        "Conv", ["x", builder.const(builder.rng.normal(size=(C, C, 1, 1)))], strides=[2, 2]
+    )
+    y = builder.node("Add", [a, b])
+    model = builder.model(y)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 2, "Add": 1}
+    assert any("depends on the input size" in s.reason for s in outcome.skipped)
+    conv = next(n for n in fused.graph.node if n.op_type == "Conv" and n.input[1] != b)
+    assert mode in str(conv.attribute)
+    assert_same_function(model, fused)
+
+
+def test_fastvit_repmixer_signed_scaled_residual_is_one_conv():
+    """``x + γ⊙(dwconvBN(x) − BN(x))``."""
+    builder = Builder(11)
+    mixer = builder.batchnorm(builder.conv("x", (3, 3), "centre", 1, C))
+    difference = builder.node("Sub", [mixer, builder.batchnorm("x")])
+    scaled = builder.per_channel(difference, "Mul")
+    y = builder.node("Relu", [builder.node("Add", ["x", scaled])])
+    model = builder.model(y)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1, "Relu": 1}
+    assert outcome.fused[0].branches == ("Identity", "Conv3x3/g4+BN+Mul", "−BN+Mul")
+    assert_same_function(model, fused)
+
+
+def test_repghost_partial_sum_keeps_the_shortcut():
+    """``dw(x1) + BN(x1) + shortcut``: the terms of ``x1`` merge, the shortcut stays."""
+    builder = Builder(12)
+    x1 = builder.node("Relu", [builder.conv("x", (1, 1), "centre", 1, 1)])
+    ghost = builder.node(
+        "Add", [builder.batchnorm(builder.conv(x1, (3, 3), "centre", 1, C)), builder.batchnorm(x1)]
+    )
+    y = builder.node("Add", [ghost, "x"])
+    model = builder.model(y)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 2, "Relu": 1, "Add": 1}
+    [block] = outcome.fused
+    assert block.result == "Conv3x3/g4 + 'x'"
+    assert_same_function(model, fused)
