@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models import reparam
+
 OPTIONAL_GROUPWISE_LAYERS = tuple(range(2, 27, 2))
 """Layer indices the official B*g2/B*g4 variants make group-wise (stage0 is layer 0)."""
 
@@ -76,26 +78,9 @@ class SEBlock(nn.Module):
         return x * torch.sigmoid(self.up(F.relu(self.down(squeezed))))
 
 
-def fuse_conv_bn(kernel: Tensor, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """Fold an eval-mode BN that follows a bias-free conv into ``(kernel', bias')``, in float64.
-
-    With ``s = gamma / sqrt(running_var + eps)``: ``kernel' = kernel * s`` (per output channel)
-    and ``bias' = beta - running_mean * s``.
-    """
-    assert bn.running_mean is not None and bn.running_var is not None
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    fused_kernel = kernel.double() * scale.reshape(-1, 1, 1, 1)
-    fused_bias = bn.bias.double() - bn.running_mean.double() * scale
-    return fused_kernel, fused_bias
-
-
 def identity_kernel_3x3(channels: int, groups: int) -> Tensor:
     """The 3x3 kernel of ``x -> x`` as a grouped conv: ``k[i, i % (channels//groups), 1, 1]=1``."""
-    in_per_group = channels // groups
-    kernel = torch.zeros(channels, in_per_group, 3, 3, dtype=torch.float64)
-    out_channels = torch.arange(channels)
-    kernel[out_channels, out_channels % in_per_group, 1, 1] = 1.0
-    return kernel
+    return reparam.identity_kernel(channels, groups, 3)
 
 
 class RepVGGBlock(nn.Module):
@@ -134,15 +119,16 @@ class RepVGGBlock(nn.Module):
         """The float64 ``(kernel, bias)`` of the one 3x3 conv equal to the three eval-mode branches.
 
         ``kernel = K3 + pad(K1, 1) + K_id`` and ``bias = b3 + b1 + b_id``, each ``(K, b)`` being
-        :func:`fuse_conv_bn` of its branch (the identity branch uses :func:`identity_kernel_3x3`).
+        :func:`models.reparam.fuse_bn` of its branch (the identity branch uses
+        :func:`identity_kernel_3x3`).
         """
-        kernel, bias = fuse_conv_bn(self.rbr_dense.conv.weight, self.rbr_dense.bn)
-        kernel_1x1, bias_1x1 = fuse_conv_bn(self.rbr_1x1.conv.weight, self.rbr_1x1.bn)
+        kernel, bias = reparam.fuse_bn(self.rbr_dense.conv.weight, self.rbr_dense.bn)
+        kernel_1x1, bias_1x1 = reparam.fuse_bn(self.rbr_1x1.conv.weight, self.rbr_1x1.bn)
         kernel = kernel + F.pad(kernel_1x1, [1, 1, 1, 1])
         bias = bias + bias_1x1
         if self.rbr_identity is not None:
             id_kernel = identity_kernel_3x3(self.in_ch, self.groups)
-            kernel_id, bias_id = fuse_conv_bn(id_kernel, self.rbr_identity)
+            kernel_id, bias_id = reparam.fuse_bn(id_kernel, self.rbr_identity)
             kernel = kernel + kernel_id
             bias = bias + bias_id
         return kernel, bias
@@ -154,13 +140,13 @@ class RepVGGBlock(nn.Module):
             return
         kernel, bias = self.equivalent_kernel_bias()
         weight = self.rbr_dense.conv.weight
-        reparam = nn.Conv2d(
+        conv = nn.Conv2d(
             self.in_ch, self.out_ch, 3, stride=self.stride, padding=1, groups=self.groups, bias=True
         ).to(device=weight.device, dtype=weight.dtype)
-        reparam.weight.copy_(kernel)
-        reparam.bias.copy_(bias)
+        conv.weight.copy_(kernel)
+        conv.bias.copy_(bias)
         del self.rbr_dense, self.rbr_1x1, self.rbr_identity
-        self.rbr_reparam = reparam
+        self.rbr_reparam = conv
 
 
 class ReluInBranchBlock(nn.Module):
