@@ -130,11 +130,19 @@ def add_nodes(
     stem: str,
     names: UniqueNames,
 ) -> list[gs.Node]:
-    """Append ``specs`` as a chain from ``source``; the last node writes ``output``."""
+    """Append ``specs`` as a chain from ``source``; the last node writes ``output``.
+
+    Every node after the first is a per-channel Mul or Add, so the tensors between them have
+    ``output``'s shape and type.
+    """
     created, current = [], source
     for index, spec in enumerate(specs):
         last = index == len(specs) - 1
-        result = output if last else gs.Variable(names(f"{stem}_{spec.op.lower()}"), output.dtype)
+        result = (
+            output
+            if last
+            else gs.Variable(names(f"{stem}_{spec.op.lower()}"), output.dtype, output.shape)
+        )
         inputs = [current] + [
             gs.Constant(names(f"{stem}.reparam.{name}"), values) for name, values in spec.constants
         ]

@@ -11,6 +11,7 @@ from repvgg_onnx.errors import UnsupportedModelError
 from repvgg_onnx.passes.affine_regions import fuse_affine_regions
 from repvgg_onnx.passes.canonicalize import canonicalize
 from repvgg_onnx.passes.fold_constants import fold_constants
+from repvgg_onnx.passes.fold_forward import fold_forward
 from repvgg_onnx.passes.readers import is_training_batchnorm
 from repvgg_onnx.passes.result import FusedBlock, PassResult, Skipped
 from repvgg_onnx.shapes import reinfer_shapes
@@ -19,8 +20,14 @@ Pass = Callable[[gs.Graph], PassResult]
 
 #: Canonicalize first so the region pass sees plain linear ops (no Identity, Constant or
 #: neutral nodes) and constant subexpressions as constants; then every affine region becomes
-#: one node per source it reads.
-DEFAULT_PASSES: tuple[Pass, ...] = (canonicalize, fold_constants, fuse_affine_regions)
+#: one node per source it reads; last, a per-channel op read by several linear ops (or by one
+#: through Transpose/Reshape) folds forward into all of them.
+DEFAULT_PASSES: tuple[Pass, ...] = (
+    canonicalize,
+    fold_constants,
+    fuse_affine_regions,
+    fold_forward,
+)
 
 MAX_ROUNDS = 16
 

@@ -1,39 +1,110 @@
-"""Generality: other re-parameterizable families (models/families.py), every exporter form,
-fuse to one Conv per block (stem + 2 blocks = 3 Convs) with equal outputs."""
+"""Generality: every re-parameterizable family of ``models/fixtures/families`` (our own PyTorch
+definitions, their PyTorch deploy conversions as references) reaches its deploy form in every
+exporter form, computes the same function (compared here in onnxruntime), and ``inspect``
+agrees: the training form is fusable, the fused output is not."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 
 import repvgg_onnx
-from helpers import op_counts
+from helpers import random_feeds, run
+from repvgg_onnx.cli import main
 
 FAMILIES = Path(__file__).resolve().parent.parent / "models" / "fixtures" / "families"
-FILES = sorted(FAMILIES.glob("*/*.onnx"))
+MANIFEST = json.loads((FAMILIES / "manifest.json").read_text())["families"]
+CASES = [(name, form) for name, info in MANIFEST.items() for form in info["training_forms"]]
+#: Families whose deploy form keeps a BatchNormalization (a BN before a zero-padded conv).
+KEEPS_BATCHNORM = {
+    n for n, info in MANIFEST.items() if "BatchNormalization" in info["reference_op_counts"]
+}
+
+
+def load(name: str, form: str) -> onnx.ModelProto:
+    return onnx.load(FAMILIES / MANIFEST[name]["forms"][form]["file"])
+
+
+@pytest.fixture(scope="module")
+def fused_models() -> dict:
+    return {case: repvgg_onnx.fuse(load(*case), verify=False) for case in CASES}
 
 
 def test_every_family_is_present():
-    assert {path.parent.name for path in FILES} == {
+    assert {
         "mobileone",
         "repvit",
         "acnet",
         "repconv_silu",
         "replk",
         "dilated",
-    }
+        "fastvit_repmixer",
+        "fastvit_repcpe",
+        "efficientvim_gate",
+        "repghost",
+        "dbb",
+        "prebn",
+        "prebn_padded",
+        "bn_linear_head",
+        "distill_head",
+        "levit_linearnorm",
+    } <= set(MANIFEST)
 
 
-@pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}-{p.stem}")
-def test_family_fuses_to_one_conv_per_block(path):
-    result = repvgg_onnx.fuse(path)
-    counts = op_counts(result.model)
-    assert counts["Conv"] == 3
-    assert counts.get("Add", 0) == 0 and counts.get("BatchNormalization", 0) == 0
-    assert result.report.skipped == []
-    assert result.verification.passed
-    merged = [b for b in result.report.fused if len(b.branches) > 1]
-    assert len(merged) == 2
-    onnx.checker.check_model(result.model, full_check=True)
+@pytest.mark.parametrize(("name", "form"), CASES, ids=[f"{n}-{f}" for n, f in CASES])
+def test_family_reaches_its_deploy_form(name, form, fused_models):
+    """No op is more frequent than in the PyTorch deploy model exported the same way (fewer
+    is allowed: e.g. GELU's 0.5 folds into the next conv), and the function is the same."""
+    training = load(name, form)
+    fused = fused_models[(name, form)].model
+    deploy = Counter(MANIFEST[name]["forms"][form]["deploy_op_counts"])
+    counts = Counter(node.op_type for node in fused.graph.node)
+    assert {op: n for op, n in counts.items() if n > deploy[op]} == {}, counts
+    for op in ("Conv", "Gemm", "MatMul", "BatchNormalization"):
+        assert counts[op] == deploy[op], op
+    onnx.checker.check_model(fused, full_check=True)
+    feeds = random_feeds(training, batch=1)
+    for expected, actual in zip(run(training, feeds), run(fused, feeds), strict=True):
+        scale = float(np.abs(expected).max())
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize(("name", "form"), CASES, ids=[f"{n}-{f}" for n, f in CASES])
+def test_inspect_agrees_with_fuse(name, form, fused_models):
+    before = repvgg_onnx.inspect(load(name, form))
+    after = repvgg_onnx.inspect(fused_models[(name, form)].model)
+    assert len(before.fusable) == len(fused_models[(name, form)].report.fused)
+    assert after.fusable == []
+    if name in KEEPS_BATCHNORM:
+        assert not after.deploy_form and all(bn.reason for bn in after.batchnorms)
+    else:
+        assert before.fusable and not before.deploy_form
+        assert after.deploy_form
+
+
+def test_fusing_a_reference_merges_no_layer():
+    """A PyTorch deploy export has no layer left to merge (fuse may still fold a GELU's 0.5
+    into the next conv, which PyTorch's conversion does not)."""
+    for name, info in MANIFEST.items():
+        reference = load(name, info["reference_form"])
+        fused = repvgg_onnx.fuse(reference, verify=False).model
+        before = Counter(node.op_type for node in reference.graph.node)
+        after = Counter(node.op_type for node in fused.graph.node)
+        for op in ("Conv", "Gemm", "MatMul", "BatchNormalization"):
+            assert after[op] == before[op], (name, op)
+
+
+@pytest.mark.parametrize("name", ["dbb", "fastvit_repmixer", "levit_linearnorm", "repghost"])
+def test_fail_if_fusable_gate_on_training_and_fused_forms(name, tmp_path):
+    training = FAMILIES / MANIFEST[name]["forms"]["ts17_nofold"]["file"]
+    fused = tmp_path / "fused.onnx"
+    runner = CliRunner()
+    assert runner.invoke(main, ["fuse", str(training), str(fused), "-q"]).exit_code == 0
+    assert runner.invoke(main, ["inspect", str(training), "--fail-if-fusable", "-q"]).exit_code == 1
+    assert runner.invoke(main, ["inspect", str(fused), "--fail-if-fusable", "-q"]).exit_code == 0

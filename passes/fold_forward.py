@@ -1,0 +1,183 @@
+"""Fold a per-channel op forward into every linear op that reads it (a region with many roots).
+
+A BatchNormalization (or per-channel Mul/Add/Sub) whose output feeds several linear ops, or
+feeds one through ops that only move axes, belongs to no single-root region: NextViT's
+``norm1`` is read by the q, k and v projections after ``rearrange(b c h w -> b (h w) c)``,
+FastViT's attention ``norm`` by ``qkv`` after ``flatten(2).transpose(-2, -1)``. When *every*
+reader is such a path ending in a linear op that can absorb the map on its input side
+(:func:`repvgg_onnx.linear_forms.compose`: no padding sees a non-zero shift), each linear op
+gets the composed weights and the per-channel op disappears; the ops that move axes stay, now
+reading the per-channel op's input.
+
+The channel axis is followed through each path: a ``Transpose`` moves it, a ``Reshape`` or
+``Flatten`` keeps it when the dims before it and its size are unchanged; the linear op must
+read it as its channel axis (axis 1 of a Conv or Gemm input, the last axis of a MatMul input).
+
+Invariant: the graph computes the same function (to float rounding); every tensor but the
+removed op's output keeps its name and value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from repvgg_onnx.linear_forms import ChannelAffine, NotComposableError, compose
+
+from .graph_utils import (
+    UniqueNames,
+    attribute,
+    constant_values,
+    is_graph_output,
+    is_standard,
+    replace_uses,
+    static_shape,
+)
+from .readers import Kind, LinearOp, read_node
+from .result import FusedBlock, PassResult, Skipped
+from .rewrite import NodeSpec, add_nodes, node_specs
+
+RULE = "fold_forward"
+_MOVERS = ("Transpose", "Reshape", "Flatten")
+_ABSORBERS = (Kind.CONV, Kind.GEMM, Kind.MATMUL)
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """A linear op at the end of a path from the per-channel op, and the nodes replacing it."""
+
+    op: LinearOp
+    specs: tuple[NodeSpec, ...]
+
+
+def fold_forward(graph: gs.Graph) -> PassResult:
+    """Fold each per-channel op with several readers (or readers through axis moves)."""
+    fused, skipped = [], []
+    names = UniqueNames(graph)
+    for node in list(graph.nodes):
+        reading = read_node(node)
+        if not isinstance(reading, LinearOp) or not isinstance(reading.form, ChannelAffine):
+            continue
+        plan = _plan(graph, reading)
+        if plan is None:
+            continue
+        if isinstance(plan, str):
+            skipped.append(Skipped(RULE, node.name, plan))
+            continue
+        fused.append(_rewrite(graph, reading, plan, names))
+    if fused:
+        graph.cleanup().toposort()
+    return PassResult(fused=fused, skipped=skipped)
+
+
+def _plan(graph: gs.Graph, op: LinearOp) -> list[_Reader] | str | None:
+    """The readers to rewrite, a reason to stop, or ``None`` when this is not a candidate
+    (one direct linear reader is the region pass's; a graph output must keep its value)."""
+    output = op.output
+    if is_graph_output(graph, output) or not output.outputs:
+        return None
+    axis, rank = _channel_axis(op)
+    if axis is None:
+        return None
+    direct = [node for node in output.outputs if not (is_standard(node) and node.op in _MOVERS)]
+    ends = [_follow(graph, node, axis, rank) for node in list(output.outputs)]
+    if any(end is None for end in ends) or (len(direct) == 1 and len(ends) == 1):
+        return None
+    readers = []
+    for reader in [op for end in ends for op in end]:
+        try:
+            composed = compose(reader.form, op.form)
+        except NotComposableError as error:
+            return (
+                f"{op.node.op} '{op.node.name}' cannot fold into {reader.node.op} "
+                f"'{reader.node.name}' that reads it: {error}"
+            )
+        dtype = _dtype(reader.node)
+        specs = node_specs(composed, dtype, reader.kind is Kind.MATMUL, _rank(reader.node))
+        if isinstance(specs, str):
+            return f"{op.node.op} '{op.node.name}' is left as it is: {specs}"
+        readers.append(_Reader(reader, tuple(specs)))
+    return readers
+
+
+def _channel_axis(op: LinearOp) -> tuple[int | None, int | None]:
+    shape = op.output.shape
+    if shape is None or len(shape) < 2:
+        return None, None
+    if op.node.op == "BatchNormalization" or op.layout.name == "CHANNELS_FIRST":
+        return 1, len(shape)
+    if op.layout.name == "CHANNELS_LAST":
+        return len(shape) - 1, len(shape)
+    return None, None
+
+
+def _follow(graph: gs.Graph, node: gs.Node, axis: int, rank: int) -> list[LinearOp] | None:
+    """The linear ops at the ends of the axis-moving paths from ``node`` (a reader of the
+    per-channel op), if each reads the channel axis as its own channel axis; ``None`` if a
+    path ends anywhere else (a tensor on the way that is a graph output counts as anywhere)."""
+    if is_standard(node) and node.op in _MOVERS:
+        moved = _moved_axis(node, axis)
+        output = node.outputs[0]
+        if moved is None or is_graph_output(graph, output) or not output.outputs:
+            return None
+        found: list[LinearOp] = []
+        for reader in output.outputs:
+            ends = _follow(graph, reader, moved, len(output.shape))
+            if ends is None:
+                return None
+            found += ends
+        return found
+    reading = read_node(node)
+    if not isinstance(reading, LinearOp) or reading.kind not in _ABSORBERS:
+        return None
+    wanted = rank - 1 if reading.kind is Kind.MATMUL else 1
+    if axis != wanted or reading.form is None:
+        return None
+    return [reading]
+
+
+def _moved_axis(node: gs.Node, axis: int) -> int | None:
+    """Where the channel axis is after ``node``, or ``None`` if ``node`` splits or merges it."""
+    before, after = static_shape(node.inputs[0]), static_shape(node.outputs[0])
+    if before is None or after is None:
+        return None
+    if node.op == "Transpose":
+        perm = attribute(node, "perm", None) or list(range(len(before)))[::-1]
+        return list(perm).index(axis)
+    prefix = math.prod(before[:axis])
+    for index in range(len(after)):
+        if math.prod(after[:index]) == prefix and after[index] == before[axis]:
+            return index
+    return None
+
+
+def _rewrite(
+    graph: gs.Graph, op: LinearOp, readers: list[_Reader], names: UniqueNames
+) -> FusedBlock:
+    """Each reader is replaced by a node with composed weights; the op's readers read its
+    input."""
+    for reader in readers:
+        node = reader.op.node
+        output = node.outputs[0]
+        node.outputs.clear()
+        stem = node.name or output.name
+        add_nodes(graph, list(reader.specs), node.inputs[0], output, stem, names)
+    output = op.output
+    replace_uses(output, op.input)
+    op.node.outputs.clear()
+    labels = tuple(f"{op.label}+{r.op.label}" for r in readers)
+    result = ", ".join(r.op.label for r in readers)
+    return FusedBlock(RULE, output.name, readers[0].op.node.name, labels, result)
+
+
+def _dtype(node: gs.Node) -> np.dtype:
+    weight = constant_values(node.inputs[1])
+    return np.dtype(weight.dtype) if weight is not None else np.dtype(np.float32)
+
+
+def _rank(node: gs.Node) -> int | None:
+    shape = node.inputs[0].shape
+    return None if shape is None else len(shape)
