@@ -26,7 +26,15 @@ from repvgg_onnx.linear_forms import (
     pad_conv,
 )
 
-from .graph_utils import attribute, constant_values, dim, is_omitted, is_standard, rank
+from .graph_utils import (
+    attribute,
+    constant_values,
+    dim,
+    is_omitted,
+    is_overridable,
+    is_standard,
+    rank,
+)
 
 
 class Kind(Enum):
@@ -97,8 +105,14 @@ Reader = Callable[[gs.Node], Reading]
 def read_node(node: gs.Node) -> Reading:
     """The node read by the reader registered for its op type (standard domain only)."""
     reader = READERS.get(node.op)
-    if reader is None or not is_standard(node) or not node.outputs:
+    if reader is None or not node.outputs:
         return None
+    if not is_standard(node):
+        return Refusal(
+            node,
+            f"{node.op} '{node.name}' is in the domain '{node.domain}', not the standard one, "
+            "so it is not read as the standard op",
+        )
     return reader(node)
 
 
@@ -108,6 +122,11 @@ def _constant_input(node: gs.Node, index: int, what: str) -> np.ndarray | str:
         return f"{node.op} '{node.name}' has no {what}"
     tensor = node.inputs[index]
     values = constant_values(tensor)
+    if values is None and is_overridable(tensor):
+        return (
+            f"{node.op} '{node.name}' has a {what} '{tensor.name}' that is also a graph input, "
+            "so a caller may feed another value"
+        )
     if values is None:
         return f"{node.op} '{node.name}' has a {what} that is not constant ('{tensor.name}')"
     if not np.issubdtype(values.dtype, np.floating):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -147,3 +148,73 @@ def test_plain_residual_add_is_not_a_block():
     fused, outcome = fuse_model(io_model(builder, y))
     assert op_counts(fused) == {"Conv": 2, "Relu": 1, "Add": 1}  # both BNs folded
     assert any("read different tensors" in s.reason for s in outcome.skipped)
+
+
+def _conv_bn_model(domain: str = "", weight_dtype=np.float32, gamma_scale: float = 1.0):
+    """``BN(Conv(x))`` in ``domain`` (a model-local function when custom, so it still runs)."""
+    rng = np.random.default_rng(9)
+    conv = helper.make_node("Conv", ["x", "w"], ["c"], name="conv", domain=domain)
+    bn = helper.make_node(
+        "BatchNormalization", ["c", "g", "b", "m", "v"], ["y"], name="bn", domain=domain
+    )
+    values = {
+        "w": rng.normal(size=(4, 4, 1, 1)).astype(weight_dtype),
+        "g": (rng.uniform(0.5, 1.5, 4) * gamma_scale).astype(weight_dtype),
+        "b": rng.normal(size=4).astype(weight_dtype),
+        "m": rng.normal(size=4).astype(weight_dtype),
+        "v": rng.uniform(0.2, 3, 4).astype(weight_dtype),
+    }
+    elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(weight_dtype))
+    graph = helper.make_graph(
+        [conv, bn],
+        "g",
+        [helper.make_tensor_value_info("x", elem, [1, 4, 5, 5])],
+        [helper.make_tensor_value_info("y", elem, [1, 4, 5, 5])],
+        [onnx.numpy_helper.from_array(v, k) for k, v in values.items()],
+    )
+    opsets = [helper.make_opsetid("", 17)]
+    functions = []
+    if domain:
+        opsets.append(helper.make_opsetid(domain, 1))
+        functions = [
+            helper.make_function(
+                domain,
+                op,
+                ["X", *extra],
+                ["Y"],
+                [helper.make_node(op, ["X", *extra], ["Y"])],
+                [helper.make_opsetid("", 17)],
+            )  # fmt: skip
+            for op, extra in (("Conv", ["W"]), ("BatchNormalization", ["G", "B", "M", "V"]))
+        ]
+    model = helper.make_model(graph, opset_imports=opsets, functions=functions)
+    model.ir_version = 8
+    return model
+
+
+def test_ops_of_a_custom_domain_are_not_read_as_standard_ops():
+    model = _conv_bn_model(domain="local")
+    fused, _ = fuse_model(model)
+    assert [n.op_type for n in fused.graph.node] == ["Conv", "BatchNormalization"]
+    assert all(n.domain == "local" for n in fused.graph.node)
+    assert_same_function(model, fused)
+
+
+def test_a_float16_fold_that_overflows_is_refused_with_a_reason():
+    model = _conv_bn_model(weight_dtype=np.float16, gamma_scale=3e4)
+    model.graph.initializer[4].CopyFrom(
+        onnx.numpy_helper.from_array(np.full(4, 1e-6, np.float16), "v")
+    )
+    fused, outcome = fuse_model(model)
+    assert [n.op_type for n in fused.graph.node] == ["Conv", "BatchNormalization"]
+    [skip] = outcome.skipped
+    assert "overflow float16" in skip.reason
+
+
+def test_batchnorm_parameters_listed_as_graph_inputs_stay_overridable():
+    model = _conv_bn_model()
+    model.graph.input.append(helper.make_tensor_value_info("g", TensorProto.FLOAT, [4]))
+    fused, _ = fuse_model(model)
+    assert [n.op_type for n in fused.graph.node] == ["Conv", "BatchNormalization"]
+    assert [i.name for i in fused.graph.input] == ["x", "g"]
+    assert_same_function(model, fused)
