@@ -184,7 +184,7 @@ def _conv_bn_model(domain: str = "", weight_dtype=np.float32, gamma_scale: float
                 ["Y"],
                 [helper.make_node(op, ["X", *extra], ["Y"])],
                 [helper.make_opsetid("", 17)],
-            )  # fmt: skip
+            )
             for op, extra in (("Conv", ["W"]), ("BatchNormalization", ["G", "B", "M", "V"]))
         ]
     model = helper.make_model(graph, opset_imports=opsets, functions=functions)
