@@ -70,6 +70,7 @@ class Term:
     layout: Layout = Layout.ANY
     negative: bool = False
     weighted: bool = False
+    reshaped: bool = False
 
     @property
     def is_raw(self) -> bool:
@@ -268,10 +269,12 @@ class _Attempt:
         for term in inner.terms:
             form = term.form
             spatial = isinstance(form, AffineConv) and form.spatial_rank > 0
-            if spatial or isinstance(form, TransposedConv) or term.layout is Layout.CHANNELS_FIRST:
+            channels_first = term.layout is Layout.CHANNELS_FIRST
+            if term.is_raw or spatial or isinstance(form, TransposedConv) or channels_first:
                 return self._cut(op, op.input, None)
-        terms = tuple(replace(t, layout=Layout.CHANNELS_LAST) for t in inner.terms)
-        return Expression(terms, (*inner.nodes, op.node), inner.cost)
+        terms = [replace(t, layout=Layout.CHANNELS_LAST, reshaped=True) for t in inner.terms]
+        terms[0] = replace(terms[0], nodes=(*terms[0].nodes, op.node))
+        return Expression(tuple(terms), inner.nodes, inner.cost)
 
     def _data_movement_chain(self, op: LinearOp) -> list[LinearOp] | None:
         """The element-moving ops ``op`` tops (bottom first), if it tops more than a Pad."""
@@ -354,6 +357,7 @@ class _Attempt:
             layout,
             merged.negative,
             merged.weighted or op.kind in WEIGHTED,
+            merged.reshaped,
         )
         return Expression((term,))
 
@@ -400,9 +404,9 @@ class _Attempt:
             return str(error)
         label = "(" + ", ".join(t.describe() for t in terms) + ")"
         weighted = any(t.weighted for t in terms)
-        return Term(
-            source, form, (label,), inner.all_nodes, inner.total_cost, layout, False, weighted
-        )
+        reshaped = any(t.reshaped for t in terms)
+        nodes, cost = inner.all_nodes, inner.total_cost
+        return Term(source, form, (label,), nodes, cost, layout, False, weighted, reshaped)
 
     def _cut(
         self,
@@ -493,8 +497,7 @@ class _Attempt:
         reason = emittable_reason(form)
         if reason:
             return f"{term.describe()} cannot be one node: {reason}"
-        reshaped = any(n.op in ("Reshape", "Flatten") for n in term.nodes)
-        if reshaped and not _same_leading_dims(term.source, root):
+        if term.reshaped and not _same_leading_dims(term.source, root):
             return (
                 f"{term.describe()} reshapes '{term.source.name}' into the shape of "
                 f"'{root.name}', which one linear op cannot do"
