@@ -331,15 +331,19 @@ def test_a_reshape_that_keeps_the_last_axis_after_a_conv_stays():
     builder = Builder(13)
     conv = builder.conv("x", (1, 1), "centre", 1, 1)
     y = builder.node("Reshape", [conv, builder.const([1, 2, 2 * SIZE, SIZE], np.int64)])
+    z = builder.node("Relu", [conv])  # the conv's output is read twice: a source, untouched
     graph = helper.make_graph(
         builder.nodes,
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, SIZE, SIZE])],
-        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 2, 2 * SIZE, SIZE])],
+        [
+            helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 2, 2 * SIZE, SIZE]),
+            helper.make_tensor_value_info(z, TensorProto.FLOAT, [1, C, SIZE, SIZE]),
+        ],
         builder.initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     fused, outcome = fuse_model(model)
-    assert op_counts(fused) == {"Conv": 1, "Reshape": 1} and outcome.fused == []
+    assert op_counts(fused) == {"Conv": 1, "Reshape": 1, "Relu": 1} and outcome.fused == []
     onnx.checker.check_model(fused, full_check=True)
     assert_same_function(model, fused)
