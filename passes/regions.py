@@ -454,7 +454,7 @@ class _Attempt:
             emissions.append(emission)
         new_nodes = sum(e.node_count for e in emissions) + len(emissions) - 1
         replaced = expression.all_nodes
-        if new_nodes >= len(replaced):
+        if new_nodes >= len(replaced) or new_nodes == 0:
             self._explain_kept_sum(op, expression)
             return None
         branches = tuple(t.describe() for t in expression.terms)

@@ -347,3 +347,15 @@ def test_a_reshape_that_keeps_the_last_axis_after_a_conv_stays():
     assert op_counts(fused) == {"Conv": 1, "Reshape": 1, "Relu": 1} and outcome.fused == []
     onnx.checker.check_model(fused, full_check=True)
     assert_same_function(model, fused)
+
+
+def test_a_region_that_computes_its_own_input_is_left_alone():
+    """``(x + c) − c`` is ``x``: no node would write the region's output, so nothing changes
+    (the rewrite must never leave a tensor without a producer)."""
+    builder = Builder(14)
+    shift = builder.const(builder.rng.normal(size=(C, 1, 1)))
+    y = builder.node("Relu", [builder.node("Sub", [builder.node("Add", ["x", shift]), shift])])
+    model = builder.model(y)
+    fused, _ = fuse_model(model)
+    onnx.checker.check_model(fused, full_check=True)
+    assert_same_function(model, fused)
