@@ -28,9 +28,20 @@ def fuse_affine_regions(graph: gs.Graph) -> PassResult:
 def _rewrite(graph: gs.Graph, plan: RegionPlan, names: UniqueNames) -> FusedBlock:
     """Disconnect the region's root node from its output and compute it anew; the region's
     other nodes become dead and ``cleanup`` removes them."""
-    root = plan.root
-    stem = plan.root_node.name or root.name
+    stem = plan.root_node.name or plan.root.name
     plan.root_node.outputs.clear()
+    root = plan.root
+    if plan.final is not None:
+        root = gs.Variable(names(f"{plan.root.name}_unshaped"), plan.root.dtype)
+        graph.nodes.append(
+            gs.Node(
+                plan.final.op,
+                names(f"{stem}/reparam_{plan.final.op}"),
+                attrs=dict(plan.final.attrs),
+                inputs=[root, *plan.final.inputs[1:]],
+                outputs=[plan.root],
+            )
+        )
     parts: list[gs.Tensor] = []
     writer = ""
     single = len(plan.emissions) == 1
@@ -50,4 +61,4 @@ def _rewrite(graph: gs.Graph, plan: RegionPlan, names: UniqueNames) -> FusedBloc
             gs.Node("Add", names(f"{stem}/reparam_add"), inputs=[total, part], outputs=[output])
         )
         total = output
-    return FusedBlock(RULE, root.name, writer, plan.branches, plan.result)
+    return FusedBlock(RULE, plan.root.name, writer, plan.branches, plan.result)

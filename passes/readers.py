@@ -458,15 +458,21 @@ def read_matmul(node: gs.Node) -> Reading:
 
 
 def read_reshape(node: gs.Node) -> Reading:
-    """``Reshape``/``Flatten`` that keeps the last axis (the channel axis of ``[..., C]``): the
-    identity on channels, as in LeViT's ``bn(x.flatten(0, 1)).reshape_as(x)``."""
-    source, target = node.inputs[0], node.outputs[0]
+    """``Reshape``/``Flatten``: the identity on the order of elements. It keeps the channel axis
+    of ``[..., C]`` when the last dim is unchanged (LeViT's ``bn(x.flatten(0, 1)).reshape_as(x)``,
+    see :func:`keeps_channels`); any other reshape can only end a region, whose rewritten result
+    is then reshaped the same way."""
+    if node.op == "Reshape" and len(node.inputs) < 2:
+        return None
+    return LinearOp(node, Kind.RESHAPE, (node.inputs[0],), None, node.op, Layout.CHANNELS_LAST)
+
+
+def keeps_channels(op: LinearOp) -> bool:
+    """A reshape that keeps the last axis, and so the channel axis of ``[..., C]``."""
+    source, target = op.input, op.output
     last_in, last_out = dim(source, -1), dim(target, -1)
-    if last_in is None or last_in != last_out or (rank(source) or 0) < 2:
-        return None
-    if (rank(target) or 0) < 2:
-        return None
-    return LinearOp(node, Kind.RESHAPE, (source,), None, node.op, Layout.CHANNELS_LAST)
+    ranks = (rank(source) or 0, rank(target) or 0)
+    return last_in is not None and last_in == last_out and min(ranks) >= 2
 
 
 def read_data_movement(node: gs.Node) -> Reading:

@@ -44,7 +44,7 @@ from repvgg_onnx.linear_forms import (
 
 from .data_movement import chain_as_pad
 from .graph_utils import describe_uses, dim, has_single_use, producer, rank
-from .readers import Kind, Layout, LinearOp, Refusal, cost_of, read_node
+from .readers import Kind, Layout, LinearOp, Refusal, cost_of, keeps_channels, read_node
 from .result import Skipped
 from .rewrite import NodeSpec, node_specs
 
@@ -89,10 +89,13 @@ class Expression:
     terms: tuple[Term, ...]
     nodes: tuple[gs.Node, ...] = ()
     cost: float = 0.0
+    final: gs.Node | None = None
+    """A Reshape/Flatten that ends the region: the rewritten sum is reshaped like it."""
 
     @property
     def all_nodes(self) -> tuple[gs.Node, ...]:
-        return self.nodes + tuple(n for term in self.terms for n in term.nodes)
+        final = (self.final,) if self.final is not None else ()
+        return self.nodes + tuple(n for term in self.terms for n in term.nodes) + final
 
     @property
     def total_cost(self) -> float:
@@ -128,6 +131,7 @@ class RegionPlan:
     emissions: tuple[Emission, ...]
     branches: tuple[str, ...]
     result: str
+    final: gs.Node | None = None
 
 
 class _Costly(Exception):
@@ -174,8 +178,12 @@ class RegionFinder:
             if isinstance(reading, LinearOp) and not self.is_interior(reading.output)
         ]
         plans, skipped = [], []
+        planned: set[int] = set()
         while pending:
             root = pending.pop()
+            if id(root) in planned:
+                continue
+            planned.add(id(root))
             plan, cuts, skips = self._plan_root(root)
             skipped.extend(skips)
             if plan is not None:
@@ -195,7 +203,7 @@ class RegionFinder:
         for local_costs in (False, True):
             attempt = _Attempt(self, local_costs)
             try:
-                expression = attempt.expand(op)
+                expression = attempt.expand(op, root=True)
                 plan = attempt.plan(op, expression)
             except _Costly:
                 continue
@@ -226,16 +234,17 @@ class _Attempt:
             return Expression((Term(tensor, IDENTITY),))
         return self.expand(self.finder.op_of(tensor))
 
-    def expand(self, op: LinearOp) -> Expression:
+    def expand(self, op: LinearOp, root: bool = False) -> Expression:
         """The output of ``op`` as a sum of terms of the region's sources."""
         if op.kind is Kind.SUM:
             return self._expand_sum(op)
         if op.kind is Kind.RESHAPE:
-            return self._expand_reshape(op)
+            return self._expand_reshape(op, root)
         chain = self._data_movement_chain(op)
         if chain is not None:
             return self._expand_chain(op, chain)
         if op.kind is Kind.DATA_MOVEMENT:
+            self.cuts.append(op.input)
             return self._keep(op)
         inner = self.express(op.input)
         return self._apply(op, op.form, inner, (op.node,), op.label, op.input)
@@ -263,8 +272,16 @@ class _Attempt:
         terms = [t if s > 0 else _negate(t) for t, s in zip(terms, op.signs, strict=True)]
         return Expression(tuple(terms), (op.node,), cost_of(op, _channels_of(op.output)))
 
-    def _expand_reshape(self, op: LinearOp) -> Expression:
-        """A channel-preserving Reshape is the identity on ``[..., C]`` maps."""
+    def _expand_reshape(self, op: LinearOp, root: bool) -> Expression:
+        """A Reshape that keeps the last axis is the identity on ``[..., C]`` maps. At the root,
+        any Reshape is kept as the region's last step (the result is reshaped the same way)."""
+        if root and not keeps_channels(op):
+            inner = self.express(op.input)
+            if any(term.is_raw for term in inner.terms):
+                return self._cut(op, op.input, None)
+            return replace(inner, final=op.node)
+        if not keeps_channels(op):
+            return self._cut(op, op.input, None)
         inner = self.express(op.input)
         for term in inner.terms:
             form = term.form
@@ -274,6 +291,8 @@ class _Attempt:
                 return self._cut(op, op.input, None)
         terms = [replace(t, layout=Layout.CHANNELS_LAST, reshaped=True) for t in inner.terms]
         terms[0] = replace(terms[0], nodes=(*terms[0].nodes, op.node))
+        if root and not all(_same_leading_dims(t.source, op.output) for t in terms):
+            return replace(inner, final=op.node)
         return Expression(tuple(terms), inner.nodes, inner.cost)
 
     def _data_movement_chain(self, op: LinearOp) -> list[LinearOp] | None:
@@ -296,13 +315,15 @@ class _Attempt:
         form = chain_as_pad([o.node for o in chain], source, _opset(self.finder.graph))
         if isinstance(form, str):
             self.finder.unreadable.add(id(op.node))
+            self.cuts.extend(o.input for o in chain)
             return self._keep(op)
         inner = self.express(source)
         nodes = tuple(o.node for o in chain)
         return self._apply(op, form, inner, nodes, "Pad", source)
 
     def _keep(self, op: LinearOp) -> Expression:
-        """``op`` stays a node of its own: its output is a source of the region above."""
+        """``op`` stays a node of its own: its output is a source of the region above (the
+        caller makes its input a root of the region below)."""
         self.cuts.append(op.output)
         return Expression((Term(op.output, IDENTITY),))
 
@@ -447,19 +468,24 @@ class _Attempt:
                 emitted.append(merged)
         emissions = []
         for term, form in emitted:
-            emission = self._emission(term, form, root)
+            emission = self._emission(term, form, root, expression.final is not None)
             if isinstance(emission, str):
                 self.skipped.append(Skipped(RULE, op.node.name, emission))
                 return None
             emissions.append(emission)
         new_nodes = sum(e.node_count for e in emissions) + len(emissions) - 1
+        new_nodes += expression.final is not None
         replaced = expression.all_nodes
         if new_nodes >= len(replaced) or new_nodes == 0:
             self._explain_kept_sum(op, expression)
             return None
         branches = tuple(t.describe() for t in expression.terms)
         result = " + ".join(e.label for e in emissions)
-        return RegionPlan(root, op.node, replaced, tuple(emissions), branches, result)
+        if expression.final is not None:
+            result += f" → {expression.final.op}"
+        return RegionPlan(
+            root, op.node, replaced, tuple(emissions), branches, result, expression.final
+        )
 
     def _merged_group(self, terms: list[Term]) -> tuple[Term, Form] | None:
         """The terms of one source merged, or ``None`` to keep them apart (with a reason)."""
@@ -491,13 +517,15 @@ class _Attempt:
             return None
         return merged, merged.form
 
-    def _emission(self, term: Term, form: Form, root: gs.Tensor) -> Emission | str:
+    def _emission(
+        self, term: Term, form: Form, root: gs.Tensor, reshaped_after: bool
+    ) -> Emission | str:
         if term.is_raw:
             return Emission(term.source, (), f"'{term.source.name}'")
         reason = emittable_reason(form)
         if reason:
             return f"{term.describe()} cannot be one node: {reason}"
-        if term.reshaped and not _same_leading_dims(term.source, root):
+        if term.reshaped and not reshaped_after and not _same_leading_dims(term.source, root):
             return (
                 f"{term.describe()} reshapes '{term.source.name}' into the shape of "
                 f"'{root.name}', which one linear op cannot do"

@@ -359,3 +359,38 @@ def test_a_region_that_computes_its_own_input_is_left_alone():
     fused, _ = fuse_model(model)
     onnx.checker.check_model(fused, full_check=True)
     assert_same_function(model, fused)
+
+
+def _conv_bn_then_transpose(also_relu: bool) -> onnx.ModelProto:
+    builder = Builder(15)
+    bn = builder.batchnorm(builder.conv("x", (3, 3), "centre", 1, 1))
+    outputs = [builder.node("Transpose", [bn], perm=[0, 1, 3, 2])]
+    if also_relu:
+        outputs.append(builder.node("Relu", [bn]))
+    shape = [1, C, SIZE, SIZE]
+    graph = helper.make_graph(
+        builder.nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, shape) for o in outputs],
+        builder.initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_region_below_an_op_that_moves_elements_is_fused():
+    """A Transpose (EfficientViT-MSRA's attention) stays, and the Conv+BN below it folds."""
+    model = _conv_bn_then_transpose(also_relu=False)
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1, "Transpose": 1}
+    assert_same_function(model, fused)
+
+
+def test_a_tensor_that_is_a_root_twice_is_rewritten_once():
+    """The Conv+BN output is a root (read twice) and the Transpose's input: one rewrite, one
+    writer (the graph stays in SSA form)."""
+    model = _conv_bn_then_transpose(also_relu=True)
+    fused, _ = fuse_model(model)
+    onnx.checker.check_model(fused, full_check=True)
+    assert op_counts(fused) == {"Conv": 1, "Transpose": 1, "Relu": 1}
+    assert_same_function(model, fused)
