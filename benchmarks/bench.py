@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import platform
 import random
@@ -20,8 +21,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from time import perf_counter
@@ -47,10 +48,14 @@ GNU_TIME = shutil.which("time")
 
 GENERATED_INPUT_SHAPE = (1, 3, 224, 224)
 GENERATED_WEIGHT_GAIN = 0.5
+"""Conv/linear weight gain of every generated model: keeps activations O(1)-O(10) (the largest
+|activation| between stages is 7-23 in FastViT-T8 and DBB-ResNet-18; gain 1 gives 3e3 and 8e4)."""
 SHUFFLE_SEED = 0
 
 TRAINING, FUSED, REFERENCE = "training", "fused", "reference"
 LATENCY_PAIRS = ((TRAINING, FUSED), (FUSED, REFERENCE))
+TABLE_OPS = ("Conv", "Add", "BatchNormalization", "Sub", "Mul")
+"""Op counts of the forms table; a fused form with more of one than the reference is flagged."""
 
 # The fuse jobs, each timed in a fresh subprocess.
 LOAD_SAVE, CLI_NO_VERIFY, CLI_VERIFY = "load_save", "cli_no_verify", "cli_verify"
@@ -66,18 +71,31 @@ class Plan:
     fuse_repeats: int
     latency_rounds: int
     latency_iterations: int
+    warm_up_all: bool = True
+    """Warm up with one untimed run of every fuse job; else of the load + save job only (enough
+    to bring the file into the page cache when each fuse job takes tens of seconds)."""
 
     def describe(self) -> str:
-        return (
-            f"{self.fuse_repeats} repeats per fuse job; "
+        warm_up = "" if self.warm_up_all else " (warm-up: load + save only)"
+        latency = (
             f"{self.latency_rounds} latency rounds × {self.latency_iterations} runs"
+            if self.latency_rounds
+            else "no latency"
         )
+        return f"{self.fuse_repeats} repeats per fuse job{warm_up}; {latency}"
 
 
 FULL_PLAN = Plan(fuse_repeats=5, latency_rounds=30, latency_iterations=5)
 QUICK_PLAN = Plan(fuse_repeats=3, latency_rounds=10, latency_iterations=3)
 BIG_MODEL_PLAN = Plan(fuse_repeats=5, latency_rounds=30, latency_iterations=3)
 """For RepVGG-B1g4 (~0.2 s per inference): 3 runs per round keep the full run under 10 min."""
+SLOW_FUSE_PLAN = Plan(fuse_repeats=2, latency_rounds=30, latency_iterations=3, warm_up_all=False)
+"""For FastViT-T8 and DBB-ResNet-18, whose fuse jobs take 10-25 s each (start-up noise is small
+next to that): 2 repeats and no warm-up of the fuse jobs keep the full run under 15 min."""
+EXPORT_COMPARISON_PLAN = Plan(
+    fuse_repeats=2, latency_rounds=0, latency_iterations=0, warm_up_all=False
+)
+"""The dynamo18 export of DBB-ResNet-18: four of the fuse jobs, no latency."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,59 @@ class BenchModel:
     training: Path
     reference: Path
     plan: Plan
+    training_form: str = "ts17_nofold"
+    """The export form of the training file (see ``models.export.FORMS``)."""
+
+
+@dataclass(frozen=True)
+class GeneratedSpec:
+    """How one generated model is built and exported.
+
+    ``pytorch_deploy``: the reference is :func:`models.reparam.deploy_copy` of the network (every
+    block's ``deploy()``); otherwise the ``reference`` export form re-parameterizes the RepVGG
+    blocks itself.
+    """
+
+    build: Callable[[], nn.Module]
+    plan: Plan
+    training_form: str = "ts17_nofold"
+    pytorch_deploy: bool = False
+
+    def settings(self) -> dict[str, object]:
+        """What the cached files depend on besides the builder's code."""
+        return {
+            "training_form": self.training_form,
+            "pytorch_deploy": self.pytorch_deploy,
+            "weight_gain": GENERATED_WEIGHT_GAIN,
+            "input_shape": list(GENERATED_INPUT_SHAPE),
+        }
+
+
+@dataclass(frozen=True)
+class ExportChecks:
+    """Checks of one generated model at export time (relative errors to the PyTorch training
+    form's output, ``max|y - y_torch| / max|y_torch|``) and its output scale."""
+
+    settings: dict[str, object]
+    pytorch_deploy_error: float | None
+    """The PyTorch deploy network against the training network (None: not checked)."""
+    onnx_errors: dict[str, float]
+    """Per exported file (training form, reference): onnxruntime against PyTorch."""
+    output_max: float
+    """``max|y|`` of the PyTorch training form on the check input: finite and O(1)-O(10)."""
+    export_seconds: float
+
+    def describe(self, name: str) -> str:
+        deploy = (
+            ""
+            if self.pytorch_deploy_error is None
+            else f"PyTorch deploy vs training {self.pytorch_deploy_error:.1e}; "
+        )
+        onnx_errors = ", ".join(f"{form} {error:.1e}" for form, error in self.onnx_errors.items())
+        return (
+            f"- {name}: exported as `{self.settings['training_form']}` + `reference`; "
+            f"max|y| = {self.output_max:.3g}; {deploy}onnxruntime vs PyTorch: {onnx_errors}"
+        )
 
 
 @dataclass(frozen=True)
@@ -123,6 +194,17 @@ class ModelResult:
     """Per form: relative difference of its output to the training form's."""
 
 
+@dataclass(frozen=True)
+class ComparisonResult:
+    """Fuse jobs only, on another export of a benchmarked model (``base``)."""
+
+    model: BenchModel
+    base: str
+    training: ModelStats
+    fused: ModelStats
+    jobs: dict[str, JobSummary]
+
+
 class ChildFailedError(RuntimeError):
     """A timed subprocess exited with an error."""
 
@@ -137,42 +219,123 @@ def sample_model(plan: Plan) -> BenchModel:
     )
 
 
-def generated_models(cache_dir: Path) -> tuple[list[BenchModel], list[str]]:
-    """Full-width RepVGG-A0 and RepVGG-B1g4 with randomized BN, exported once into ``cache_dir``;
-    the models, and the names of those exported now (the others were in the cache).
+def generated_specs() -> dict[str, GeneratedSpec]:
+    """The generated models by name (imports torch and ``models``)."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from models import bench_nets, blocks
+
+    return {
+        "repvgg_a0": GeneratedSpec(blocks.repvgg_a0, FULL_PLAN),
+        "repvgg_b1g4": GeneratedSpec(blocks.repvgg_b1g4, BIG_MODEL_PLAN),
+        "fastvit_t8": GeneratedSpec(bench_nets.fastvit_t8, SLOW_FUSE_PLAN, pytorch_deploy=True),
+        "dbb_resnet18": GeneratedSpec(bench_nets.dbb_resnet18, SLOW_FUSE_PLAN, pytorch_deploy=True),
+    }
+
+
+DBB_EXPORT_COMPARISON = ("dbb_resnet18", "dynamo18")
+"""The DBB model's training form is also exported by dynamo and fused (fuse jobs only): the
+TorchScript export writes each BNAndPadLayer as ~280 nodes of index bookkeeping, dynamo as ~10."""
+
+
+def generated_models(
+    cache_dir: Path,
+) -> tuple[list[BenchModel], list[BenchModel], list[str], dict[str, ExportChecks]]:
+    """The generated models, exported once into ``cache_dir``: the benchmarked models, the
+    export-comparison models (fuse jobs only), the names of those exported now (the others were
+    in the cache with the same settings), and each model's export checks.
 
     The training form is ``ts17_nofold`` (BatchNormalization nodes kept), the reference the
-    ``reference`` export of the same weights, both at 1x3x224x224.
+    ``reference`` export of the same weights (of the PyTorch deploy network where the spec says
+    so), both at 1x3x224x224.
     """
-    sys.path.insert(0, str(REPO_ROOT))
-    from models import blocks
-
-    builders = {
-        "repvgg_a0": (blocks.repvgg_a0, FULL_PLAN),
-        "repvgg_b1g4": (blocks.repvgg_b1g4, BIG_MODEL_PLAN),
-    }
-    models, exported = [], []
-    for name, (build, plan) in builders.items():
+    specs = generated_specs()
+    base, comparison_form = DBB_EXPORT_COMPARISON
+    specs[f"{base}_{comparison_form}"] = GeneratedSpec(
+        specs[base].build,
+        EXPORT_COMPARISON_PLAN,
+        training_form=comparison_form,
+        pytorch_deploy=specs[base].pytorch_deploy,
+    )
+    models, comparisons, exported, checks = [], [], [], {}
+    for name, spec in specs.items():
         model = BenchModel(
-            name, cache_dir / f"{name}.onnx", cache_dir / f"{name}.deploy.onnx", plan
+            name,
+            cache_dir / f"{name}.onnx",
+            cache_dir / f"{name}.deploy.onnx",
+            spec.plan,
+            spec.training_form,
         )
-        if not (model.training.exists() and model.reference.exists()):
-            export_generated(build(), model)
+        checks_path = cache_dir / f"{name}.checks.json"
+        cached = read_checks(checks_path)
+        if (
+            cached is None
+            or cached.settings != spec.settings()
+            or not (model.training.exists() and model.reference.exists())
+        ):
+            cached = export_generated(spec, model)
+            checks_path.write_text(json.dumps(asdict(cached), indent=2) + "\n")
             exported.append(name)
-        models.append(model)
-    return models, exported
+        checks[name] = cached
+        (comparisons if spec.plan is EXPORT_COMPARISON_PLAN else models).append(model)
+    return models, comparisons, exported, checks
 
 
-def export_generated(network: nn.Module, model: BenchModel) -> None:
-    """Randomize ``network``'s BN and weights, export both forms; each file appears whole."""
-    from models import blocks, export
+def read_checks(path: Path) -> ExportChecks | None:
+    """The export checks written next to a cached model, or None."""
+    if not path.exists():
+        return None
+    try:
+        return ExportChecks(**json.loads(path.read_text()))
+    except (TypeError, ValueError):
+        return None
 
-    blocks.randomize_batchnorm_(network, export.SEED, weight_gain=GENERATED_WEIGHT_GAIN).eval()
+
+def export_generated(spec: GeneratedSpec, model: BenchModel) -> ExportChecks:
+    """Build ``spec``'s network, randomize its BN and weights, export both forms (each file
+    appears whole) and check them: the PyTorch deploy network and both files must equal the
+    training network (``models.export.RELATIVE_TOLERANCE``), and its output must be finite."""
+    import torch
+
+    from models import blocks, export, reparam
+
+    started = perf_counter()
+    network = blocks.randomize_batchnorm_(
+        spec.build(), export.SEED, weight_gain=GENERATED_WEIGHT_GAIN
+    ).eval()
+    x = export.random_input(GENERATED_INPUT_SHAPE)
+    with torch.no_grad():
+        expected = network(x).numpy()
+    output_max = float(abs(expected).max())
+    if not math.isfinite(output_max) or output_max > MAX_GENERATED_OUTPUT:
+        raise RuntimeError(f"{model.name}: max|y| = {output_max:.3g}, lower the weight gain")
+    deploy_error = None
+    reference_network = network
+    if spec.pytorch_deploy:
+        reference_network = reparam.deploy_copy(network)
+        with torch.no_grad():
+            deployed = reference_network(x).numpy()
+        deploy_error = export.check_close(f"{model.name} PyTorch deploy", deployed, expected)
     print(f"exporting {model.name} to {model.training.parent}", file=sys.stderr)
-    for path, form in ((model.training, "ts17_nofold"), (model.reference, "reference")):
+    onnx_errors = {}
+    for path, form, source in (
+        (model.training, spec.training_form, network),
+        (model.reference, "reference", reference_network),
+    ):
         partial = path.with_suffix(".partial.onnx")
-        export.export_onnx(network, partial, form, GENERATED_INPUT_SHAPE)
+        export.export_onnx(source, partial, form, GENERATED_INPUT_SHAPE)
+        onnx_errors[form] = export.check_export(partial, network, GENERATED_INPUT_SHAPE, (1,))
         os.replace(partial, path)
+    return ExportChecks(
+        settings=spec.settings(),
+        pytorch_deploy_error=deploy_error,
+        onnx_errors=onnx_errors,
+        output_max=output_max,
+        export_seconds=perf_counter() - started,
+    )
+
+
+MAX_GENERATED_OUTPUT = 1e3
+"""A generated model's output above this means the weight gain lets activations explode."""
 
 
 def cli_command() -> list[str]:
@@ -240,12 +403,19 @@ def summarize_job(runs: Sequence[ChildRun]) -> JobSummary:
 
 
 def measure_fuse_jobs(
-    model: BenchModel, out_dir: Path, shuffler: random.Random
+    model: BenchModel,
+    out_dir: Path,
+    shuffler: random.Random,
+    jobs: Sequence[str] | None = None,
 ) -> dict[str, JobSummary]:
-    """One untimed warm-up run of each job, then ``fuse_repeats`` rounds in a shuffled order."""
+    """Untimed warm-up runs (see :attr:`Plan.warm_up_all`), then ``fuse_repeats`` rounds of
+    ``jobs`` (default: all) in a shuffled order."""
     commands = job_commands(model, out_dir)
-    for command in commands.values():
-        run_child(command)
+    if jobs is not None:
+        commands = {job: commands[job] for job in jobs}
+    for job, command in commands.items():
+        if model.plan.warm_up_all or job == LOAD_SAVE:
+            run_child(command)
     runs: dict[str, list[ChildRun]] = {job: [] for job in commands}
     for _ in range(model.plan.fuse_repeats):
         order = list(commands)
@@ -282,6 +452,24 @@ def benchmark_model(model: BenchModel, out_dir: Path, shuffler: random.Random) -
     )
 
 
+COMPARISON_JOBS = (LOAD_SAVE, CLI_NO_VERIFY, CLI_VERIFY, API_VERIFY)
+
+
+def measure_comparison(
+    model: BenchModel, base: str, out_dir: Path, shuffler: random.Random
+) -> ComparisonResult:
+    """The fuse jobs of :data:`COMPARISON_JOBS` on ``model``, another export of ``base``."""
+    print(f"{model.name}: fuse jobs ({model.plan.describe()})", file=sys.stderr)
+    jobs = measure_fuse_jobs(model, out_dir, shuffler, COMPARISON_JOBS)
+    return ComparisonResult(
+        model=model,
+        base=base,
+        training=form_stats(model.training)[0],
+        fused=form_stats(fused_path(model, out_dir))[0],
+        jobs=jobs,
+    )
+
+
 def markdown_table(
     headers: Sequence[str], rows: Sequence[Sequence[str]], left_columns: int = 1
 ) -> str:
@@ -315,18 +503,40 @@ def forms_table(results: Sequence[ModelResult]) -> str:
                 [
                     result.model.name,
                     form,
-                    *(
-                        str(stats.op_counts.get(op, 0))
-                        for op in ("Conv", "Add", "BatchNormalization")
-                    ),
+                    *(str(stats.op_counts.get(op, 0)) for op in TABLE_OPS),
                     str(sum(stats.op_counts.values())),
                     f"{stats.parameters:,}",
                     f"{size / 1e6:.1f}",
                     "—" if difference is None else f"{difference:.1e}",
                 ]
             )
-    headers = ["model", "form", "Conv", "Add", "BatchNorm", "all nodes", "parameters", "MB"]
+    ops = ["BatchNorm" if op == "BatchNormalization" else op for op in TABLE_OPS]
+    headers = ["model", "form", *ops, "all nodes", "parameters", "MB"]
     return markdown_table([*headers, "rel. diff to training"], rows, left_columns=2)
+
+
+def op_count_check(results: Sequence[ModelResult]) -> str:
+    """Where a fused form has more (a regression) or fewer :data:`TABLE_OPS` than its reference."""
+    lines = []
+    for result in results:
+        fused = result.stats[FUSED][0].op_counts
+        reference = result.stats[REFERENCE][0].op_counts
+        counts = {op: (fused.get(op, 0), reference.get(op, 0)) for op in TABLE_OPS}
+        more = [f"{op} {f} > {r}" for op, (f, r) in counts.items() if f > r]
+        fewer = [f"{op} {f} < {r}" for op, (f, r) in counts.items() if f < r]
+        if more:
+            lines.append(
+                f"- **{result.model.name}: fused has more than the reference: "
+                f"{', '.join(more)}** (something was left unfused)"
+            )
+        if fewer:
+            lines.append(
+                f"- {result.model.name}: fused has fewer than the reference: {', '.join(fewer)}"
+            )
+    ops = ", ".join(TABLE_OPS)
+    if not any(line.startswith("- **") for line in lines):
+        lines.insert(0, f"No fused form has more {ops} nodes than its reference.")
+    return "\n".join(lines)
 
 
 def subprocess_table(results: Sequence[ModelResult]) -> str:
@@ -366,6 +576,41 @@ def in_process_table(results: Sequence[ModelResult]) -> str:
     headers = ["model", "onnx.load + onnx.save", "fuse(verify=False) + save"]
     phase_header = f"phases: {' / '.join(PHASES)} (s)"
     return markdown_table([*headers, "fuse(verify=True) + save", phase_header], rows)
+
+
+def comparison_table(
+    results: Sequence[ModelResult], comparisons: Sequence[ComparisonResult]
+) -> str:
+    """Fuse cost of each export of the models in ``comparisons``: the benchmarked export's
+    medians (from ``results``) and the other export's."""
+    by_name = {result.model.name: result for result in results}
+    rows = []
+
+    def row(
+        model: BenchModel, training: ModelStats, fused: ModelStats, jobs: dict[str, JobSummary]
+    ) -> list[str]:
+        phases = jobs[API_VERIFY].phases
+        return [
+            model.name,
+            f"`{model.training_form}`",
+            f"{sum(training.op_counts.values()):,}",
+            str(sum(fused.op_counts.values())),
+            str(model.plan.fuse_repeats),
+            f"{jobs[LOAD_SAVE].wall_seconds:.2f} s",
+            seconds_and_ratio(jobs[CLI_NO_VERIFY], jobs[LOAD_SAVE]),
+            seconds_and_ratio(jobs[CLI_VERIFY], jobs[LOAD_SAVE]),
+            mib(jobs[CLI_VERIFY].peak_rss_kib),
+            " / ".join(f"{phases[name]:.2f}" for name in PHASES),
+        ]
+
+    for comparison in comparisons:
+        base = by_name[comparison.base]
+        rows.append(row(base.model, base.stats[TRAINING][0], base.stats[FUSED][0], base.jobs))
+        rows.append(row(comparison.model, comparison.training, comparison.fused, comparison.jobs))
+    headers = ["model", "training export", "training nodes", "fused nodes", "repeats"]
+    times = ["onnx.load + onnx.save", "CLI fuse --no-verify", "CLI fuse", "RSS MiB: fuse"]
+    phase_header = f"verified fuse phases: {' / '.join(PHASES)} (s)"
+    return markdown_table([*headers, *times, phase_header], rows, left_columns=2)
 
 
 def latency_table(results: Sequence[ModelResult]) -> str:
@@ -421,9 +666,15 @@ def machine_lines() -> list[str]:
     ]
 
 
-def render_report(results: Sequence[ModelResult], header: Sequence[str], run_seconds: float) -> str:
-    """The whole Markdown report: command, ``header`` lines, plans, then the four tables."""
-    plans = [f"- {result.model.name}: {result.model.plan.describe()}" for result in results]
+def render_report(
+    results: Sequence[ModelResult],
+    header: Sequence[str],
+    run_seconds: float,
+    comparisons: Sequence[ComparisonResult] = (),
+) -> str:
+    """The whole Markdown report: command, ``header`` lines, plans, then the tables."""
+    measured = [*(result.model for result in results), *(c.model for c in comparisons)]
+    plans = [f"- {model.name}: {model.plan.describe()}" for model in measured]
     rss_note = "GNU time `%M`" if GNU_TIME else "not measured (GNU time not found)"
     sections = [
         "# repvgg-onnx benchmark",
@@ -433,7 +684,10 @@ def render_report(results: Sequence[ModelResult], header: Sequence[str], run_sec
         "`fused` is the output of `repvgg-onnx fuse` (verified); `reference` the PyTorch "
         "re-parameterized export of the same weights. Parameters count initializers and "
         "Constant nodes. Relative difference: `max|y - y_training| / max|y_training|` in "
-        "onnxruntime on one random input.\n\n" + forms_table(results),
+        "onnxruntime on one random input.\n\n"
+        + forms_table(results)
+        + "\n\n"
+        + op_count_check(results),
         "## Fuse time, whole subprocess\n\n"
         "Median wall time of a fresh process, interpreter start-up and imports included; "
         f"(×) = ratio to the plain `onnx.load` + `onnx.save` process. Peak RSS: {rss_note}, "
@@ -444,6 +698,19 @@ def render_report(results: Sequence[ModelResult], header: Sequence[str], run_sec
         "of the `verify=True` job (`load` includes `onnx.checker`, `fuse` the passes and the "
         "check of the result); `other` is the rest of `fuse()`, outside the tool's timers; "
         "`save` is atomic and fsynced, unlike `onnx.save`.\n\n" + in_process_table(results),
+        *(
+            [
+                "## Fuse time by exporter\n\n"
+                "The same weights exported by TorchScript (`ts17_nofold`, the benchmarked row, "
+                "whose BNAndPadLayer slice assignments become ~280 nodes of index bookkeeping "
+                "each) and by dynamo (`dynamo18`, ~10 nodes each), fuse jobs only: median wall "
+                "time of the whole subprocess, (×) = ratio to `onnx.load` + `onnx.save`; peak "
+                "RSS of the verified CLI run; phases of the in-process `verify=True` job.\n\n"
+                + comparison_table(results, comparisons)
+            ]
+            if comparisons
+            else []
+        ),
         "## onnxruntime latency\n\n"
         "CPU provider, 1 intra-op and 1 inter-op thread, `ORT_ENABLE_ALL`, batch 1. Each round "
         "runs the three forms in a shuffled order; latencies are medians over rounds of each "
@@ -477,25 +744,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = perf_counter()
     header = machine_lines()
     models = [sample_model(QUICK_PLAN if args.quick else FULL_PLAN)]
+    comparison_models: list[BenchModel] = []
     if args.quick:
         header.append("- `--quick`: the committed sample only, with fewer repeats and rounds.")
     elif importlib.util.find_spec("torch") is None:
         header.append("- torch is not installed: only the committed sample was benchmarked.")
     else:
         export_started = perf_counter()
-        generated, exported = generated_models(args.cache_dir)
+        generated, comparison_models, exported, checks = generated_models(args.cache_dir)
         models += generated
         header.append(
-            f"- Generated models: {', '.join(exported)} exported with torch in "
-            f"{perf_counter() - export_started:.0f} s"
+            f"- Generated models: {', '.join(exported)} exported (and checked) with torch in "
+            f"{perf_counter() - export_started:.0f} s, any others reused from {args.cache_dir}"
             if exported
             else f"- Generated models reused from {args.cache_dir}"
         )
+        header += [result.describe(name) for name, result in checks.items()]
     out_dir = args.cache_dir / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     shuffler = random.Random(SHUFFLE_SEED)
     results = [benchmark_model(model, out_dir, shuffler) for model in models]
-    report = render_report(results, header, perf_counter() - started)
+    base = DBB_EXPORT_COMPARISON[0]
+    comparisons = [
+        measure_comparison(model, base, out_dir, shuffler) for model in comparison_models
+    ]
+    report = render_report(results, header, perf_counter() - started, comparisons)
     print(report, end="")
     args.out.write_text(report)
 
