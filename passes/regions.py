@@ -34,6 +34,7 @@ from repvgg_onnx.linear_forms import (
     TransposedConv,
     channel_affine,
     compose,
+    composed_cost,
     describe_form,
     emittable_reason,
     input_channels,
@@ -43,7 +44,7 @@ from repvgg_onnx.linear_forms import (
 )
 
 from .data_movement import chain_as_pad
-from .graph_utils import describe_uses, dim, has_single_use, producer, rank
+from .graph_utils import describe_uses, dim, has_single_use, producer, rank, static_shape
 from .readers import Kind, Layout, LinearOp, Refusal, cost_of, keeps_channels, read_node
 from .result import Skipped
 from .rewrite import NodeSpec, node_specs
@@ -200,8 +201,9 @@ class RegionFinder:
         if op is None or id(op.node) in self.unreadable:
             return None, [], []
         attempt = None
+        budget = self.region_cost(op)
         for local_costs in (False, True):
-            attempt = _Attempt(self, local_costs)
+            attempt = _Attempt(self, local_costs, budget)
             try:
                 expression = attempt.expand(op, root=True)
                 plan = attempt.plan(op, expression)
@@ -209,6 +211,25 @@ class RegionFinder:
                 continue
             return plan, attempt.cuts, attempt.skipped
         return None, attempt.cuts, attempt.skipped
+
+    def region_cost(self, op: LinearOp) -> float:
+        """Multiply-adds per output position of every op of the region rooted at ``op``: no
+        composition that costs more can ever pay off, so none is computed."""
+        root, total, stack = op.output, 0.0, [op]
+        while stack:
+            current = stack.pop()
+            cost = cost_of(current, _channels_of(current.output))
+            total += cost * _positions_ratio(current.output, root)
+            stack.extend(self.op_of(t) for t in current.inputs if self.is_interior(t))
+        return total
+
+
+def _positions_ratio(tensor: gs.Tensor, root: gs.Tensor) -> float:
+    """Spatial positions of ``tensor`` per position of ``root`` (1 when unknown)."""
+    a, b = static_shape(tensor), static_shape(root)
+    if a is None or b is None or len(a) < 3 or len(b) < 3:
+        return 1.0
+    return math.prod(a[2:]) / max(math.prod(b[2:]), 1)
 
 
 def _meet(a: Layout, b: Layout) -> Layout | None:
@@ -226,6 +247,7 @@ class _Attempt:
 
     finder: RegionFinder
     local_costs: bool
+    budget: float = math.inf
     cuts: list[gs.Tensor] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
 
@@ -350,6 +372,17 @@ class _Attempt:
         layout = _meet(op.layout, merged.layout)
         if layout is None:
             return self._cut(op, input_tensor, None, form, nodes, label)
+        cost = op_cost + merged.cost * _positions_per_output(form)
+        new_cost = composed_cost(form, merged.form, _channels_of(op.output))
+        too_costly = new_cost > self.budget or (self.local_costs and new_cost > cost)
+        if too_costly and not merged.is_raw:
+            before = f" ({merged.nodes[-1].op} '{merged.nodes[-1].name}')" if merged.nodes else ""
+            reason = (
+                f"{_node_text(op)} composed with the {merged.describe()}{before} before it "
+                f"would cost {new_cost:.0f} multiply-adds per output, not {cost:.0f}"
+            )
+            reported = not (op.kind in WEIGHTED and merged.weighted)
+            return self._cut(op, input_tensor, reason if reported else None, form, nodes, label)
         try:
             composite = compose(form, merged.form, _rtol(op))
         except NotComposableError as error:
@@ -358,16 +391,6 @@ class _Attempt:
                 f"{_node_text(op)} cannot absorb the {merged.describe()}{before} before it: {error}"
             )
             reported = not merged.is_raw and not (op.kind in WEIGHTED and merged.weighted)
-            return self._cut(op, input_tensor, reason if reported else None, form, nodes, label)
-        cost = op_cost + merged.cost * _positions_per_output(form)
-        if self.local_costs and multiply_adds(composite) > cost and not merged.is_raw:
-            before = f" ({merged.nodes[-1].op} '{merged.nodes[-1].name}')" if merged.nodes else ""
-            reason = (
-                f"{_node_text(op)} composed with the {merged.describe()}{before} before it "
-                f"would cost {multiply_adds(composite):.0f} multiply-adds per output, not "
-                f"{cost:.0f}"
-            )
-            reported = not (op.kind in WEIGHTED and merged.weighted)
             return self._cut(op, input_tensor, reason if reported else None, form, nodes, label)
         term = Term(
             merged.source,

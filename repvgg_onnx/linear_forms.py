@@ -280,13 +280,8 @@ def _convolve_kernels(
 ) -> tuple[np.ndarray, tuple[int, ...]]:
     """The composed kernel ``[Cout, Cin/groups, *K]`` and its dilations (float64)."""
     outer_k, inner_k = outer.kernel_shape, inner.kernel_shape
-    steps_outer = [s * d for s, d in zip(inner.strides, outer.dilations, strict=True)]
-    steps_inner = list(inner.dilations)
-    dilations, shape = [], []
-    for k_o, k_i, step_o, step_i in zip(outer_k, inner_k, steps_outer, steps_inner, strict=True):
-        lattice = math.gcd(step_o if k_o > 1 else 0, step_i if k_i > 1 else 0) or 1
-        dilations.append(lattice)
-        shape.append((step_o * (k_o - 1) + step_i * (k_i - 1)) // lattice + 1)
+    steps_outer, steps_inner = _tap_steps(outer, inner)
+    dilations, shape = _composed_lattice(outer, inner)
     a = regroup_kernel(outer.kernel, outer.groups, groups)
     b = regroup_kernel(inner.kernel, inner.groups, groups)
     cout, cmid, cin = outer.out_channels, inner.out_channels, inner.in_channels
@@ -313,6 +308,39 @@ def _convolve_kernels(
         )
         kernel[(slice(None),) * 3 + window] += product
     return kernel.reshape(cout, cin // groups, *shape), tuple(dilations)
+
+
+def _tap_steps(outer: AffineConv, inner: AffineConv) -> tuple[list[int], list[int]]:
+    """Per dim, the input distance between the outer kernel's taps and the inner's."""
+    steps_outer = [s * d for s, d in zip(inner.strides, outer.dilations, strict=True)]
+    return steps_outer, list(inner.dilations)
+
+
+def _composed_lattice(outer: AffineConv, inner: AffineConv) -> tuple[list[int], list[int]]:
+    """Dilations and kernel shape of ``outer ∘ inner``: taps on the lattice of
+    ``gcd(s₁d₂, d₁)`` spanning both kernels."""
+    steps_outer, steps_inner = _tap_steps(outer, inner)
+    dilations, shape = [], []
+    for k_o, k_i, step_o, step_i in zip(
+        outer.kernel_shape, inner.kernel_shape, steps_outer, steps_inner, strict=True
+    ):
+        lattice = math.gcd(step_o if k_o > 1 else 0, step_i if k_i > 1 else 0) or 1
+        dilations.append(lattice)
+        shape.append((step_o * (k_o - 1) + step_i * (k_i - 1)) // lattice + 1)
+    return dilations, shape
+
+
+def composed_cost(outer: Form, inner: Form, channels: int | None = None) -> float:
+    """:func:`multiply_adds` of ``compose(outer, inner)``, from shapes alone (nothing computed)."""
+    if isinstance(outer, ChannelAffine):
+        return multiply_adds(inner, channels)
+    if isinstance(inner, ChannelAffine) or not isinstance(outer, AffineConv):
+        return multiply_adds(outer, channels)
+    if not isinstance(inner, AffineConv) or outer.spatial_rank != inner.spatial_rank:
+        return multiply_adds(outer, channels)
+    groups = math.gcd(outer.groups, inner.groups)
+    _, shape = _composed_lattice(outer, inner)
+    return float(outer.out_channels * (inner.in_channels // groups) * math.prod(shape))
 
 
 def sum_forms(
