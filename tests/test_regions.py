@@ -394,3 +394,122 @@ def test_a_tensor_that_is_a_root_twice_is_rewritten_once():
     onnx.checker.check_model(fused, full_check=True)
     assert op_counts(fused) == {"Conv": 1, "Transpose": 1, "Relu": 1}
     assert_same_function(model, fused)
+
+
+INNER_BIAS = np.array([0.3, -0.2, 0.5, 0.1])
+
+
+def _pad_scatter_conv(indices: np.ndarray, updates: np.ndarray) -> onnx.ModelProto:
+    """``Conv(ScatterND(Pad(conv1x1(x) + INNER_BIAS), indices, updates))``: DBB's border layer
+    when the scatter writes ``INNER_BIAS`` on the whole border."""
+    builder = Builder(16)
+    weight = builder.const(builder.rng.normal(size=(C, C, 1, 1)))
+    inner = builder.node("Conv", ["x", weight, builder.const(INNER_BIAS)])
+    pads = builder.const([0, 0, 1, 1, 0, 0, 1, 1], np.int64)
+    padded = builder.node("Pad", [inner, pads])
+    scattered = builder.node(
+        "ScatterND", [padded, builder.const(indices, np.int64), builder.const(updates)]
+    )
+    y = builder.node("Conv", [scattered, builder.const(builder.rng.normal(size=(C, C, 3, 3)))])
+    return builder.model(y)
+
+
+def _border_indices() -> np.ndarray:
+    positions = [
+        (0, c, h, w)
+        for c in range(C)
+        for h in range(SIZE + 2)
+        for w in range(SIZE + 2)
+        if h in (0, SIZE + 1) or w in (0, SIZE + 1)
+    ]
+    return np.array(positions)
+
+
+def test_a_scatter_that_writes_inside_the_border_is_not_a_pad():
+    indices = np.array([[0, 0, 3, 3]])  # an interior element
+    model = _pad_scatter_conv(indices, np.array([5.0]))
+    fused, _ = fuse_model(model)
+    assert op_counts(fused)["ScatterND"] == 1
+    assert_same_function(model, fused)
+
+
+def test_the_dbb_border_layer_composes_into_one_conv():
+    indices = _border_indices()
+    model = _pad_scatter_conv(indices, INNER_BIAS[indices[:, 1]])
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1}
+    assert_same_function(model, fused)
+
+
+def test_a_border_whose_values_differ_within_a_channel_is_not_a_pad():
+    """All the border holds the bias but one element, set lower (a per-channel maximum would
+    take it for the bias)."""
+    indices = _border_indices()
+    updates = INNER_BIAS[indices[:, 1]]
+    updates[0] -= 1.0
+    model = _pad_scatter_conv(indices, updates)
+    fused, _ = fuse_model(model)
+    assert op_counts(fused)["ScatterND"] == 1
+    assert_same_function(model, fused)
+
+
+def test_a_border_filled_with_one_value_per_channel_reads_as_a_pad():
+    """The fill is not the inner conv's bias, so it stays (the padding would see it); the
+    chain is still read: its reason names the value."""
+    indices = _border_indices()
+    updates = np.repeat(np.linspace(-1, 1, C), len(indices) // C)
+    model = _pad_scatter_conv(indices, updates)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused)["ScatterND"] == 1
+    assert any("padding would see" in s.reason for s in outcome.skipped)
+    assert_same_function(model, fused)
+
+
+def test_an_average_pool_with_partial_windows_is_not_read():
+    """``ceil_mode=1`` on a size the stride does not divide: the last window is partial."""
+    builder = Builder(17)
+    pool = builder.node("AveragePool", ["x"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)
+    y = builder.batchnorm(pool)
+    model = builder.model(y)
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == {"AveragePool": 1, "BatchNormalization": 1}
+    assert_same_function(model, fused)
+
+
+def test_gemm_with_transposed_input_is_not_read():
+    rng = np.random.default_rng(18)
+    nodes = [
+        helper.make_node("Gemm", ["a", "w"], ["g"], transA=1),
+        helper.make_node("BatchNormalization", ["g", "s", "b", "m", "v"], ["y"]),
+    ]
+    inits = {
+        "w": rng.normal(size=(6, 5)),
+        "s": rng.uniform(0.5, 1.5, 5),
+        "b": rng.normal(size=5),
+        "m": rng.normal(size=5),
+        "v": rng.uniform(0.2, 3, 5),
+    }
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [6, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == {"Gemm": 1, "BatchNormalization": 1}
+    assert_same_function(model, fused)
+
+
+def test_a_pad_then_a_transpose_is_not_a_pad():
+    """Every element is copied, but not at one offset: the chain transposes."""
+    builder = Builder(19)
+    pads = builder.const([0, 0, 1, 1, 0, 0, 1, 1], np.int64)
+    padded = builder.node("Pad", [builder.conv("x", (1, 1), "centre", 1, 1), pads])
+    moved = builder.node("Transpose", [padded], perm=[0, 1, 3, 2])
+    y = builder.node("Conv", [moved, builder.const(builder.rng.normal(size=(C, C, 3, 3)))])
+    model = builder.model(y)
+    fused, _ = fuse_model(model)
+    assert op_counts(fused)["Transpose"] == 1
+    assert_same_function(model, fused)
