@@ -663,7 +663,15 @@ def machine_lines() -> list[str]:
         f"- Python {platform.python_version()}, onnx {onnx.__version__}, "
         f"onnxruntime {ort.__version__}, torch {torch_version}",
         f"- repvgg-onnx at `{git_revision()}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- Load average at the start: {load_average()}",
     ]
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages (this benchmark alone keeps about one CPU busy)."""
+    if not hasattr(os, "getloadavg"):
+        return "unknown"
+    return " / ".join(f"{value:.2f}" for value in os.getloadavg()) + " (1 / 5 / 15 min)"
 
 
 def render_report(
@@ -716,7 +724,8 @@ def render_report(
         "runs the three forms in a shuffled order; latencies are medians over rounds of each "
         "round's mean, ratios medians over rounds of per-round ratios "
         "[interquartile range].\n\n" + latency_table(results),
-        f"Run time: {run_seconds / 60:.1f} min.",
+        f"Run time: {run_seconds / 60:.1f} min. Load average at the end: {load_average()}; "
+        "the benchmark itself accounts for about 1.",
     ]
     return "\n\n".join(sections) + "\n"
 
