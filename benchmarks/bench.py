@@ -90,7 +90,7 @@ QUICK_PLAN = Plan(fuse_repeats=3, latency_rounds=10, latency_iterations=3)
 BIG_MODEL_PLAN = Plan(fuse_repeats=5, latency_rounds=30, latency_iterations=3)
 """For RepVGG-B1g4 (~0.2 s per inference): 3 runs per round keep the full run under 10 min."""
 SLOW_FUSE_PLAN = Plan(fuse_repeats=2, latency_rounds=30, latency_iterations=3, warm_up_all=False)
-"""For DBB-ResNet-18 (TorchScript export), whose fuse jobs take 17-21 s each (start-up noise is
+"""For DBB-ResNet-18 (TorchScript export), whose fuse jobs take 15-20 s each (start-up noise is
 small next to that): 2 repeats and no warm-up of the fuse jobs keep the full run under 15 min."""
 EXPORT_COMPARISON_PLAN = Plan(
     fuse_repeats=2, latency_rounds=0, latency_iterations=0, warm_up_all=False
