@@ -79,6 +79,8 @@ def _plan(graph: gs.Graph, op: LinearOp) -> list[_Reader] | str | None:
     output = op.output
     if is_graph_output(graph, output) or not output.outputs:
         return None
+    if op.node.op != "BatchNormalization" and _reads_an_activation(op):
+        return None  # a GELU's "· 0.5" or a LayerNorm's "· γ + β": see regions._is_activation_tail
     axis, rank = _channel_axis(op)
     if axis is None:
         return None
@@ -101,6 +103,19 @@ def _plan(graph: gs.Graph, op: LinearOp) -> list[_Reader] | str | None:
             return f"{op.node.op} '{op.node.name}' is left as it is: {specs}"
         readers.append(_Reader(reader, tuple(specs)))
     return readers
+
+
+def _reads_an_activation(op: LinearOp) -> bool:
+    """Through a chain of per-channel Mul/Div/Add/Sub, the op reads a non-linear op."""
+    tensor = op.input
+    while len(tensor.inputs) == 1:
+        reading = read_node(tensor.inputs[0])
+        if not isinstance(reading, LinearOp):
+            return True
+        if reading.node.op not in ("Mul", "Div", "Add", "Sub") or reading.kind is Kind.SUM:
+            return False
+        tensor = reading.input
+    return False
 
 
 def _channel_axis(op: LinearOp) -> tuple[int | None, int | None]:

@@ -370,7 +370,7 @@ class _Attempt:
         if isinstance(merged, str):
             return self._cut(op, input_tensor, merged, form, nodes, label)
         layout = _meet(op.layout, merged.layout)
-        if layout is None:
+        if layout is None or self._is_activation_tail(op, merged):
             return self._cut(op, input_tensor, None, form, nodes, label)
         cost = op_cost + merged.cost * _positions_per_output(form)
         new_cost = composed_cost(form, merged.form, _channels_of(op.output))
@@ -404,6 +404,17 @@ class _Attempt:
             merged.reshaped,
         )
         return Expression((term,))
+
+    def _is_activation_tail(self, op: LinearOp, merged: Term) -> bool:
+        """A weighted op reading bare Mul/Div/Add/Sub constants of a non-linear op's output:
+        the tail of a decomposed GELU (``· 0.5``) or LayerNorm (``· γ + β``). Folding it into
+        the next layer is exact but hides the pattern from runtimes that fuse it (onnxruntime
+        then runs the GELU as four ops: FastViT-T8 10% slower), so it stays."""
+        if op.kind not in WEIGHTED or not merged.nodes:
+            return False
+        if any(node.op not in _CONSTANT_ARITHMETIC for node in merged.nodes):
+            return False
+        return is_activation_output(self.finder, merged.source)
 
     def _apply_channel_affine(
         self, op, form: ChannelAffine, inner: Expression, nodes, label, input_tensor
@@ -577,6 +588,15 @@ class _Attempt:
                 "the terms read different tensors: " + "; ".join(parts) + ", so the Add stays",
             )
         )
+
+
+_CONSTANT_ARITHMETIC = frozenset({"Mul", "Div", "Add", "Sub"})
+
+
+def is_activation_output(finder: RegionFinder, tensor: gs.Tensor) -> bool:
+    """``tensor`` is computed by a non-linear op (not a linear op, graph input or constant)."""
+    node = producer(tensor)
+    return node is not None and finder.op_of(tensor) is None and finder.refusal_of(tensor) is None
 
 
 def _negate(term: Term) -> Term:

@@ -513,3 +513,54 @@ def test_a_pad_then_a_transpose_is_not_a_pad():
     fused, _ = fuse_model(model)
     assert op_counts(fused)["Transpose"] == 1
     assert_same_function(model, fused)
+
+
+def _optimized_op_counts(model: onnx.ModelProto, path) -> dict[str, int]:
+    """Op counts of the graph onnxruntime actually runs (its own fusions applied)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(path)
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return op_counts(onnx.load(path))
+
+
+def test_a_gelu_tail_stays_so_onnxruntime_still_fuses_the_gelu(tmp_path):
+    """``x·(1 + erf(x/√2))·0.5`` then a conv: folding the 0.5 into the conv is exact, but
+    onnxruntime would no longer see a GELU (FastViT-T8 ran 10% slower), so the Mul stays."""
+    builder = Builder(20)
+    erf = builder.node("Erf", [builder.node("Div", ["x", builder.const(np.sqrt(2.0))])])
+    gelu = builder.node(
+        "Mul",
+        [
+            builder.node("Mul", ["x", builder.node("Add", [erf, builder.const(1.0)])]),
+            builder.const(0.5),
+        ],
+    )
+    y = builder.node("Conv", [gelu, builder.const(builder.rng.normal(size=(C, C, 1, 1)))])
+    model = builder.model(y)
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == op_counts(model)
+    assert _optimized_op_counts(fused, tmp_path / "fused.onnx").get("Gelu") == 1
+    assert_same_function(model, fused)
+
+
+def test_a_layer_norm_tail_stays_before_a_matmul():
+    """A decomposed LayerNorm ends in ``· γ + β`` per channel, here read by two projections
+    (fold forward): kept for the runtime."""
+    builder = Builder(21)
+    mean = builder.node("ReduceMean", ["x"], axes=[-1])
+    centred = builder.node("Sub", ["x", mean])
+    var = builder.node("ReduceMean", [builder.node("Mul", [centred, centred])], axes=[-1])
+    std = builder.node("Sqrt", [builder.node("Add", [var, builder.const(1e-5)])])
+    normed = builder.node("Div", [centred, std])
+    gamma = builder.const(builder.rng.uniform(0.5, 1.5, SIZE))
+    beta = builder.const(builder.rng.normal(size=SIZE))
+    affine = builder.node("Add", [builder.node("Mul", [normed, gamma]), beta])
+    q = builder.node("MatMul", [affine, builder.const(builder.rng.normal(size=(SIZE, SIZE)))])
+    k = builder.node("MatMul", [affine, builder.const(builder.rng.normal(size=(SIZE, SIZE)))])
+    model = builder.model(builder.node("Concat", [q, k], axis=1))
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == op_counts(model)
+    assert_same_function(model, fused)
