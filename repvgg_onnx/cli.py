@@ -7,7 +7,9 @@ error (a bug: rerun with --debug and report it), 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +19,7 @@ import click
 
 from repvgg_onnx import __version__, api, io
 from repvgg_onnx.errors import InputSpecError, ReparamError
-from repvgg_onnx.render import Rendered, render
+from repvgg_onnx.render import Rendered, error_report, render
 from repvgg_onnx.verify import (
     DEFAULT_ATOL_SCALE,
     DEFAULT_RTOL,
@@ -34,35 +36,47 @@ EXIT_INTERRUPTED = 130
 REPORT_FORMATS = {".json": "json", ".md": "markdown", ".html": "html", ".txt": "text"}
 
 
-def _command(command: Callable) -> Callable:
-    """Add ``--debug`` and ``--quiet``; turn errors into one line on stderr and an exit code."""
+def _command(kind: str) -> Callable:
+    """Add ``--debug`` and ``--quiet``; turn errors into one line on stderr, an exit code and,
+    with ``--report``, an error report (so a CI job always has a report to show)."""
 
-    @click.option("--quiet", "-q", is_flag=True, help="Print nothing on stdout.")
-    @click.option("--debug", is_flag=True, help="Show a traceback on errors.")
-    @functools.wraps(command)
-    def wrapper(*args, debug: bool, quiet: bool, **kwargs):
-        try:
-            return command(*args, quiet=quiet, **kwargs)
-        except ReparamError as error:
-            if debug:
-                raise
-            _fail(f"error: {error}", error.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted; nothing was written.", EXIT_INTERRUPTED)
-        except Exception as error:
-            if debug:
-                raise
-            _fail(
-                f"internal error: {type(error).__name__}: {_one_line(error)}; "
-                "rerun with --debug and report it.",
-                EXIT_INTERNAL_ERROR,
-            )
+    def decorate(command: Callable) -> Callable:
+        @click.option("--quiet", "-q", is_flag=True, help="Print nothing on stdout.")
+        @click.option("--debug", is_flag=True, help="Show a traceback on errors.")
+        @functools.wraps(command)
+        def wrapper(*args, debug: bool, quiet: bool, **kwargs):
+            report_path = kwargs.get("report_path")
+            try:
+                return command(*args, quiet=quiet, **kwargs)
+            except ReparamError as error:
+                if debug:
+                    raise
+                reported = getattr(error, "report", None) is not None  # its report is out
+                _fail(kind, f"error: {error}", error.exit_code, None if reported else report_path)
+            except KeyboardInterrupt:
+                _fail(kind, "interrupted; nothing was written.", EXIT_INTERRUPTED, report_path)
+            except Exception as error:
+                if debug:
+                    raise
+                message = (
+                    f"internal error: {type(error).__name__}: {_one_line(error)}; "
+                    "rerun with --debug and report it."
+                )
+                _fail(kind, message, EXIT_INTERNAL_ERROR, report_path)
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(kind: str, message: str, code: int, report_path: Path | None = None) -> None:
+    """One line on stderr, the error report at ``--report`` (if it can be written), exit."""
     click.echo(message, err=True)
+    if report_path is not None and report_path.suffix.lower() in REPORT_FORMATS:
+        report = error_report(kind, message, code)
+        text = render(report, REPORT_FORMATS[report_path.suffix.lower()])
+        with contextlib.suppress(Exception):  # the error already said what went wrong
+            io.save_text(text.rstrip("\n") + "\n", report_path)
     sys.exit(code)
 
 
@@ -176,14 +190,21 @@ def main() -> None:
     show_default=True,
     help="Check the fused model against the original in onnxruntime before writing it.",
 )
+@click.option(
+    "--force",
+    "-f",
+    is_flag=True,
+    help="Replace OUT.onnx if it exists (writing over IN.onnx itself needs no --force).",
+)
 @_tolerances
 @_format_option("text", "markdown", "json")
 @_report_option
-@_command
+@_command("fuse")
 def fuse(
     input_path: Path,
     output_path: Path,
     verify: bool,
+    force: bool,
     atol: float | None,
     rtol: float | None,
     seed: int,
@@ -203,6 +224,7 @@ def fuse(
     shapes = parse_input_shapes(input_shapes)
     _check_report_path(report_path)
     io.check_output_path(output_path)
+    _refuse_to_replace(input_path, output_path, force)
     _progress(f"fusing {input_path}", quiet)
     try:
         result = api.fuse(
@@ -215,8 +237,26 @@ def fuse(
     io.save_model(result.model, output_path)
     result.report.seconds["save"] = time.perf_counter() - start
     _emit(result.report, output_format, report_path, quiet)
+    if not result.report.fused:
+        click.echo(
+            f"warning: {input_path} has no training-time block: nothing was fused, and "
+            f"{output_path} computes the same graph.",
+            err=True,
+        )
     if output_format == "text" and not quiet:
         click.echo(f"Wrote {output_path}")
+
+
+def _refuse_to_replace(input_path: Path, output_path: Path, force: bool) -> None:
+    """An existing OUT.onnx is replaced only with --force, or when it is IN.onnx itself:
+    swapped arguments must not overwrite a training model."""
+    if force or not output_path.exists() or not input_path.exists():
+        return  # a missing IN.onnx is reported as such when it is loaded
+    if os.path.samefile(input_path, output_path):
+        return
+    raise InputSpecError(
+        f"{output_path} already exists; pass --force to replace it (did you swap IN and OUT?)."
+    )
 
 
 @main.command("verify")
@@ -240,7 +280,7 @@ def fuse(
 )
 @_format_option("text", "markdown", "json")
 @_report_option
-@_command
+@_command("verify")
 def verify_command(
     a_path: Path,
     b_path: Path,
@@ -275,8 +315,9 @@ def verify_command(
         localize=localize,
         progress=lambda message: _progress(message, quiet),
     )
-    for warning in result.warnings:
-        click.echo(f"warning: {warning}", err=True)
+    if quiet or output_format != "text":  # the text report lists them itself
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}", err=True)
     _emit(result, output_format, report_path, quiet)
     if not result.passed:
         sys.exit(EXIT_CHECK_FAILED)
@@ -287,7 +328,7 @@ def verify_command(
 @click.argument("b_path", metavar="B.onnx", type=click.Path(path_type=Path))
 @_format_option("text", "markdown", "json", "html")
 @_report_option
-@_command
+@_command("diff")
 def diff_command(
     a_path: Path, b_path: Path, output_format: str, report_path: Path | None, quiet: bool
 ) -> None:
@@ -311,7 +352,7 @@ def diff_command(
 )
 @_format_option("text", "markdown", "json")
 @_report_option
-@_command
+@_command("inspect")
 def inspect_command(
     model_path: Path,
     fail_if_fusable: bool,

@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass, field
 import onnx
 
 from repvgg_onnx.passes.readers import READERS
-from repvgg_onnx.render import Rendered
+from repvgg_onnx.render import SCHEMA_VERSION, Rendered, verdict
 from repvgg_onnx.summary import ModelSummary
+
+DIFF_VERDICT = "diff compares the graphs only; repvgg-onnx verify A B compares what they compute"
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,9 @@ class GraphDiff(Rendered):
 
     def to_dict(self) -> dict:
         return {
-            "schema_version": 1,
+            "schema_version": SCHEMA_VERSION,
             "kind": "diff",
+            "verdict": verdict("skipped", DIFF_VERDICT),
             "a": self.a.to_dict(),
             "b": self.b.to_dict(),
             "op_changes": self.op_changes,

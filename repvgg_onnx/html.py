@@ -18,6 +18,7 @@ from repvgg_onnx.html_picture import PictureNode, block_picture, common_scope
 from repvgg_onnx.html_picture import as_dict as _dict
 from repvgg_onnx.html_picture import as_list as _list
 from repvgg_onnx.html_picture import esc as _e
+from repvgg_onnx.render import report_verdict
 
 SCHEMA_VERSION = 1
 #: Blocks of a diff shown open; the rest start collapsed so a 200-block page stays short.
@@ -151,7 +152,7 @@ def render_html(report: dict) -> str:
     """One self-contained HTML page (no network, no CDN, no external fonts/scripts) for a report
     dict of any kind (``report["kind"]``: ``fuse``, ``verify``, ``diff`` or ``inspect``)."""
     kind = str(report.get("kind") or "unknown")
-    renderer = _RENDERERS.get(kind, _unknown_body)
+    renderer = _error_body if "error" in report else _RENDERERS.get(kind, _unknown_body)
     title, body = renderer(report)
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -317,12 +318,15 @@ def _fuse_body(report: dict) -> tuple[str, str]:
     before, after = _dict(report.get("before")), _dict(report.get("after"))
     verification = report.get("verification")
     headline = _plural(len(fused), "block") + " fused" if fused else "No re-parameterizable block"
-    if not isinstance(verification, dict):
-        banner = _banner("none", headline, "Not verified (--no-verify).")
-    elif verification.get("passed"):
+    verdict = report_verdict(report)
+    reason = _e(verdict.get("reason") or "")
+    if verdict.get("status") == "passed" and isinstance(verification, dict):
         banner = _banner("pass", headline + " · verified", _verification_line(verification))
+    elif verdict.get("status") == "failed":
+        detail = _verification_line(verification) if isinstance(verification, dict) else ""
+        banner = _banner("fail", "Verification FAILED", f"{reason} {detail}".strip())
     else:
-        banner = _banner("fail", "Verification FAILED", _verification_line(verification))
+        banner = _banner("none", headline, f"Not verified: {reason or 'not run'}.")
     seconds = _dict(report.get("seconds"))
     timing = ", ".join(f"{_e(phase)} {_seconds(s)}" for phase, s in seconds.items())
     parts = [
@@ -389,6 +393,14 @@ def _inspect_body(report: dict) -> tuple[str, str]:
         _skipped_section(_list(report.get("skipped"))),
     ]
     return f"inspect {path}", "\n".join(parts)
+
+
+def _error_body(report: dict) -> tuple[str, str]:
+    """The page of a run that stopped on an error: what went wrong and the exit code."""
+    error = _dict(report.get("error"))
+    kind = str(report.get("kind") or "report")
+    headline = f"{kind} stopped: exit {_e(error.get('exit_code'))}"
+    return f"{kind} error", _banner("fail", headline, _e(error.get("message") or ""))
 
 
 def _unknown_body(report: dict) -> tuple[str, str]:

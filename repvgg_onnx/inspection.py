@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import onnx
 
 from repvgg_onnx.passes.result import FusedBlock, Skipped
-from repvgg_onnx.render import Rendered
+from repvgg_onnx.render import SCHEMA_VERSION, Rendered, verdict
 from repvgg_onnx.summary import ModelSummary
 from repvgg_onnx.transform import fuse_graph
 
@@ -44,8 +44,9 @@ class Inspection(Rendered):
 
     def to_dict(self) -> dict:
         return {
-            "schema_version": 1,
+            "schema_version": SCHEMA_VERSION,
             "kind": "inspect",
+            "verdict": verdict("skipped", "inspect runs no model; fuse verifies what it writes"),
             "path": self.path,
             "deploy_form": self.deploy_form,
             "summary": self.summary.to_dict(),

@@ -10,6 +10,27 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+#: Version of every JSON report (``repvgg_onnx/schema/report.schema.json``). 2: every report
+#: has a ``verdict``; a fuse report's ``verification`` is ``null`` only when it did not run;
+#: a run that stopped on an error writes an ``error`` report.
+SCHEMA_VERSION = 2
+
+
+def verdict(status: str, reason: str | None = None) -> dict:
+    """``{"status": "passed" | "failed" | "skipped" | "error", "reason": …}``: what every
+    report says about whether the two models were shown to compute the same function."""
+    return {"status": status, "reason": reason}
+
+
+def error_report(kind: str, message: str, exit_code: int) -> dict:
+    """The report of a run that stopped on an error (written so CI always has one)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "error": {"message": message, "exit_code": exit_code},
+        "verdict": verdict("error", message),
+    }
+
 
 class Rendered:
     """``to_text``, ``to_markdown``, ``to_json`` and ``to_html`` of a result with ``to_dict``."""
@@ -38,8 +59,34 @@ def render(report: dict, output_format: str) -> str:
         from repvgg_onnx.html import render_html
 
         return render_html(report)
+    if "error" in report:
+        return _error_markdown(report) if output_format == "markdown" else _error_text(report)
     renderers = _MARKDOWN if output_format == "markdown" else _TEXT
     return renderers[report["kind"]](report)
+
+
+def _error_text(report: dict) -> str:
+    error = report["error"]
+    return f"repvgg-onnx {report['kind']}: error (exit {error['exit_code']}): {error['message']}"
+
+
+def _error_markdown(report: dict) -> str:
+    error = report["error"]
+    return (
+        f"### repvgg-onnx {report['kind']}: ❌ error (exit {error['exit_code']})\n\n"
+        f"{_cell(error['message'])}\n"
+    )
+
+
+def report_verdict(report: dict) -> dict:
+    """The report's ``verdict``; for a report written before schema 2, read off its
+    ``verification`` (or ``passed``)."""
+    if isinstance(report.get("verdict"), dict):
+        return report["verdict"]
+    verification = report if report.get("kind") == "verify" else report.get("verification")
+    if isinstance(verification, dict) and "passed" in verification:
+        return verdict("passed" if verification["passed"] else "failed")
+    return verdict("skipped")
 
 
 def _json_default(value):
@@ -86,6 +133,8 @@ def _interface(summary: dict) -> list[str]:
 
 def _comparison_line(output: dict) -> str:
     name = output["name"] + (f" ↔ {output['b_name']}" if output.get("b_name") else "")
+    if output.get("problem"):
+        return f"'{name}' DIFFERS: {output['problem']}"
     top1 = output.get("top1_agreement")
     parts = [
         f"max abs {_num(output['max_abs_error'])}",
@@ -130,7 +179,7 @@ def _fuse_text(report: dict) -> str:
     lines.append("Ops:        " + _op_changes(before["op_counts"], after["op_counts"]))
     lines.append(f"Parameters: {before['parameters']:,} → {after['parameters']:,}")
     lines.append(f"Size:       {_size(before['size_bytes'])} → {_size(after['size_bytes'])}")
-    lines.append("Verified:   " + _verification_line(report.get("verification")))
+    lines.append("Verified:   " + _verification_line(report))
     if report.get("seconds"):
         timing = ", ".join(f"{k} {v:.2f} s" for k, v in report["seconds"].items())
         lines.append(f"Time:       {timing}")
@@ -145,9 +194,10 @@ def _op_changes(before: dict[str, int], after: dict[str, int]) -> str:
     return ", ".join(parts) if parts else "(empty graph)"
 
 
-def _verification_line(verification: dict | None) -> str:
+def _verification_line(report: dict) -> str:
+    verification = report.get("verification")
     if verification is None:
-        return "skipped (--no-verify)"
+        return "skipped: " + (report_verdict(report).get("reason") or "not run")
     verdict = "passed" if verification["passed"] else "FAILED"
     parts = [
         f"'{o['name']}' max abs err {_num(o['max_abs_error'])} (allowed {o['atol']:.3g} + "
@@ -241,12 +291,24 @@ def _fuse_markdown(report: dict) -> str:
     lines += ["", _size_line(before, after), ""]
     lines += _blocks_table([(b["output"], _rewrite(b)) for b in report["fused"]])
     lines += _skipped_list(report["skipped"])
+    lines += ["", f"**{_markdown_verdict(report)}**", ""]
     verification = report.get("verification")
-    if verification:
-        verdict = "✅ verified" if verification["passed"] else "❌ verification FAILED"
-        lines += ["", f"**{verdict}**", ""]
+    if verification is not None:
         lines += [f"- {_cell(_comparison_line(o))}" for o in verification["outputs"]]
     return "\n".join(lines) + "\n"
+
+
+def _markdown_verdict(report: dict) -> str:
+    """``✅ verified``, ``❌ verification FAILED: …``, ``⚪ verification skipped: …``."""
+    status = report_verdict(report)
+    marks = {
+        "passed": "✅ verified",
+        "failed": "❌ verification FAILED",
+        "skipped": "⚪ verification skipped",
+        "error": "❌ error",
+    }
+    reason = f": {_cell(status['reason'])}" if status.get("reason") else ""
+    return marks.get(status["status"], status["status"]) + reason
 
 
 def _verify_markdown(report: dict) -> str:

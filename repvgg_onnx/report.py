@@ -11,11 +11,9 @@ import numpy as np
 import onnx
 
 from repvgg_onnx.passes.result import FusedBlock, Skipped
-from repvgg_onnx.render import Rendered
+from repvgg_onnx.render import SCHEMA_VERSION, Rendered, verdict
 from repvgg_onnx.skeleton import serialized_size
 from repvgg_onnx.verify import Verification
-
-SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -56,22 +54,33 @@ class FuseReport(Rendered):
     verification: Verification | None = None
     rounds: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    verification_skipped: str = "not requested (--no-verify)"
+    """Why ``verification`` is ``None``: it was not requested, or it could not run."""
+
+    def verdict(self) -> dict:
+        """Passed, failed (naming the worst output) or skipped (with the reason)."""
+        if self.verification is None:
+            return verdict("skipped", self.verification_skipped)
+        return self.verification.verdict()
 
     def to_dict(self) -> dict:
         return {
             "schema_version": SCHEMA_VERSION,
             "kind": "fuse",
+            "verdict": self.verdict(),
             "fused": [asdict(block) | {"branches": list(block.branches)} for block in self.fused],
             "skipped": [asdict(skip) for skip in self.skipped],
             "before": asdict(self.before),
             "after": asdict(self.after),
-            "verification": self.verification.to_dict() if self.verification else None,
+            "verification": (
+                self.verification.to_dict() if self.verification is not None else None
+            ),
             "rounds": self.rounds,
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
         }
 
 
 def report_schema() -> dict:
-    """The JSON schema every report's ``to_dict()`` follows (``schema_version`` 1)."""
+    """The JSON schema every report's ``to_dict()`` follows (``schema_version`` 2)."""
     text = resources.files("repvgg_onnx").joinpath("schema/report.schema.json").read_text()
     return json.loads(text)

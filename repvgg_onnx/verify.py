@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from repvgg_onnx import io
 from repvgg_onnx.errors import InputSpecError, UnsupportedModelError
-from repvgg_onnx.render import Rendered
+from repvgg_onnx.render import SCHEMA_VERSION, Rendered, verdict
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL_SCALE = 1e-5
@@ -63,6 +63,8 @@ class OutputComparison:
     """For ``[N, classes]`` outputs: the share of rows whose arg-max class is the same."""
     b_name: str | None = None
     """The candidate's name for this output when it differs (outputs matched by position)."""
+    problem: str | None = None
+    """Why the values could not be compared at all: different shapes or element types."""
 
     def to_dict(self) -> dict:
         """JSON-ready: non-finite errors (a shape mismatch, NaN) become ``None``."""
@@ -120,10 +122,25 @@ class Verification(Rendered):
     def failures(self) -> list[OutputComparison]:
         return [output for output in self.outputs if not output.passed]
 
+    def verdict(self) -> dict:
+        """Passed, or failed naming the worst output and how far off it is."""
+        failures = self.failures()
+        if not failures:
+            return verdict("passed")
+        worst = max(failures, key=lambda o: (o.problem is not None, o.required_atol))
+        if worst.problem:
+            return verdict("failed", f"output '{worst.name}': {worst.problem}")
+        return verdict(
+            "failed",
+            f"output '{worst.name}' differs by up to {worst.max_abs_error:.3g} (allowed "
+            f"{worst.atol:.3g} + {worst.rtol:g}·|A|)",
+        )
+
     def to_dict(self) -> dict:
         return {
-            "schema_version": 1,
+            "schema_version": SCHEMA_VERSION,
             "kind": "verify",
+            "verdict": self.verdict(),
             "passed": self.passed,
             "a_path": self.a_path,
             "b_path": self.b_path,
@@ -263,18 +280,19 @@ def compare_output(
     finite = np.abs(reference64[np.isfinite(reference64)])
     scale = float(finite.max()) if finite.size else 0.0
     effective_atol = atol_scale * scale if atol is None else atol
+    problem = None
     if reference64.shape != candidate64.shape:
-        return OutputComparison(
-            name,
-            tuple(candidate64.shape),
-            np.inf,
-            np.inf,
-            scale,
-            effective_atol,
-            rtol,
-            False,
-            np.inf,
+        problem = f"shapes differ: A {list(reference64.shape)}, B {list(candidate64.shape)}"
+    elif np.asarray(reference).dtype != np.asarray(candidate).dtype:
+        problem = (
+            f"element types differ: A {np.asarray(reference).dtype}, "
+            f"B {np.asarray(candidate).dtype}"
         )
+    if problem:
+        return OutputComparison(
+            name, tuple(reference64.shape), np.nan, np.nan, scale, effective_atol, rtol, False,
+            np.inf, np.nan, np.nan, None, problem=problem,
+        )  # fmt: skip
     both_nan = np.isnan(reference64) & np.isnan(candidate64)
     same_special = both_nan | (np.isinf(reference64) & (reference64 == candidate64))
     with np.errstate(invalid="ignore"):

@@ -49,7 +49,7 @@ def test_fuse_json_report(block_path, tmp_path):
     result = invoke("fuse", block_path, tmp_path / "out.onnx", "--format", "json")
     assert result.exit_code == 0
     report = json.loads(result.output)
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2
     assert report["before"]["op_counts"]["BatchNormalization"] == 3
     assert report["after"]["op_counts"] == {"Conv": 1, "Relu": 1}
     assert report["verification"]["passed"] is True
@@ -82,7 +82,7 @@ def test_failed_verification_exits_1_and_writes_nothing(block_path, tmp_path, mo
 def test_no_verify_skips_onnxruntime(block_path, tmp_path):
     result = invoke("fuse", block_path, tmp_path / "o.onnx", "--no-verify")
     assert result.exit_code == 0
-    assert "skipped (--no-verify)" in result.output
+    assert "Verified:   skipped: not requested (--no-verify)" in result.output
 
 
 def test_input_shape_option(block_path, tmp_path):

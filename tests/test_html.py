@@ -21,7 +21,7 @@ from repvgg_onnx.html import OPEN_BLOCKS, render_html
 EVIL = "<script>alert(1)</script>\"'&"
 
 EXAMPLE_DIFF = {
-    "schema_version": 1,
+    "schema_version": 2,
     "kind": "diff",
     "a": {
         "path": "train.onnx",
@@ -113,7 +113,7 @@ EXAMPLE_DIFF = {
 }
 
 FUSE = {
-    "schema_version": 1,
+    "schema_version": 2,
     "kind": "fuse",
     "fused": [
         {
@@ -162,7 +162,7 @@ FUSE = {
 }
 
 VERIFY = {
-    "schema_version": 1,
+    "schema_version": 2,
     "kind": "verify",
     "passed": False,
     "a_path": "train.onnx",
@@ -199,7 +199,7 @@ VERIFY = {
 }
 
 INSPECT = {
-    "schema_version": 1,
+    "schema_version": 2,
     "kind": "inspect",
     "path": "train.onnx",
     "summary": copy.deepcopy(EXAMPLE_DIFF["a"]),
@@ -406,7 +406,7 @@ def test_long_names_are_shortened_in_the_picture_with_the_full_name_as_tooltip()
 
 @pytest.mark.parametrize("kind", [*REPORTS, "unknown"])
 def test_missing_optional_keys_do_not_crash(kind: str) -> None:
-    page = render_html({"schema_version": 1, "kind": kind})
+    page = render_html({"schema_version": 2, "kind": kind})
     assert "</html>" in page
 
 

@@ -1,0 +1,177 @@
+"""Every report states its verification verdict truly (passed, failed with numbers, skipped
+with the reason, or error) in every format, and the defaults never lose a user's file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from helpers import REPVGG_BRANCHES, block_model
+from repvgg_onnx.cli import main
+from repvgg_onnx.report import report_schema
+
+SAMPLE = Path(__file__).resolve().parent.parent / "models" / "samples" / "repvgg_a0_half.onnx"
+FORMATS = (".json", ".md", ".html", ".txt")
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def block_path(tmp_path: Path) -> Path:
+    path = tmp_path / "block.onnx"
+    onnx.save(block_model(REPVGG_BRANCHES), path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_a_failed_verification_is_reported_as_failed_with_numbers(block_path, tmp_path, suffix):
+    """The issue's command: tolerances nobody can meet. Exit 1, nothing written, and every
+    format says FAILED with the error it measured, never "skipped"."""
+    out, report = tmp_path / "t.onnx", tmp_path / f"f{suffix}"
+    result = invoke("fuse", block_path, out, "--atol", "1e-12", "--rtol", "0", "--report", report)
+    assert result.exit_code == 1
+    assert not out.exists()
+    text = report.read_text()
+    assert "not requested" not in text and "Not verified" not in text
+    if suffix == ".json":
+        data = json.loads(text)
+        jsonschema.validate(data, report_schema())
+        assert data["verdict"]["status"] == "failed"
+        assert data["verification"]["passed"] is False
+        assert data["verification"]["outputs"][0]["max_abs_error"] > 0
+        assert "differs by up to" in data["verdict"]["reason"]
+    else:
+        assert "FAILED" in text and ("differs by up to" in text or "max abs err" in text)
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_no_verify_is_reported_as_skipped_with_the_reason(block_path, tmp_path, suffix):
+    report = tmp_path / f"r{suffix}"
+    result = invoke("fuse", block_path, tmp_path / "o.onnx", "--no-verify", "--report", report)
+    assert result.exit_code == 0
+    text = report.read_text()
+    assert "not requested (--no-verify)" in text
+    if suffix == ".json":
+        data = json.loads(text)
+        assert data["verdict"] == {"status": "skipped", "reason": "not requested (--no-verify)"}
+        assert data["verification"] is None
+
+
+def test_a_passed_verification_says_passed_everywhere(block_path, tmp_path):
+    for suffix in FORMATS:
+        report = tmp_path / f"p{suffix}"
+        out = tmp_path / f"o{suffix}.onnx"
+        assert invoke("fuse", block_path, out, "--report", report).exit_code == 0
+        text = report.read_text()
+        assert "passed" in text.lower() or "verified" in text.lower(), suffix
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert data["verdict"]["status"] == "passed"
+
+
+@pytest.mark.parametrize("command", ["fuse", "verify", "diff", "inspect"])
+def test_a_report_is_written_when_loading_fails(tmp_path, command):
+    missing = tmp_path / "missing.onnx"
+    report = tmp_path / "r.json"
+    args = {
+        "fuse": [missing, tmp_path / "o.onnx"],
+        "verify": [missing, missing],
+        "diff": [missing, missing],
+        "inspect": [missing],
+    }[command]
+    result = invoke(command, *args, "--report", report)
+    assert result.exit_code == 2
+    data = json.loads(report.read_text())
+    jsonschema.validate(data, report_schema())
+    assert data["kind"] == command and data["error"]["exit_code"] == 2
+    assert "not found" in data["error"]["message"]
+    assert data["verdict"]["status"] == "error"
+
+
+def test_diff_and_inspect_say_they_verify_nothing(block_path, tmp_path):
+    for args in (["diff", block_path, block_path], ["inspect", block_path]):
+        data = json.loads(invoke(*args, "--format", "json").output)
+        assert data["verdict"]["status"] == "skipped" and data["verdict"]["reason"]
+
+
+def _with_outputs(shape: list[int], dtype=TensorProto.FLOAT) -> onnx.ModelProto:
+    """``y = Reshape(x, shape)`` (and a Cast when ``dtype`` is not float)."""
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["r"])]
+    nodes.append(helper.make_node("Cast", ["r"], ["y"], to=dtype))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
+        [helper.make_tensor_value_info("y", dtype, shape)],
+        [numpy_helper.from_array(np.array(shape, np.int64), "s")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(
+    ("b_shape", "b_type", "named"),
+    [([3, 4], TensorProto.FLOAT, "shapes differ"), ([2, 6], TensorProto.FLOAT16, "types differ")],
+)
+def test_verify_names_shape_and_type_mismatches(tmp_path, b_shape, b_type, named):
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(_with_outputs([2, 6]), a)
+    onnx.save(_with_outputs(b_shape, b_type), b)
+    result = invoke("verify", a, b)
+    assert result.exit_code == 1
+    assert named in result.output and "n/a" not in result.output
+    data = json.loads(invoke("verify", a, b, "--format", "json").output)
+    jsonschema.validate(data, report_schema())
+    assert named in data["verdict"]["reason"]
+
+
+def test_swapped_arguments_overwrite_nothing(block_path, tmp_path):
+    """``fuse deploy.onnx train.onnx``: the training model is an existing output; exit 2."""
+    deploy = tmp_path / "deploy.onnx"
+    assert invoke("fuse", block_path, deploy, "-q").exit_code == 0
+    train_digest, deploy_digest = digest(block_path), digest(deploy)
+    result = invoke("fuse", deploy, block_path, "-q")
+    assert result.exit_code == 2
+    assert "already exists; pass --force" in result.output
+    assert (digest(block_path), digest(deploy)) == (train_digest, deploy_digest)
+
+
+def test_force_replaces_and_in_place_needs_no_force(block_path, tmp_path):
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"old")
+    assert invoke("fuse", block_path, out, "--force", "-q").exit_code == 0
+    assert digest(out) != hashlib.sha256(b"old").hexdigest()
+    assert invoke("fuse", block_path, block_path, "-q").exit_code == 0
+
+
+def test_fusing_nothing_warns(tmp_path):
+    deploy = tmp_path / "deploy.onnx"
+    onnx.save(block_model(REPVGG_BRANCHES[:1], relu=False), deploy)
+    first = invoke("fuse", deploy, tmp_path / "d1.onnx", "-q")
+    assert first.exit_code == 0
+    result = invoke("fuse", tmp_path / "d1.onnx", tmp_path / "d2.onnx", "-q")
+    assert result.exit_code == 0
+    assert "warning:" in result.output and "nothing was fused" in result.output
+
+
+def test_verify_prints_each_name_warning_once(tmp_path):
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(_with_outputs([2, 6]), a)
+    renamed = _with_outputs([2, 6])
+    renamed.graph.node[-1].output[0] = "z"
+    renamed.graph.output[0].name = "z"
+    onnx.save(renamed, b)
+    output = invoke("verify", a, b).output
+    assert output.count("warning:") == 1
