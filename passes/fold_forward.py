@@ -67,7 +67,7 @@ def fold_forward(graph: gs.Graph) -> PassResult:
         if isinstance(plan, str):
             skipped.append(Skipped(RULE, node.name, plan))
             continue
-        fused.append(_rewrite(graph, reading, plan, names))
+        fused.extend(_rewrite(graph, reading, plan, names))
     if fused:
         graph.cleanup().toposort()
     return PassResult(fused=fused, skipped=skipped)
@@ -171,21 +171,21 @@ def _moved_axis(node: gs.Node, axis: int) -> int | None:
 
 def _rewrite(
     graph: gs.Graph, op: LinearOp, readers: list[_Reader], names: UniqueNames
-) -> FusedBlock:
-    """Each reader is replaced by a node with composed weights; the op's readers read its
-    input."""
+) -> list[FusedBlock]:
+    """Each reader is replaced by a node with composed weights (one block each, named by the
+    tensor it writes, as ``diff`` counts them); the op's readers read its input."""
+    blocks = []
     for reader in readers:
         node = reader.op.node
         output = node.outputs[0]
         node.outputs.clear()
         stem = node.name or output.name
-        add_nodes(graph, list(reader.specs), node.inputs[0], output, stem, names)
-    output = op.output
-    replace_uses(output, op.input)
+        created = add_nodes(graph, list(reader.specs), node.inputs[0], output, stem, names)
+        label = f"{op.label}+{reader.op.label}"
+        blocks.append(FusedBlock(RULE, output.name, created[0].name, (label,), reader.op.label))
+    replace_uses(op.output, op.input)
     op.node.outputs.clear()
-    labels = tuple(f"{op.label}+{r.op.label}" for r in readers)
-    result = ", ".join(r.op.label for r in readers)
-    return FusedBlock(RULE, output.name, readers[0].op.node.name, labels, result)
+    return blocks
 
 
 def _dtype(node: gs.Node) -> np.dtype:

@@ -132,6 +132,7 @@ def fuse(
         after=ModelStats.of(fused_model),
         rounds=outcome.rounds,
         seconds=seconds,
+        canonicalized=outcome.canonicalized,
     )
     if verify:
         start = time.perf_counter()

@@ -155,11 +155,12 @@ def _blocks(a: onnx.ModelProto, b: onnx.ModelProto, added: list[onnx.NodeProto])
     a_producer = {out: node for node in a.graph.node for out in node.output if out}
     surviving = _tensor_names(a) & _tensor_names(b)
     a_constants, b_constants = _constants(a), _constants(b)
+    same_nodes = {(n.name, n.op_type, tuple(n.output)) for n in a.graph.node if n.name}
     blocks = []
     for node in added:
         outputs = [out for out in node.output if out in a_producer]
-        if not outputs:
-            continue
+        if not outputs or (node.name, node.op_type, tuple(node.output)) in same_nodes:
+            continue  # a node of A whose inputs were renamed (a no-op before it removed)
         a_nodes = _subgraph(a_producer, outputs, surviving - set(outputs))
         if not _is_fused_block(node, a_nodes):
             continue

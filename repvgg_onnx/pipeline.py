@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import onnx_graphsurgeon as gs
 
@@ -39,6 +39,8 @@ class PipelineResult:
     fused: list[FusedBlock] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     rounds: int = 0
+    canonicalized: int = 0
+    """No-op, Constant and constant-subexpression nodes removed (not blocks)."""
 
 
 def check_inference_graph(graph: gs.Graph) -> None:
@@ -58,6 +60,7 @@ def run_passes(graph: gs.Graph, passes: Sequence[Pass] = DEFAULT_PASSES) -> Pipe
     Invariant: every pass preserves the graph's function, so the fixpoint does too.
     """
     check_inference_graph(graph)
+    original_tensors = set(graph.tensors())
     result = PipelineResult()
     for _ in range(MAX_ROUNDS):
         result.rounds += 1
@@ -71,7 +74,22 @@ def run_passes(graph: gs.Graph, passes: Sequence[Pass] = DEFAULT_PASSES) -> Pipe
                 outcomes.append(outcome)
         for outcome in outcomes:
             result.fused.extend(outcome.fused)
+            result.canonicalized += outcome.rewrites
         result.skipped = [skip for outcome in outcomes for skip in outcome.skipped]
         if not any(outcome.modified for outcome in outcomes):
             break
+    result.fused = blocks_by_output(result.fused, original_tensors)
     return result
+
+
+def blocks_by_output(fused: Sequence[FusedBlock], tensors: set[str]) -> list[FusedBlock]:
+    """One block per tensor of the original graph that a new node computes, as ``diff`` sees
+    them: rewrites of one tensor in several rounds become one block (first branches, last
+    result); a tensor the passes themselves created is part of the block that made it."""
+    merged: dict[str, FusedBlock] = {}
+    for block in fused:
+        if block.output not in tensors:
+            continue
+        first = merged.get(block.output)
+        merged[block.output] = block if first is None else replace(first, result=block.result)
+    return list(merged.values())

@@ -173,6 +173,11 @@ def _fuse_text(report: dict) -> str:
     else:
         lines = ["Fused nothing: no re-parameterizable block found."]
     lines += [f"  {b['output']}: {_rewrite(b)}" for b in fused]
+    if report.get("canonicalized"):
+        lines.append(
+            f"Canonicalized: {_plural(report['canonicalized'], 'node')} rewritten or removed "
+            "(no-ops, Constant nodes, constant subexpressions; not blocks)"
+        )
     if report["skipped"]:
         lines.append(f"Skipped {_plural(len(report['skipped']), 'candidate')}:")
         lines += [f"  {s['node']}: {s['reason']}" for s in report["skipped"]]

@@ -54,6 +54,8 @@ class FuseReport(Rendered):
     verification: Verification | None = None
     rounds: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    canonicalized: int = 0
+    """No-op, Constant and constant-subexpression nodes removed: never counted as blocks."""
     verification_skipped: str = "not requested (--no-verify)"
     """Why ``verification`` is ``None``: it was not requested, or it could not run."""
 
@@ -76,6 +78,7 @@ class FuseReport(Rendered):
                 self.verification.to_dict() if self.verification is not None else None
             ),
             "rounds": self.rounds,
+            "canonicalized": self.canonicalized,
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
         }
 

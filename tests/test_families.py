@@ -56,10 +56,11 @@ def test_family_reaches_its_deploy_form(name, form, fused_models):
 
 
 @pytest.mark.parametrize(("name", "form"), CASES, ids=[f"{n}-{f}" for n, f in CASES])
-def test_inspect_agrees_with_fuse(name, form, fused_models):
-    before = repvgg_onnx.inspect(load(name, form))
-    after = repvgg_onnx.inspect(fused_models[(name, form)].model)
-    assert len(before.fusable) == len(fused_models[(name, form)].report.fused)
+def test_inspect_and_diff_count_the_blocks_fuse_fused(name, form, fused_models):
+    training, fused = load(name, form), fused_models[(name, form)]
+    before, after = repvgg_onnx.inspect(training), repvgg_onnx.inspect(fused.model)
+    blocks = len(fused.report.fused)
+    assert len(before.fusable) == blocks == len(repvgg_onnx.diff(training, fused.model).blocks)
     assert after.fusable == []
     if name in KEEPS_BATCHNORM:
         assert not after.deploy_form and all(bn.reason for bn in after.batchnorms)
