@@ -181,7 +181,7 @@ def main() -> None:
     """
 
 
-@main.command()
+@main.command(short_help="Fuse every training-time block of IN.onnx into OUT.onnx.")
 @click.argument("input_path", metavar="IN.onnx", type=click.Path(path_type=Path))
 @click.argument("output_path", metavar="OUT.onnx", type=click.Path(path_type=Path))
 @click.option(
@@ -259,7 +259,7 @@ def _refuse_to_replace(input_path: Path, output_path: Path, force: bool) -> None
     )
 
 
-@main.command("verify")
+@main.command("verify", short_help="Check that B.onnx computes what A.onnx computes.")
 @click.argument("a_path", metavar="A.onnx", type=click.Path(path_type=Path))
 @click.argument("b_path", metavar="B.onnx", type=click.Path(path_type=Path))
 @_tolerances
@@ -323,7 +323,7 @@ def verify_command(
         sys.exit(EXIT_CHECK_FAILED)
 
 
-@main.command("diff")
+@main.command("diff", short_help="Show what changed from A.onnx to B.onnx, block by block.")
 @click.argument("a_path", metavar="A.onnx", type=click.Path(path_type=Path))
 @click.argument("b_path", metavar="B.onnx", type=click.Path(path_type=Path))
 @_format_option("text", "markdown", "json", "html")
@@ -343,7 +343,7 @@ def diff_command(
     _emit(api.diff(a_path, b_path), output_format, report_path, quiet)
 
 
-@main.command("inspect")
+@main.command("inspect", short_help="Summarize MODEL.onnx and list what fuse would do.")
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
 @click.option(
     "--fail-if-fusable",

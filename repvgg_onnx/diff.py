@@ -156,12 +156,13 @@ def _blocks(a: onnx.ModelProto, b: onnx.ModelProto, added: list[onnx.NodeProto])
     surviving = _tensor_names(a) & _tensor_names(b)
     a_constants, b_constants = _constants(a), _constants(b)
     same_nodes = {(n.name, n.op_type, tuple(n.output)) for n in a.graph.node if n.name}
+    order = {id(node): index for index, node in enumerate(a.graph.node)}
     blocks = []
     for node in added:
         outputs = [out for out in node.output if out in a_producer]
         if not outputs or (node.name, node.op_type, tuple(node.output)) in same_nodes:
             continue  # a node of A whose inputs were renamed (a no-op before it removed)
-        a_nodes = _subgraph(a_producer, outputs, surviving - set(outputs))
+        a_nodes = _subgraph(a_producer, outputs, surviving, order)
         if not _is_fused_block(node, a_nodes):
             continue
         inputs = [i for i in node.input if i and i not in b_constants]
@@ -200,9 +201,13 @@ def _tensor_names(model: onnx.ModelProto) -> set[str]:
 
 
 def _subgraph(
-    producer: dict[str, onnx.NodeProto], outputs: list[str], boundary: set[str]
+    producer: dict[str, onnx.NodeProto],
+    outputs: list[str],
+    boundary: set[str],
+    order: dict[int, int],
 ) -> list[onnx.NodeProto]:
-    """The nodes computing ``outputs`` back to ``boundary`` tensors, in graph order."""
+    """The nodes computing ``outputs`` back to ``boundary`` tensors (``outputs`` excepted),
+    in graph order (``order``: node id → position)."""
     found: dict[int, onnx.NodeProto] = {}
     pending = list(outputs)
     while pending:
@@ -210,8 +215,7 @@ def _subgraph(
         if node is None or id(node) in found:
             continue
         found[id(node)] = node
-        pending.extend(i for i in node.input if i and i not in boundary)
-    order = {id(node): index for index, node in enumerate(producer.values())}
+        pending.extend(i for i in node.input if i and (i not in boundary or i in outputs))
     return sorted(found.values(), key=lambda n: order.get(id(n), 0))
 
 
@@ -242,10 +246,21 @@ def node_label(node: onnx.NodeProto, model: onnx.ModelProto) -> str:
 def _weight_kernel(node: onnx.NodeProto, model: onnx.ModelProto) -> list[int]:
     if len(node.input) < 2:
         return []
-    for tensor in model.graph.initializer:
-        if tensor.name == node.input[1]:
-            return list(tensor.dims[2:])
-    return []
+    dims = _initializer_dims(model).get(node.input[1])
+    return list(dims[2:]) if dims is not None else []
+
+
+_DIMS_CACHE: dict[int, tuple[onnx.ModelProto, dict[str, list[int]]]] = {}
+
+
+def _initializer_dims(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Initializer dims by name, built once per model (labels ask for every Conv)."""
+    cached = _DIMS_CACHE.get(id(model))
+    if cached is None or cached[0] is not model:
+        cached = (model, {t.name: list(t.dims) for t in model.graph.initializer})
+        _DIMS_CACHE.clear()
+        _DIMS_CACHE[id(model)] = cached
+    return cached[1]
 
 
 def _summary(node: onnx.NodeProto, a_block: list[BlockNode], b_block: list[BlockNode]) -> str:

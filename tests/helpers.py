@@ -186,3 +186,38 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 def fuse_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PipelineResult]:
     """Run the passes (no verification) and export; the input model is not modified."""
     return fuse_graph(model)
+
+
+def repvgg_chain(blocks: int, channels: int = 4, size: int = 8, seed: int = 0):
+    """``blocks`` RepVGG blocks in a row (3x3+BN, 1x1+BN, BN, summed, ReLU): the training form
+    and its deploy form (each block's sum written by one Conv of the same name, zero weights:
+    for structure, not values)."""
+    builder = GraphBuilder(seed)
+    deploy_nodes, deploy_weights = [], []
+    x = "x"
+    for _ in range(blocks):
+        block_input = x
+        total = builder.add_chain(
+            [builder.branch(x, channels, channels, spec) for spec in REPVGG_BRANCHES]
+        )
+        x = builder.name("relu")
+        relu = helper.make_node("Relu", [total], [x], name=builder.name("Relu"))
+        builder.nodes.append(relu)
+        weight = f"{total}.w"
+        deploy_weights.append(
+            numpy_helper.from_array(np.zeros((channels, channels, 3, 3), np.float32), weight)
+        )
+        deploy_nodes.append(
+            helper.make_node(
+                "Conv", [block_input, weight], [total], name=f"{total}/reparam", pads=[1] * 4
+            )
+        )
+        deploy_nodes.append(relu)
+    shape = [1, channels, size, size]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
+    outputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, shape)]
+    training = builder.model(inputs, outputs)
+    graph = helper.make_graph(deploy_nodes, "deploy", inputs, outputs, deploy_weights)
+    deploy = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    deploy.ir_version = training.ir_version
+    return training, deploy

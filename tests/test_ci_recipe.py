@@ -52,6 +52,9 @@ def test_recipe_ships_a_verified_deploy_model_with_all_reports(tmp_path):
     assert json.loads((dist / "inspect.json").read_text())["fusable"] == []
     assert "same function" in (dist / "verify.md").read_text()
     assert "Conv3x3+BN, Conv1x1+BN, BN → Conv3x3" in (dist / "diff.md").read_text()
+    comment = (dist / "comment.md").read_text()
+    assert "✅ verified" in comment and "Conv3x3+BN, Conv1x1+BN, BN → Conv3x3" in comment
+    assert len(comment) < 65_536
     assert (dist / "diff.html").read_text().lstrip().lower().startswith("<!doctype html")
 
 
