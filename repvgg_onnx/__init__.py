@@ -6,7 +6,12 @@
 >>> result.save("model-deploy.onnx")
 """
 
-__version__ = "0.1.0"
+from importlib import metadata
+
+try:
+    __version__ = metadata.version("repvgg-onnx")
+except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+    __version__ = "0+unknown"
 
 from repvgg_onnx.api import FuseResult, FuseVerificationError, diff, fuse, inspect, verify
 from repvgg_onnx.diff import GraphDiff

@@ -16,13 +16,15 @@ import onnx
 from repvgg_onnx import io
 from repvgg_onnx.diff import GraphDiff, diff_models
 from repvgg_onnx.errors import CheckFailedError
+from repvgg_onnx.inputs import load_feeds
 from repvgg_onnx.inspection import Inspection, inspect_model
 from repvgg_onnx.localize import first_divergence
 from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass
 from repvgg_onnx.report import FuseReport, ModelStats
+from repvgg_onnx.sessions import ModelRunError
 from repvgg_onnx.skeleton import model_skeleton
 from repvgg_onnx.transform import fuse_graph
-from repvgg_onnx.verify import ModelRunError, Verification, load_feeds, verify_models
+from repvgg_onnx.verify import Verification, verify_models
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 
@@ -70,7 +72,7 @@ def verify(
     random batches) and compares every output. With ``localize``, a failure also names the
     first shared intermediate tensor that diverges. Neither model is modified."""
     model_a, model_b = load(a), load(b)
-    feeds = load_feeds(inputs) if isinstance(inputs, str | os.PathLike) else inputs
+    feeds = load_feeds(inputs, model_a) if isinstance(inputs, str | os.PathLike) else inputs
     result = verify_models(
         model_a,
         model_b,
@@ -108,20 +110,24 @@ def fuse(
     atol: float | None = None,
     rtol: float | None = None,
     passes: Sequence[Pass] = DEFAULT_PASSES,
+    progress: Callable[[str], None] | None = None,
 ) -> FuseResult:
     """Re-parameterize every fusable block of ``model`` and check the result in onnxruntime.
 
     The returned model computes the same function as ``model`` (verified on seeded random
     inputs unless ``verify=False``); graph inputs, outputs, opsets, IR version, producer and
-    metadata are kept. A failed verification raises :class:`CheckFailedError`.
+    metadata are kept. A failed verification raises :class:`CheckFailedError`. ``progress``
+    hears each phase (loading, each round of passes, each verification batch).
     """
+    tell = progress or (lambda message: None)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
+    tell("loading")
     original = load(model)
     seconds["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    fused_model, outcome = fuse_graph(original, passes)
+    fused_model, outcome = fuse_graph(original, passes, tell)
     check_fused_model(fused_model, original)
     seconds["fuse"] = time.perf_counter() - start
 
@@ -138,7 +144,13 @@ def fuse(
         start = time.perf_counter()
         try:
             report.verification = verify_models(
-                original, fused_model, input_shapes=input_shapes, seed=seed, atol=atol, rtol=rtol
+                original,
+                fused_model,
+                input_shapes=input_shapes,
+                seed=seed,
+                atol=atol,
+                rtol=rtol,
+                progress=lambda message: tell(f"verifying, {message}"),
             )
         except ModelRunError as error:
             if error.role != "fused":

@@ -19,13 +19,13 @@ import click
 
 from repvgg_onnx import __version__, api, io
 from repvgg_onnx.errors import InputSpecError, ReparamError
+from repvgg_onnx.inputs import parse_input_shapes
 from repvgg_onnx.render import Rendered, error_report, render
 from repvgg_onnx.verify import (
     DEFAULT_ATOL_SCALE,
     DEFAULT_RTOL,
     HALF_PRECISION_ATOL_SCALE,
     HALF_PRECISION_RTOL,
-    parse_input_shapes,
 )
 
 EXIT_OK = 0
@@ -52,7 +52,8 @@ def _command(kind: str) -> Callable:
                 if debug:
                     raise
                 reported = getattr(error, "report", None) is not None  # its report is out
-                _fail(kind, f"error: {error}", error.exit_code, None if reported else report_path)
+                message = f"error: {error}" + (f" Use {error.hint}." if error.hint else "")
+                _fail(kind, message, error.exit_code, None if reported else report_path)
             except KeyboardInterrupt:
                 _fail(kind, "interrupted; nothing was written.", EXIT_INTERRUPTED, report_path)
             except Exception as error:
@@ -86,9 +87,33 @@ def _one_line(error: BaseException) -> str:
 
 
 def _progress(message: str, quiet: bool) -> None:
-    """A progress note on stderr, only for a person watching a terminal."""
+    """A status line on stderr, rewritten in place, only for a person watching a terminal;
+    :func:`_progress_done` clears it."""
     if not quiet and sys.stderr.isatty():
-        click.echo(f"… {message}", err=True)
+        click.echo(f"\r\033[K… {message}", err=True, nl=False)
+
+
+def _progress_done(quiet: bool) -> None:
+    if not quiet and sys.stderr.isatty():
+        click.echo("\r\033[K", err=True, nl=False)
+
+
+class _OneLineErrors(click.Group):
+    """Usage errors (an unknown option, a bad value) as one line on stderr, exit 2."""
+
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as done:
+            sys.exit(done.exit_code)
+        except click.Abort:
+            _fail("repvgg-onnx", "interrupted; nothing was written.", EXIT_INTERRUPTED)
+        except click.exceptions.NoArgsIsHelpError as error:
+            click.echo(error.format_message(), err=True)
+            sys.exit(2)
+        except click.ClickException as error:
+            command = error.ctx.command_path if getattr(error, "ctx", None) else "repvgg-onnx"
+            _fail("usage", f"error: {error.format_message()} (see {command} --help)", 2)
 
 
 def _format_option(*choices: str) -> Callable:
@@ -170,7 +195,7 @@ def _tolerances(command: Callable) -> Callable:
     return command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="repvgg-onnx")
 def main() -> None:
     """Re-parameterize training-time multi-branch CNNs (RepVGG and friends) on ONNX graphs.
@@ -225,16 +250,25 @@ def fuse(
     _check_report_path(report_path)
     io.check_output_path(output_path)
     _refuse_to_replace(input_path, output_path, force)
-    _progress(f"fusing {input_path}", quiet)
+    _check_tolerances(atol, rtol)
     try:
         result = api.fuse(
-            input_path, verify=verify, input_shapes=shapes, seed=seed, atol=atol, rtol=rtol
+            input_path,
+            verify=verify,
+            input_shapes=shapes,
+            seed=seed,
+            atol=atol,
+            rtol=rtol,
+            progress=lambda phase: _progress(f"{input_path}: {phase}", quiet),
         )
     except api.FuseVerificationError as error:
+        _progress_done(quiet)
         _emit(error.report, output_format, report_path, quiet)
         raise
     start = time.perf_counter()
+    _progress(f"{output_path}: saving", quiet)
     io.save_model(result.model, output_path)
+    _progress_done(quiet)
     result.report.seconds["save"] = time.perf_counter() - start
     _emit(result.report, output_format, report_path, quiet)
     if not result.report.fused:
@@ -245,6 +279,12 @@ def fuse(
         )
     if output_format == "text" and not quiet:
         click.echo(f"Wrote {output_path}")
+
+
+def _check_tolerances(atol: float | None, rtol: float | None) -> None:
+    for name, value in (("--atol", atol), ("--rtol", rtol)):
+        if value is not None and not value >= 0:
+            raise InputSpecError(f"{name} must be a number >= 0, not {value}.")
 
 
 def _refuse_to_replace(input_path: Path, output_path: Path, force: bool) -> None:
@@ -264,14 +304,18 @@ def _refuse_to_replace(input_path: Path, output_path: Path, force: bool) -> None
 @click.argument("b_path", metavar="B.onnx", type=click.Path(path_type=Path))
 @_tolerances
 @click.option(
-    "--batches", type=int, default=1, show_default=True, help="Random batches to compare on."
+    "--batches",
+    type=int,
+    default=None,
+    help="Random batches to compare on (default 1; not with --inputs).",
 )
 @click.option(
     "--inputs",
     "inputs_path",
     type=click.Path(path_type=Path),
     default=None,
-    help="Your own inputs: an .npz file with one array per model input, by input name.",
+    help="Your own inputs: an .npz file with one array per model input, by input name (an "
+    ".npy file for a model with one input).",
 )
 @click.option(
     "--localize",
@@ -302,19 +346,28 @@ def verify_command(
     """
     shapes = parse_input_shapes(input_shapes)
     _check_report_path(report_path)
-    _progress(f"running {a_path} and {b_path} on {batches} batch(es)", quiet)
+    _check_tolerances(atol, rtol)
+    if inputs_path is not None and batches is not None:
+        raise InputSpecError(
+            "--inputs and --batches both say what to run on; give one of them (your inputs "
+            "are one batch)."
+        )
+    if inputs_path is not None and input_shapes:
+        raise InputSpecError("--inputs fixes the shapes itself; drop --input-shape.")
+    _progress(f"running {a_path} and {b_path}", quiet)
     result = api.verify(
         a_path,
         b_path,
         input_shapes=shapes,
         seed=seed,
-        batches=batches,
+        batches=batches or 1,
         inputs=inputs_path,
         atol=atol,
         rtol=rtol,
         localize=localize,
-        progress=lambda message: _progress(message, quiet),
+        progress=lambda message: _progress(f"verifying, {message}", quiet),
     )
+    _progress_done(quiet)
     if quiet or output_format != "text":  # the text report lists them itself
         for warning in result.warnings:
             click.echo(f"warning: {warning}", err=True)
@@ -340,7 +393,9 @@ def diff_command(
     """
     _check_report_path(report_path)
     _progress(f"comparing {a_path} and {b_path}", quiet)
-    _emit(api.diff(a_path, b_path), output_format, report_path, quiet)
+    result = api.diff(a_path, b_path)
+    _progress_done(quiet)
+    _emit(result, output_format, report_path, quiet)
 
 
 @main.command("inspect", short_help="Summarize MODEL.onnx and list what fuse would do.")
@@ -368,6 +423,7 @@ def inspect_command(
     _check_report_path(report_path)
     _progress(f"inspecting {model_path}", quiet)
     inspection = api.inspect(model_path)
+    _progress_done(quiet)
     _emit(inspection, output_format, report_path, quiet)
     if fail_if_fusable and inspection.fusable:
         click.echo(

@@ -5,9 +5,17 @@ The CLI maps them to exit codes: ``CheckFailedError`` → 1, every other ``Repar
 
 
 class ReparamError(Exception):
-    """Base of every error repvgg-onnx raises on purpose."""
+    """Base of every error repvgg-onnx raises on purpose.
+
+    ``hint`` names the option or value that fixes it (``--input-shape x:1x3x224x224``); the
+    message itself names no command-line flag, so API users read it as it is.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 class ModelLoadError(ReparamError):

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from repvgg_onnx.verify import Localization, compare_output, create_session, run_session
+from repvgg_onnx.sessions import create_session, run_session
+from repvgg_onnx.verify import Localization, compare_output
 
 
 def first_divergence(

@@ -54,8 +54,13 @@ def check_inference_graph(graph: gs.Graph) -> None:
             )
 
 
-def run_passes(graph: gs.Graph, passes: Sequence[Pass] = DEFAULT_PASSES) -> PipelineResult:
-    """Run ``passes`` in order, repeatedly, until a round changes nothing.
+def run_passes(
+    graph: gs.Graph,
+    passes: Sequence[Pass] = DEFAULT_PASSES,
+    progress: Callable[[str], None] | None = None,
+) -> PipelineResult:
+    """Run ``passes`` in order, repeatedly, until a round changes nothing (``progress`` hears
+    each round).
 
     Invariant: every pass preserves the graph's function, so the fixpoint does too.
     """
@@ -64,6 +69,8 @@ def run_passes(graph: gs.Graph, passes: Sequence[Pass] = DEFAULT_PASSES) -> Pipe
     result = PipelineResult()
     for _ in range(MAX_ROUNDS):
         result.rounds += 1
+        if progress is not None:
+            progress(f"passes, round {result.rounds}")
         outcomes = []
         for run in passes:
             outcome = run(graph)

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 import onnx
 
+from repvgg_onnx.inputs import model_inputs
 from repvgg_onnx.report import ModelStats
-from repvgg_onnx.verify import model_inputs
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ verification: :mod:`repvgg_onnx.api` adds those.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -23,13 +23,16 @@ _METADATA_MIN_IR_VERSION = 10  # NodeProto.metadata_props exists from IR version
 
 
 def fuse_graph(
-    model: onnx.ModelProto, passes: Sequence[Pass] = DEFAULT_PASSES
+    model: onnx.ModelProto,
+    passes: Sequence[Pass] = DEFAULT_PASSES,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[onnx.ModelProto, PipelineResult]:
-    """Run ``passes`` to a fixpoint on a copy of ``model``'s graph; no checks, no verification."""
+    """Run ``passes`` to a fixpoint on a copy of ``model``'s graph; no checks, no verification.
+    ``progress`` hears each round."""
     graph = _import_graph(model)
     _mark_overridable_initializers(graph, model)
     _annotate_shapes(graph, model)
-    outcome = run_passes(graph, passes)
+    outcome = run_passes(graph, passes, progress)
     return export_like(graph, model, outcome.fused), outcome
 
 

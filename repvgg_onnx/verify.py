@@ -9,38 +9,23 @@ far more than that, float32 rounding of a deep network by far less.
 
 from __future__ import annotations
 
-import os
-import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from repvgg_onnx import io
-from repvgg_onnx.errors import InputSpecError, UnsupportedModelError
+from repvgg_onnx.errors import InputSpecError
+from repvgg_onnx.inputs import check_feeds, model_inputs, resolve_input_shapes, synthesize_inputs
 from repvgg_onnx.render import SCHEMA_VERSION, Rendered, verdict
+from repvgg_onnx.sessions import create_session, run_session
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL_SCALE = 1e-5
 #: Half-precision outputs carry ~3 significant digits; their defaults are looser to match.
 HALF_PRECISION_RTOL = 1e-2
 HALF_PRECISION_ATOL_SCALE = 1e-3
-DEFAULT_BATCH = 1
-
-_ONNX_TO_NUMPY = {
-    onnx.TensorProto.FLOAT: np.float32,
-    onnx.TensorProto.DOUBLE: np.float64,
-    onnx.TensorProto.FLOAT16: np.float16,
-    onnx.TensorProto.INT64: np.int64,
-    onnx.TensorProto.INT32: np.int32,
-    onnx.TensorProto.INT8: np.int8,
-    onnx.TensorProto.UINT8: np.uint8,
-    onnx.TensorProto.BOOL: np.bool_,
-}
 
 
 @dataclass(frozen=True)
@@ -155,112 +140,6 @@ class Verification(Rendered):
         }
 
 
-class ModelRunError(UnsupportedModelError):
-    """onnxruntime cannot load or run one of the two models; ``role`` says which."""
-
-    def __init__(self, message: str, role: str) -> None:
-        super().__init__(message)
-        self.role = role
-
-
-def parse_input_shapes(specs: Sequence[str]) -> dict[str, list[int]]:
-    """``["x:1x3x224x224"]`` → ``{"x": [1, 3, 224, 224]}``; the name may contain colons."""
-    shapes: dict[str, list[int]] = {}
-    for spec in specs:
-        name, sep, dims = spec.rpartition(":")
-        if not sep or not name or not re.fullmatch(r"\d+(x\d+)*", dims):
-            raise InputSpecError(
-                f"cannot read input shape '{spec}'; write it as NAME:DIMS, e.g. input:1x3x224x224."
-            )
-        shapes[name] = [int(d) for d in dims.split("x")]
-    return shapes
-
-
-def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """The graph inputs a caller must feed (not initializers listed as inputs)."""
-    initializers = {tensor.name for tensor in model.graph.initializer}
-    return [value for value in model.graph.input if value.name not in initializers]
-
-
-def resolve_input_shapes(
-    model: onnx.ModelProto, overrides: Mapping[str, Sequence[int]] | None = None
-) -> dict[str, list[int]]:
-    """Concrete shapes for every input: ``overrides`` first, then static dims, then a batch of
-    ``DEFAULT_BATCH`` for a dynamic first dim. Any other dynamic dim must be given."""
-    overrides = dict(overrides or {})
-    inputs = model_inputs(model)
-    unknown = set(overrides) - {value.name for value in inputs}
-    if unknown:
-        names = ", ".join(repr(value.name) for value in inputs)
-        raise InputSpecError(
-            f"the model has no input named {sorted(unknown)[0]!r}; its inputs are {names}."
-        )
-    return {value.name: _input_shape(value, overrides.get(value.name)) for value in inputs}
-
-
-def _input_shape(value: onnx.ValueInfoProto, override: Sequence[int] | None) -> list[int]:
-    dims = value.type.tensor_type.shape.dim
-    if override is not None:
-        override = [int(d) for d in override]
-        static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-        fits = len(override) == len(static) and all(
-            s is None or s == o for s, o in zip(static, override, strict=True)
-        )
-        if dims and not fits:
-            raise InputSpecError(
-                f"shape {'x'.join(map(str, override))} does not fit input '{value.name}' "
-                f"of shape {_show_dims(dims)}."
-            )
-        return override
-    shape = []
-    for index, dim in enumerate(dims):
-        if dim.HasField("dim_value") and dim.dim_value > 0:
-            shape.append(dim.dim_value)
-        elif index == 0:
-            shape.append(DEFAULT_BATCH)
-        else:
-            raise InputSpecError(
-                f"input '{value.name}' has a dynamic dimension {index} "
-                f"({dim.dim_param or '?'}); give its size with "
-                f"--input-shape {value.name}:{_example_dims(dims)}."
-            )
-    return shape
-
-
-def _show_dims(dims) -> str:
-    return "x".join(
-        str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims
-    )
-
-
-def _example_dims(dims) -> str:
-    return "x".join(str(d.dim_value) if d.HasField("dim_value") else "N" for d in dims)
-
-
-def synthesize_inputs(
-    model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], seed: int
-) -> dict[str, np.ndarray]:
-    """Seeded random inputs: standard normal floats, small non-negative ints, random bools."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for value in model_inputs(model):
-        elem_type = value.type.tensor_type.elem_type
-        dtype = _ONNX_TO_NUMPY.get(elem_type)
-        if dtype is None:
-            raise UnsupportedModelError(
-                f"input '{value.name}' has type {onnx.TensorProto.DataType.Name(elem_type)}, "
-                "for which no random data can be made; pass --no-verify to skip verification."
-            )
-        shape = list(shapes[value.name])
-        if np.issubdtype(dtype, np.floating):
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype is np.bool_:
-            feeds[value.name] = rng.integers(0, 2, shape).astype(bool)
-        else:
-            feeds[value.name] = rng.integers(0, 10, shape).astype(dtype)
-    return feeds
-
-
 def compare_output(
     name: str,
     reference: np.ndarray,
@@ -338,47 +217,6 @@ def _top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float | Non
     return float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1)))
 
 
-def create_session(model: onnx.ModelProto, role: str) -> ort.InferenceSession:
-    """A CPU session with graph optimizations off; ``role`` names the model in errors.
-
-    A model too large for one protobuf goes through a temporary file with external data.
-    """
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    try:
-        if not io.needs_external_data(model):
-            return ort.InferenceSession(
-                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-            )
-        with tempfile.TemporaryDirectory(prefix="repvgg-onnx-") as folder:
-            path = Path(folder) / f"{role}.onnx"
-            io.save_model(model, path, external_data=True)
-            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises several unrelated types
-        raise ModelRunError(
-            f"onnxruntime cannot load the {role} model ({_first_line(error)}); "
-            "pass --no-verify to skip verification.",
-            role,
-        ) from error
-
-
-def run_session(
-    session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], role: str
-) -> dict[str, np.ndarray]:
-    names = [output.name for output in session.get_outputs()]
-    try:
-        values = session.run(names, dict(feeds))
-    except Exception as error:  # onnxruntime raises several unrelated types
-        raise ModelRunError(
-            f"onnxruntime cannot run the {role} model on inputs of shape "
-            f"{ {k: list(v.shape) for k, v in feeds.items()} } ({_first_line(error)}); "
-            "give the right sizes with --input-shape NAME:DIMS.",
-            role,
-        ) from error
-    return dict(zip(names, values, strict=True))
-
-
 def verify_models(
     reference: onnx.ModelProto,
     candidate: onnx.ModelProto,
@@ -400,7 +238,10 @@ def verify_models(
     hears about each batch.
     """
     if batches < 1:
-        raise InputSpecError(f"--batches must be at least 1, not {batches}.")
+        raise InputSpecError(f"the number of batches must be at least 1, not {batches}.")
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if value is not None and not value >= 0:
+            raise InputSpecError(f"{name} must be a number >= 0, not {value}.")
     warnings: list[str] = []
     if feeds is not None:
         batch_feeds = [check_feeds(reference, feeds)]
@@ -420,7 +261,7 @@ def verify_models(
         for name, value in run_session(a_session, batch, roles[0]).items():
             expected[name].append(value)
         renamed = {candidate_feeds[name]: value for name, value in batch.items()}
-        for name, value in run_session(b_session, renamed, roles[1]).items():
+        for name, value in run_session(b_session, renamed, roles[1], reference_ran=True).items():
             if name in actual:
                 actual[name].append(value)
     comparisons = [
@@ -482,44 +323,3 @@ def _matched_names(
         )
     warnings.append(f"{what[:-1]} names differ (A: {a_names}, B: {b_names}); {verb} by position.")
     return list(zip(a_names, b_names, strict=True))
-
-
-def load_feeds(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` file, keyed by input name."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except FileNotFoundError as error:
-        raise InputSpecError(f"{path}: file not found; check the --inputs path.") from error
-    except (OSError, ValueError) as error:
-        raise InputSpecError(
-            f"{path}: not a readable .npz file ({_first_line(error)}); save the inputs with "
-            "numpy.savez(path, input_name=array)."
-        ) from error
-
-
-def check_feeds(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``feeds`` if they name exactly the model's inputs with fitting dtypes and shapes."""
-    inputs = {value.name: value for value in model_inputs(model)}
-    missing = [name for name in inputs if name not in feeds]
-    extra = [name for name in feeds if name not in inputs]
-    if missing or extra:
-        raise InputSpecError(
-            f"the inputs file does not match the model: missing {missing}, unexpected {extra}; "
-            f"the model's inputs are {list(inputs)}."
-        )
-    for name, value in inputs.items():
-        array = np.asarray(feeds[name])
-        expected = _ONNX_TO_NUMPY.get(value.type.tensor_type.elem_type)
-        if expected is not None and array.dtype != np.dtype(expected):
-            raise InputSpecError(
-                f"input '{name}' in the inputs file is {array.dtype}, the model wants "
-                f"{np.dtype(expected)}; convert it with array.astype(numpy.{np.dtype(expected)})."
-            )
-        _input_shape(value, list(array.shape))
-    return {name: np.asarray(feeds[name]) for name in inputs}
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

@@ -8,12 +8,8 @@ import pytest
 from helpers import REPVGG_BRANCHES, block_model, fuse_model
 from repvgg_onnx import io
 from repvgg_onnx.errors import InputSpecError
-from repvgg_onnx.verify import (
-    compare_output,
-    parse_input_shapes,
-    resolve_input_shapes,
-    verify_models,
-)
+from repvgg_onnx.inputs import parse_input_shapes, resolve_input_shapes
+from repvgg_onnx.verify import compare_output, verify_models
 
 
 def test_pass_iff_within_atol_plus_rtol():

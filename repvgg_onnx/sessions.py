@@ -1,0 +1,81 @@
+"""onnxruntime sessions for verification: CPU, graph optimizations off, quiet, any size.
+
+The reference must not be rewritten by onnxruntime's own fusions, so optimizations are off;
+onnxruntime's log lines would spill onto stderr, so only errors it raises are reported, as one
+sentence naming which model (``role``) failed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from repvgg_onnx import io
+from repvgg_onnx.errors import UnsupportedModelError
+from repvgg_onnx.inputs import first_line
+
+
+class ModelRunError(UnsupportedModelError):
+    """onnxruntime cannot load or run one of the two models; ``role`` says which."""
+
+    def __init__(self, message: str, role: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.role = role
+
+
+def create_session(model: onnx.ModelProto, role: str) -> ort.InferenceSession:
+    """A CPU session with graph optimizations off; ``role`` names the model in errors.
+
+    A model too large for one protobuf goes through a temporary file with external data.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        if not io.needs_external_data(model):
+            return ort.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+        with tempfile.TemporaryDirectory(prefix="repvgg-onnx-") as folder:
+            path = Path(folder) / f"{role}.onnx"
+            io.save_model(model, path, external_data=True)
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises several unrelated types
+        raise ModelRunError(
+            f"onnxruntime cannot load the {role} model ({first_line(error)}).",
+            role,
+            hint="--no-verify to skip verification" if role == "original" else None,
+        ) from error
+
+
+def run_session(
+    session: ort.InferenceSession,
+    feeds: Mapping[str, np.ndarray],
+    role: str,
+    reference_ran: bool = False,
+) -> dict[str, np.ndarray]:
+    """Every output of ``session`` on ``feeds``. ``reference_ran``: the other model already
+    ran on the same inputs, so a failure here is this model's, not the inputs'."""
+    names = [output.name for output in session.get_outputs()]
+    try:
+        values = session.run(names, dict(feeds))
+    except Exception as error:  # onnxruntime raises several unrelated types
+        shapes = {k: list(v.shape) for k, v in feeds.items()}
+        if reference_ran:
+            raise ModelRunError(
+                f"onnxruntime cannot run the {role} model on the inputs the other model ran "
+                f"on ({shapes}): {first_line(error)}.",
+                role,
+            ) from error
+        raise ModelRunError(
+            f"onnxruntime cannot run the {role} model on inputs of shape {shapes} "
+            f"({first_line(error)}); give the right sizes.",
+            role,
+            hint="--input-shape NAME:DIMS",
+        ) from error
+    return dict(zip(names, values, strict=True))
