@@ -25,7 +25,8 @@ from repvgg_onnx.errors import (
 )
 from repvgg_onnx.inspection import Inspection
 from repvgg_onnx.io import load_model, save_model
-from repvgg_onnx.verify import Localization, Verification, verify_models
+from repvgg_onnx.report import Localization, Verification
+from repvgg_onnx.verify import verify_models
 
 __all__ = [
     "CheckFailedError",

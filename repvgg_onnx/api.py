@@ -20,11 +20,11 @@ from repvgg_onnx.inputs import load_feeds
 from repvgg_onnx.inspection import Inspection, inspect_model
 from repvgg_onnx.localize import first_divergence
 from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass
-from repvgg_onnx.report import FuseReport, ModelStats
+from repvgg_onnx.report import FuseReport, ModelStats, Verification
 from repvgg_onnx.sessions import ModelRunError
 from repvgg_onnx.skeleton import model_skeleton
 from repvgg_onnx.transform import fuse_graph
-from repvgg_onnx.verify import Verification, verify_models
+from repvgg_onnx.verify import verify_models
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 

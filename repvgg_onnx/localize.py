@@ -13,8 +13,9 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
+from repvgg_onnx.report import Localization
 from repvgg_onnx.sessions import create_session, run_session
-from repvgg_onnx.verify import Localization, compare_output
+from repvgg_onnx.verify import compare_output
 
 
 def first_divergence(

@@ -10,7 +10,7 @@ far more than that, float32 rounding of a deep network by far less.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from repvgg_onnx.errors import InputSpecError
 from repvgg_onnx.inputs import check_feeds, model_inputs, resolve_input_shapes, synthesize_inputs
-from repvgg_onnx.render import SCHEMA_VERSION, Rendered, verdict
+from repvgg_onnx.report import OutputComparison, Verification
 from repvgg_onnx.sessions import create_session, run_session
 
 DEFAULT_RTOL = 1e-4
@@ -26,118 +26,6 @@ DEFAULT_ATOL_SCALE = 1e-5
 #: Half-precision outputs carry ~3 significant digits; their defaults are looser to match.
 HALF_PRECISION_RTOL = 1e-2
 HALF_PRECISION_ATOL_SCALE = 1e-3
-
-
-@dataclass(frozen=True)
-class OutputComparison:
-    """How one output of the candidate differs from the reference's."""
-
-    name: str
-    shape: tuple[int, ...]
-    max_abs_error: float
-    max_rel_error: float
-    scale: float
-    atol: float
-    rtol: float
-    passed: bool
-    required_atol: float
-    """The smallest ``atol`` that would have passed at this ``rtol`` (as Polygraphy reports)."""
-    mean_abs_error: float = 0.0
-    cosine_similarity: float = 1.0
-    top1_agreement: float | None = None
-    """For ``[N, classes]`` outputs: the share of rows whose arg-max class is the same."""
-    b_name: str | None = None
-    """The candidate's name for this output when it differs (outputs matched by position)."""
-    problem: str | None = None
-    """Why the values could not be compared at all: different shapes or element types."""
-
-    def to_dict(self) -> dict:
-        """JSON-ready: non-finite errors (a shape mismatch, NaN) become ``None``."""
-        data = {
-            k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-            for k, v in asdict(self).items()
-        }
-        data["shape"] = list(self.shape)
-        return data
-
-
-@dataclass(frozen=True)
-class Localization:
-    """The first intermediate tensor, in topological order, on which the two models disagree."""
-
-    tensor: str
-    max_abs_error: float
-    a_producer: str
-    b_producer: str
-    consumers: tuple[str, ...]
-
-    @property
-    def message(self) -> str:
-        readers = ", ".join(self.consumers) or "no node"
-        return (
-            f"first divergence at tensor '{self.tensor}' (max abs err {self.max_abs_error:.3g}): "
-            f"computed by {self.a_producer} in A and {self.b_producer} in B, read by {readers}"
-        )
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"consumers": list(self.consumers), "message": self.message}
-
-
-@dataclass(frozen=True)
-class Verification(Rendered):
-    """The verdict on two models: ``passed`` iff every output is within tolerance."""
-
-    passed: bool
-    outputs: tuple[OutputComparison, ...]
-    input_shapes: dict[str, list[int]]
-    seed: int
-    rtol: float | None
-    atol: float | None
-    batches: int = 1
-    warnings: tuple[str, ...] = ()
-    localization: Localization | None = None
-    a_path: str | None = None
-    b_path: str | None = None
-    feeds: Mapping[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
-    """The first batch of inputs both models ran on (for localization; not reported)."""
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    def failures(self) -> list[OutputComparison]:
-        return [output for output in self.outputs if not output.passed]
-
-    def verdict(self) -> dict:
-        """Passed, or failed naming the worst output and how far off it is."""
-        failures = self.failures()
-        if not failures:
-            return verdict("passed")
-        worst = max(failures, key=lambda o: (o.problem is not None, o.required_atol))
-        if worst.problem:
-            return verdict("failed", f"output '{worst.name}': {worst.problem}")
-        return verdict(
-            "failed",
-            f"output '{worst.name}' differs by up to {worst.max_abs_error:.3g} (allowed "
-            f"{worst.atol:.3g} + {worst.rtol:g}·|A|)",
-        )
-
-    def to_dict(self) -> dict:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "kind": "verify",
-            "verdict": self.verdict(),
-            "passed": self.passed,
-            "a_path": self.a_path,
-            "b_path": self.b_path,
-            "seed": self.seed,
-            "batches": self.batches,
-            "rtol": self.rtol,
-            "atol": self.atol,
-            "input_shapes": self.input_shapes,
-            "outputs": [output.to_dict() for output in self.outputs],
-            "warnings": list(self.warnings),
-            "localization": self.localization.to_dict() if self.localization else None,
-        }
 
 
 def compare_output(
