@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from repvgg_onnx.algebra import AffineConv, IncompatibleBranchesError
@@ -35,104 +34,37 @@ from repvgg_onnx.linear_forms import (
     channel_affine,
     compose,
     composed_cost,
-    describe_form,
     emittable_reason,
-    input_channels,
     multiply_adds,
-    output_channels,
     sum_forms,
 )
 
 from .data_movement import chain_as_pad
-from .graph_utils import describe_uses, dim, has_single_use, producer, rank, static_shape
+from .graph_utils import describe_uses, has_single_use, producer, rank
 from .readers import Kind, Layout, LinearOp, Refusal, cost_of, keeps_channels, read_node
 from .result import Skipped
-from .rewrite import NodeSpec, node_specs
+from .rewrite import node_specs
+from .terms import (
+    WEIGHTED,
+    Emission,
+    Expression,
+    RegionPlan,
+    Term,
+    border_rtol,
+    channels_of,
+    describe_specs,
+    dtype_of,
+    meet,
+    negate,
+    node_text,
+    opset_of,
+    positions_per_output,
+    positions_ratio,
+    same_leading_dims,
+    shape_facts,
+)
 
 RULE = "affine_region"
-
-#: Ops with a weight tensor: two of them in a row are two layers, not a fold missed.
-WEIGHTED = frozenset({Kind.CONV, Kind.CONV_TRANSPOSE, Kind.GEMM, Kind.MATMUL})
-
-
-@dataclass(frozen=True)
-class Term:
-    """``form(source)``: one summand of a region, and the graph nodes it stands for.
-
-    ``weighted`` says whether a Conv, Gemm, MatMul or ConvTranspose is among them: a failed
-    composition of two weighted terms is two layers, not a missed fold, and is not reported.
-    """
-
-    source: gs.Tensor
-    form: Form
-    labels: tuple[str, ...] = ()
-    nodes: tuple[gs.Node, ...] = ()
-    cost: float = 0.0
-    layout: Layout = Layout.ANY
-    negative: bool = False
-    weighted: bool = False
-    reshaped: bool = False
-
-    @property
-    def is_raw(self) -> bool:
-        """The source itself, untouched: no node, no map."""
-        return not self.nodes and isinstance(self.form, ChannelAffine) and self.form.is_identity
-
-    def describe(self) -> str:
-        """``"Conv3x3+BN"``, ``"−BN"``, ``"Identity"``."""
-        return ("−" if self.negative else "") + ("+".join(self.labels) or "Identity")
-
-
-@dataclass(frozen=True)
-class Expression:
-    """A tensor as ``Σ terms``; ``nodes`` are the Add/Sub nodes that summed them."""
-
-    terms: tuple[Term, ...]
-    nodes: tuple[gs.Node, ...] = ()
-    cost: float = 0.0
-    final: gs.Node | None = None
-    """A Reshape/Flatten that ends the region: the rewritten sum is reshaped like it."""
-
-    @property
-    def all_nodes(self) -> tuple[gs.Node, ...]:
-        final = (self.final,) if self.final is not None else ()
-        return self.nodes + tuple(n for term in self.terms for n in term.nodes) + final
-
-    @property
-    def total_cost(self) -> float:
-        return self.cost + sum(term.cost for term in self.terms)
-
-    def by_source(self) -> list[list[Term]]:
-        groups: dict[int, list[Term]] = {}
-        for term in self.terms:
-            groups.setdefault(id(term.source), []).append(term)
-        return list(groups.values())
-
-
-@dataclass(frozen=True)
-class Emission:
-    """The nodes the rewrite creates for one group of terms (none: the source itself)."""
-
-    source: gs.Tensor
-    specs: tuple[NodeSpec, ...]
-    label: str
-
-    @property
-    def node_count(self) -> int:
-        return len(self.specs)
-
-
-@dataclass(frozen=True)
-class RegionPlan:
-    """Replace ``nodes`` (the region) by ``emissions`` summed, writing ``root``."""
-
-    root: gs.Tensor
-    root_node: gs.Node
-    nodes: tuple[gs.Node, ...]
-    emissions: tuple[Emission, ...]
-    branches: tuple[str, ...]
-    result: str
-    final: gs.Node | None = None
 
 
 class _Costly(Exception):
@@ -218,27 +150,10 @@ class RegionFinder:
         root, total, stack = op.output, 0.0, [op]
         while stack:
             current = stack.pop()
-            cost = cost_of(current, _channels_of(current.output))
-            total += cost * _positions_ratio(current.output, root)
+            cost = cost_of(current, channels_of(current.output))
+            total += cost * positions_ratio(current.output, root)
             stack.extend(self.op_of(t) for t in current.inputs if self.is_interior(t))
         return total
-
-
-def _positions_ratio(tensor: gs.Tensor, root: gs.Tensor) -> float:
-    """Spatial positions of ``tensor`` per position of ``root`` (1 when unknown)."""
-    a, b = static_shape(tensor), static_shape(root)
-    if a is None or b is None or len(a) < 3 or len(b) < 3:
-        return 1.0
-    return math.prod(a[2:]) / max(math.prod(b[2:]), 1)
-
-
-def _meet(a: Layout, b: Layout) -> Layout | None:
-    """The layout two views of one tensor agree on, or ``None`` if they conflict."""
-    if a is Layout.ANY:
-        return b
-    if b is Layout.ANY or a is b:
-        return a
-    return None
 
 
 @dataclass
@@ -274,15 +189,15 @@ class _Attempt:
     def _expand_sum(self, op: LinearOp) -> Expression:
         terms: list[Term] = []
         nodes: tuple[gs.Node, ...] = (op.node,)
-        cost = cost_of(op, _channels_of(op.output))
+        cost = cost_of(op, channels_of(op.output))
         for tensor, sign in zip(op.inputs, op.signs, strict=True):
             part = self.express(tensor)
             nodes += part.nodes
             cost += part.cost
-            terms.extend(part.terms if sign > 0 else (_negate(t) for t in part.terms))
+            terms.extend(part.terms if sign > 0 else (negate(t) for t in part.terms))
         layout = Layout.ANY
         for term in terms:
-            met = _meet(layout, term.layout)
+            met = meet(layout, term.layout)
             if met is None:
                 return self._cut_all(op)
             layout = met
@@ -291,8 +206,8 @@ class _Attempt:
     def _cut_all(self, op: LinearOp) -> Expression:
         self.cuts.extend(op.inputs)
         terms = [Term(t, IDENTITY) for t in op.inputs]
-        terms = [t if s > 0 else _negate(t) for t, s in zip(terms, op.signs, strict=True)]
-        return Expression(tuple(terms), (op.node,), cost_of(op, _channels_of(op.output)))
+        terms = [t if s > 0 else negate(t) for t, s in zip(terms, op.signs, strict=True)]
+        return Expression(tuple(terms), (op.node,), cost_of(op, channels_of(op.output)))
 
     def _expand_reshape(self, op: LinearOp, root: bool) -> Expression:
         """A Reshape that keeps the last axis is the identity on ``[..., C]`` maps. At the root,
@@ -313,7 +228,7 @@ class _Attempt:
                 return self._cut(op, op.input, None)
         terms = [replace(t, layout=Layout.CHANNELS_LAST, reshaped=True) for t in inner.terms]
         terms[0] = replace(terms[0], nodes=(*terms[0].nodes, op.node))
-        if root and not all(_same_leading_dims(t.source, op.output) for t in terms):
+        if root and not all(same_leading_dims(t.source, op.output) for t in terms):
             return replace(inner, final=op.node)
         return Expression(tuple(terms), inner.nodes, inner.cost)
 
@@ -334,7 +249,7 @@ class _Attempt:
 
     def _expand_chain(self, op: LinearOp, chain: list[LinearOp]) -> Expression:
         source = chain[0].input
-        form = chain_as_pad([o.node for o in chain], source, _opset(self.finder.graph))
+        form = chain_as_pad([o.node for o in chain], source, opset_of(self.finder.graph))
         if isinstance(form, str):
             self.finder.unreadable.add(id(op.node))
             self.cuts.extend(o.input for o in chain)
@@ -360,7 +275,7 @@ class _Attempt:
     ) -> Expression:
         """``form(inner)``: distributed over the terms if per-channel, else composed with
         the terms merged (one source only)."""
-        op_cost = cost_of(op, _channels_of(op.output))
+        op_cost = cost_of(op, channels_of(op.output))
         if isinstance(form, ChannelAffine):
             return self._apply_channel_affine(op, form, inner, nodes, label, input_tensor)
         groups = inner.by_source()
@@ -369,26 +284,26 @@ class _Attempt:
         merged = self._merge(inner)
         if isinstance(merged, str):
             return self._cut(op, input_tensor, merged, form, nodes, label)
-        layout = _meet(op.layout, merged.layout)
+        layout = meet(op.layout, merged.layout)
         if layout is None or self._is_activation_tail(op, merged):
             return self._cut(op, input_tensor, None, form, nodes, label)
-        cost = op_cost + merged.cost * _positions_per_output(form)
-        new_cost = composed_cost(form, merged.form, _channels_of(op.output))
+        cost = op_cost + merged.cost * positions_per_output(form)
+        new_cost = composed_cost(form, merged.form, channels_of(op.output))
         too_costly = new_cost > self.budget or (self.local_costs and new_cost > cost)
         if too_costly and not merged.is_raw:
             before = f" ({merged.nodes[-1].op} '{merged.nodes[-1].name}')" if merged.nodes else ""
             reason = (
-                f"{_node_text(op)} composed with the {merged.describe()}{before} before it "
+                f"{node_text(op)} composed with the {merged.describe()}{before} before it "
                 f"would cost {new_cost:.0f} multiply-adds per output, not {cost:.0f}"
             )
             reported = not (op.kind in WEIGHTED and merged.weighted)
             return self._cut(op, input_tensor, reason if reported else None, form, nodes, label)
         try:
-            composite = compose(form, merged.form, _rtol(op))
+            composite = compose(form, merged.form, border_rtol(op))
         except NotComposableError as error:
             before = f" ({merged.nodes[-1].op} '{merged.nodes[-1].name}')" if merged.nodes else ""
             reason = (
-                f"{_node_text(op)} cannot absorb the {merged.describe()}{before} before it: {error}"
+                f"{node_text(op)} cannot absorb the {merged.describe()}{before} before it: {error}"
             )
             reported = not merged.is_raw and not (op.kind in WEIGHTED and merged.weighted)
             return self._cut(op, input_tensor, reason if reported else None, form, nodes, label)
@@ -422,7 +337,7 @@ class _Attempt:
         terms = []
         scale_only = channel_affine(form.scale, 0.0)
         for index, term in enumerate(inner.terms):
-            layout = _meet(op.layout, term.layout)
+            layout = meet(op.layout, term.layout)
             step = form if index == 0 else scale_only
             try:
                 if layout is None:
@@ -431,7 +346,7 @@ class _Attempt:
             except NotComposableError:
                 return self._cut(op, input_tensor, None, form, nodes, label)
             terms.append(replace(term, form=composed, labels=(*term.labels, label), layout=layout))
-        cost = inner.cost + cost_of(op, _channels_of(op.output))
+        cost = inner.cost + cost_of(op, channels_of(op.output))
         terms[0] = replace(terms[0], nodes=terms[0].nodes + nodes)
         return Expression(tuple(terms), inner.nodes, cost)
 
@@ -444,8 +359,8 @@ class _Attempt:
         source = terms[0].source
         layout = Layout.ANY
         for term in terms:
-            layout = _meet(layout, term.layout) or layout
-        shape = _shape_facts(terms, source, layout)
+            layout = meet(layout, term.layout) or layout
+        shape = shape_facts(terms, source, layout)
         if isinstance(shape, str):
             return shape
         try:
@@ -484,7 +399,7 @@ class _Attempt:
             form,
             (label or op.label,),
             nodes or (op.node,),
-            cost_of(op, _channels_of(op.output)),
+            cost_of(op, channels_of(op.output)),
             op.layout,
             weighted=op.kind in WEIGHTED,
         )
@@ -537,7 +452,7 @@ class _Attempt:
                 )
             )
             return None
-        adds = (len(terms) - 1) * (_channels_of(terms[0].source) or 1)
+        adds = (len(terms) - 1) * (channels_of(terms[0].source) or 1)
         budget = sum(t.cost for t in terms) + adds
         if multiply_adds(merged.form) > budget:
             if not self.local_costs:
@@ -559,18 +474,18 @@ class _Attempt:
         reason = emittable_reason(form)
         if reason:
             return f"{term.describe()} cannot be one node: {reason}"
-        if term.reshaped and not reshaped_after and not _same_leading_dims(term.source, root):
+        if term.reshaped and not reshaped_after and not same_leading_dims(term.source, root):
             return (
                 f"{term.describe()} reshapes '{term.source.name}' into the shape of "
                 f"'{root.name}', which one linear op cannot do"
             )
         channels_last = term.layout is Layout.CHANNELS_LAST
-        specs = node_specs(form, _dtype_of(term), channels_last, rank(term.source))
+        specs = node_specs(form, dtype_of(term), channels_last, rank(term.source))
         if isinstance(specs, str):
             return f"{term.describe()} is left as it is: {specs}"
         if not specs:
             return Emission(term.source, (), f"'{term.source.name}'")
-        return Emission(term.source, tuple(specs), _describe_specs(form, specs))
+        return Emission(term.source, tuple(specs), describe_specs(form, specs))
 
     def _explain_kept_sum(self, op: LinearOp, expression: Expression) -> None:
         groups = expression.by_source()
@@ -599,10 +514,6 @@ def is_activation_output(finder: RegionFinder, tensor: gs.Tensor) -> bool:
     return node is not None and finder.op_of(tensor) is None and finder.refusal_of(tensor) is None
 
 
-def _negate(term: Term) -> Term:
-    return replace(term, form=compose(channel_affine(-1.0), term.form), negative=not term.negative)
-
-
 def _describe_source(finder: RegionFinder, tensor: gs.Tensor, reader: gs.Node) -> str:
     """Why the region stops at ``tensor``, for the reason of a sum that stays."""
     node = producer(tensor)
@@ -619,78 +530,3 @@ def _describe_source(finder: RegionFinder, tensor: gs.Tensor, reader: gs.Node) -
             f"{describe_uses(finder.graph, tensor, reader)}, so it must keep its value"
         )
     return f"'{tensor.name}' (from {node.op} '{node.name}')"
-
-
-def _node_text(op: LinearOp) -> str:
-    return f"{op.node.op} '{op.node.name}'"
-
-
-def _rtol(op: LinearOp) -> float:
-    return 1e-3 if op.dtype is not None and np.dtype(op.dtype).itemsize <= 2 else 1e-5
-
-
-def _opset(graph: gs.Graph) -> int:
-    return int(graph.opset) if graph.opset else 17
-
-
-def _channels_of(tensor: gs.Tensor) -> int | None:
-    return dim(tensor, 1) if (rank(tensor) or 0) >= 2 else None
-
-
-def _positions_per_output(form: Form) -> float:
-    """Positions of an op's input per position of its output (its strides' product)."""
-    if isinstance(form, AffineConv):
-        return float(math.prod(form.strides))
-    return 1.0
-
-
-def _shape_facts(terms, source: gs.Tensor, layout: Layout) -> tuple[int, int] | str:
-    """``(spatial rank, channels)`` of a sum of terms of ``source``."""
-    convs = [t.form for t in terms if isinstance(t.form, AffineConv)]
-    channel_counts = [input_channels(t.form) for t in terms] + [
-        output_channels(t.form) for t in terms
-    ]
-    channels = next((c for c in channel_counts if c is not None), None)
-    if convs:
-        return convs[0].spatial_rank, convs[0].in_channels
-    source_rank = rank(source)
-    if layout is Layout.CHANNELS_LAST or source_rank == 2:
-        spatial = 0
-        channels = channels or dim(source, -1)
-    elif source_rank is not None:
-        spatial = source_rank - 2
-        channels = channels or dim(source, 1)
-    else:
-        return f"the rank of '{source.name}' is unknown"
-    if channels is None:
-        return f"the channel count of '{source.name}' is unknown"
-    return spatial, channels
-
-
-def _same_leading_dims(source: gs.Tensor, root: gs.Tensor) -> bool:
-    a, b = source.shape, root.shape
-    if a is None or b is None or len(a) != len(b):
-        return False
-    return all(x == y and x is not None for x, y in zip(a[:-1], b[:-1], strict=True))
-
-
-def _dtype_of(term: Term) -> np.dtype:
-    """The element type of the source tensor, else of the first weights in the term."""
-    if term.source.dtype is not None:
-        try:
-            dtype = np.dtype(term.source.dtype)
-            if np.issubdtype(dtype, np.floating):
-                return dtype
-        except TypeError:
-            pass
-    for node in term.nodes:
-        for tensor in node.inputs[1:]:
-            if isinstance(tensor, gs.Constant) and np.issubdtype(tensor.dtype, np.floating):
-                return np.dtype(tensor.dtype)
-    return np.dtype(np.float32)
-
-
-def _describe_specs(form: Form, specs: list[NodeSpec]) -> str:
-    if isinstance(form, AffineConv) and form.spatial_rank > 0:
-        return describe_form(form)
-    return "+".join(spec.op for spec in specs) or "Identity"
