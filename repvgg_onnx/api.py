@@ -169,11 +169,11 @@ class FuseVerificationError(CheckFailedError):
     """The fused model does not compute the same function; ``report`` says where."""
 
     def __init__(self, report: FuseReport) -> None:
-        worst = max(report.verification.failures(), key=lambda o: o.required_atol)
+        reason = report.verdict()["reason"]
         super().__init__(
-            f"verification failed: output '{worst.name}' differs by up to "
-            f"{worst.max_abs_error:.3g} (allowed {worst.atol:.3g} + {worst.rtol:g}·|ref|); "
-            "nothing was written. Please report this model; --atol/--rtol loosen the check."
+            f"verification failed: {reason}; nothing was written. If the tolerances are right, "
+            "please report this model.",
+            hint="--atol/--rtol to loosen the check",
         )
         self.report = report
 
