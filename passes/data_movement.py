@@ -21,13 +21,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from repvgg_onnx.algebra import AffineConv
 from repvgg_onnx.linear_forms import pad_conv
 
 from .graph_utils import constant_values, static_shape
+from .reference import reference_evaluator
 
 #: Probe values ``1…n`` are exact in float32 up to 2**24.
 MAX_PROBE_ELEMENTS = 1 << 24
@@ -43,7 +43,7 @@ def chain_as_pad(nodes: list[gs.Node], source: gs.Tensor, opset: int) -> AffineC
         return f"'{source.name}' is too large to read {_names(nodes)} exactly"
     try:
         model = _chain_model(nodes, source, shape, opset)
-        evaluator = ReferenceEvaluator(model)
+        evaluator = reference_evaluator(model)
         probe = np.arange(1, math.prod(shape) + 1, dtype=np.float32).reshape(shape)
         [first] = evaluator.run(None, {"x": probe})
         [second] = evaluator.run(None, {"x": -probe})

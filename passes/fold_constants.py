@@ -21,7 +21,6 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from .graph_utils import (
@@ -33,6 +32,7 @@ from .graph_utils import (
     replace_uses,
     static_shape,
 )
+from .reference import reference_evaluator
 from .result import PassResult
 
 RULE = "fold_constants"
@@ -47,44 +47,105 @@ MAX_FOLDED_ELEMENTS = 1 << 16
 
 
 def fold_constants(graph: gs.Graph) -> PassResult:
-    """Replace every foldable node's outputs by constants; ``shapes_stale`` when any was."""
+    """Replace every foldable node's outputs by constants; ``shapes_stale`` when any was.
+
+    The constant subgraph is evaluated in one run (exporters emit thousands of small index
+    computations); should that run fail, each node is evaluated on its own."""
     folded = 0
     for node in list(graph.nodes):
-        values = _folded_outputs(graph, node)
-        if values is None:
-            continue
-        for tensor, value in zip(node.outputs, values, strict=True):
-            replace_uses(tensor, gs.Constant(tensor.name, np.asarray(value)))
-        node.outputs.clear()
-        folded += 1
+        if node.op in ("Shape", "Size") and _foldable(graph, node):
+            values = _shape_of(node)
+            if values is not None:
+                folded += _replace_outputs(node, values)
+    nodes = _constant_subgraph(graph)
+    values = _evaluate_all(graph, nodes) if nodes else {}
+    for node in nodes:
+        outputs = [values.get(t.name) for t in node.outputs]
+        if any(v is None for v in outputs):
+            outputs = _evaluate_one(graph, node)
+        if outputs is not None and _within_budget(node, outputs):
+            folded += _replace_outputs(node, outputs)
     if folded:
         graph.cleanup().toposort()
     return PassResult(rewrites=folded, shapes_stale=bool(folded))
 
 
-def _folded_outputs(graph: gs.Graph, node: gs.Node) -> list[np.ndarray] | None:
+def _replace_outputs(node: gs.Node, values: list[np.ndarray]) -> int:
+    for tensor, value in zip(node.outputs, values, strict=True):
+        replace_uses(tensor, gs.Constant(tensor.name, np.asarray(value)))
+    node.outputs.clear()
+    return 1
+
+
+def _foldable(graph: gs.Graph, node: gs.Node) -> bool:
+    """A standard, deterministic node without subgraphs, named outputs, none a graph output."""
     if not is_standard(node) or node.op in _SKIPPED or not node.outputs:
-        return None
+        return False
     if not all(t.name for t in node.outputs):
-        return None
+        return False
     if any(is_graph_output(graph, t) for t in node.outputs):
-        return None
-    if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
-        return None
-    if node.op in ("Shape", "Size"):
-        return _shape_of(node)
+        return False
+    return not any(isinstance(v, gs.Graph) for v in node.attrs.values())
+
+
+def _constant_subgraph(graph: gs.Graph) -> list[gs.Node]:
+    """The foldable nodes whose inputs are constants or outputs of such nodes (graph order)."""
+    computed: set[int] = set()
+    nodes = []
+    for node in graph.nodes:
+        if node.op in ("Shape", "Size") or not _foldable(graph, node):
+            continue
+        inputs = [t for t in node.inputs if not is_omitted(t)]
+        if inputs and all(constant_values(t) is not None or id(t) in computed for t in inputs):
+            nodes.append(node)
+            computed.update(id(t) for t in node.outputs)
+    return nodes
+
+
+def _within_budget(node: gs.Node, outputs: list[np.ndarray]) -> bool:
+    """Results much larger than their inputs (``Expand``, ``Tile`` blow-ups) stay computed."""
+    sizes = [np.asarray(t.values).size for t in node.inputs if isinstance(t, gs.Constant)]
+    budget = max(MAX_FOLDED_ELEMENTS, sum(sizes))
+    return sum(np.asarray(o).size for o in outputs) <= budget
+
+
+def _evaluate_all(graph: gs.Graph, nodes: list[gs.Node]) -> dict[str, np.ndarray]:
+    """Every output of ``nodes`` by one run of onnx's reference evaluator (``{}`` if it fails)."""
+    inside = {id(t) for node in nodes for t in node.outputs}
+    initializers = {}
+    for node in nodes:
+        for tensor in node.inputs:
+            if not is_omitted(tensor) and id(tensor) not in inside:
+                initializers[tensor.name] = numpy_helper.from_array(
+                    constant_values(tensor), tensor.name
+                )
+    outputs = [t.name for node in nodes for t in node.outputs]
+    model = helper.make_model(
+        helper.make_graph(
+            [OnnxExporter.export_node(node) for node in nodes],
+            "fold",
+            [],
+            [helper.make_empty_tensor_value_info(name) for name in outputs],
+            list(initializers.values()),
+        ),
+        opset_imports=[helper.make_opsetid("", int(graph.opset or 17))],
+    )
+    try:
+        results = reference_evaluator(model).run(None, {})
+    except Exception:  # the reference evaluator raises assorted types; node by node then
+        return {}
+    return {name: np.asarray(value) for name, value in zip(outputs, results, strict=True)}
+
+
+def _evaluate_one(graph: gs.Graph, node: gs.Node) -> list[np.ndarray] | None:
     inputs = [t for t in node.inputs if not is_omitted(t)]
     values = [constant_values(t) for t in inputs]
-    if not inputs or any(v is None for v in values):
+    if any(v is None for v in values):
         return None
     try:
-        outputs = _evaluate(graph, node, values)
+        return _evaluate(graph, node, values)
     except Exception:  # the reference evaluator raises assorted types; folding is optional
         return None
-    budget = max(MAX_FOLDED_ELEMENTS, sum(v.size for v in values))
-    if sum(np.asarray(o).size for o in outputs) > budget:
-        return None
-    return outputs
 
 
 def _shape_of(node: gs.Node) -> list[np.ndarray] | None:
@@ -107,5 +168,5 @@ def _evaluate(graph: gs.Graph, node: gs.Node, values: list[np.ndarray]) -> list[
         helper.make_graph([proto], "fold", [], outputs, initializers),
         opset_imports=[helper.make_opsetid("", int(graph.opset or 17))],
     )
-    results = ReferenceEvaluator(model).run(None, {})
+    results = reference_evaluator(model).run(None, {})
     return [np.asarray(r) for r in results]
