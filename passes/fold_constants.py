@@ -104,7 +104,7 @@ def _constant_subgraph(graph: gs.Graph) -> list[gs.Node]:
 
 def _within_budget(node: gs.Node, outputs: list[np.ndarray]) -> bool:
     """Results much larger than their inputs (``Expand``, ``Tile`` blow-ups) stay computed."""
-    sizes = [np.asarray(t.values).size for t in node.inputs if isinstance(t, gs.Constant)]
+    sizes = [math.prod(t.shape) for t in node.inputs if isinstance(t, gs.Constant)]
     budget = max(MAX_FOLDED_ELEMENTS, sum(sizes))
     return sum(np.asarray(o).size for o in outputs) <= budget
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 #: Op domains whose ops have the standard ONNX meaning; ops of any other domain (a custom
 #: ``Conv`` of a model-local function, say) are never read as linear ops or folded.
@@ -27,10 +29,53 @@ def is_overridable(tensor: gs.Tensor) -> bool:
 
 
 def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
-    """The tensor's value if it is a constant (an initializer no caller can override)."""
-    if isinstance(tensor, gs.Constant) and not is_overridable(tensor):
-        return np.asarray(tensor.values)
-    return None
+    """The tensor's value if it is a constant (an initializer no caller can override).
+
+    Arrays are read-only: an initializer may be shared by several nodes, so passes make new
+    constants and never edit one in place. A weight still in its TensorProto's raw bytes is a
+    view of them, not a copy, and the proto stays the constant's value, so an untouched weight
+    is written back as the bytes it arrived as."""
+    if not isinstance(tensor, gs.Constant) or is_overridable(tensor):
+        return None
+    lazy = tensor._values
+    if isinstance(lazy, LazyValues) and not isinstance(lazy, SparseValues):
+        view = _raw_view(lazy.tensor)
+        if view is not None:
+            return view
+    values = np.asarray(tensor.values)
+    values.flags.writeable = False
+    return values
+
+
+def _raw_view(proto: onnx.TensorProto) -> np.ndarray | None:
+    """The tensor's elements as a read-only view of its little-endian ``raw_data``, for the
+    whole-byte numeric types numpy and onnx agree on; ``None`` otherwise."""
+    dtype = _RAW_DTYPES.get(proto.data_type)
+    if dtype is None or not proto.HasField("raw_data") or proto.data_location:
+        return None
+    shape = tuple(proto.dims)
+    raw = proto.raw_data
+    if len(raw) != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+        return None
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+_RAW_DTYPES = {
+    data_type: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).newbyteorder("<")
+    for data_type in (
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.INT16,
+        onnx.TensorProto.UINT16,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.UINT32,
+        onnx.TensorProto.INT64,
+        onnx.TensorProto.UINT64,
+    )
+}
 
 
 def is_omitted(tensor: gs.Tensor) -> bool:

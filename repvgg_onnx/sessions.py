@@ -10,14 +10,17 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from repvgg_onnx import io
 from repvgg_onnx.errors import UnsupportedModelError
 from repvgg_onnx.inputs import first_line
+
+if TYPE_CHECKING:  # onnxruntime is imported when a session is made: fuse --no-verify skips it
+    import onnxruntime as ort
 
 
 class ModelRunError(UnsupportedModelError):
@@ -33,6 +36,8 @@ def create_session(model: onnx.ModelProto, role: str) -> ort.InferenceSession:
 
     A model too large for one protobuf goes through a temporary file with external data.
     """
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3

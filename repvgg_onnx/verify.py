@@ -11,15 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from repvgg_onnx.errors import InputSpecError
 from repvgg_onnx.inputs import check_feeds, model_inputs, resolve_input_shapes, synthesize_inputs
 from repvgg_onnx.report import OutputComparison, Verification
 from repvgg_onnx.sessions import create_session, run_session
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL_SCALE = 1e-5

@@ -21,7 +21,7 @@ from helpers import (
     op_counts,
     run,
 )
-from repvgg_onnx import api, sessions
+from repvgg_onnx import api
 from repvgg_onnx.cli import main
 from repvgg_onnx.passes.result import PassResult, Skipped
 from repvgg_onnx.pipeline import run_passes
@@ -137,7 +137,7 @@ def test_the_reference_session_runs_without_graph_optimizations(monkeypatch):
         levels.append(options.graph_optimization_level)
         return real(model, options, **kwargs)
 
-    monkeypatch.setattr(sessions.ort, "InferenceSession", spy)
+    monkeypatch.setattr(ort, "InferenceSession", spy)
     model = block_model(REPVGG_BRANCHES)
     verify_models(model, model)
     assert levels == [ort.GraphOptimizationLevel.ORT_DISABLE_ALL] * 2

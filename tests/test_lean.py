@@ -1,0 +1,93 @@
+"""The cheap paths: weights read in place, untouched weights written back byte for byte, and
+no onnxruntime import unless verification needs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import repvgg_onnx
+from helpers import REPVGG_BRANCHES, assert_same_function, block_model
+from repvgg_onnx.passes.graph_utils import constant_values
+from repvgg_onnx.transform import fuse_graph
+
+SAMPLE = "models/samples/repvgg_a0_half.onnx"
+
+
+def _constant(proto: onnx.TensorProto) -> gs.Constant:
+    node = helper.make_node("Identity", [proto.name], ["out"])
+    out = helper.make_tensor_value_info("out", proto.data_type, None)
+    graph = helper.make_graph([node], "g", [], [out], [proto])
+    return gs.import_onnx(helper.make_model(graph)).tensors()[proto.name]
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.float32, np.float64, np.float16, np.int8, np.uint8, np.int32, np.int64]
+)
+def test_a_raw_weight_is_read_in_place_and_read_only(dtype):
+    values = (np.arange(24).reshape(2, 3, 4) - 7).astype(dtype)
+    proto = numpy_helper.from_array(values, "w")
+    array = constant_values(_constant(proto))
+    np.testing.assert_array_equal(array, values)
+    assert array.dtype == values.dtype and array.shape == values.shape
+    assert not array.flags.writeable
+    assert not array.flags.owndata  # a view of the proto's bytes, not a copy
+
+
+def test_typed_field_and_bfloat16_weights_are_read_through_onnx():
+    typed = helper.make_tensor("t", TensorProto.FLOAT, [2, 2], [1.0, -2.0, 3.5, 4.0])
+    np.testing.assert_array_equal(constant_values(_constant(typed)), [[1, -2], [3.5, 4]])
+    assert not constant_values(_constant(typed)).flags.writeable
+    bf16 = helper.make_tensor("b", TensorProto.BFLOAT16, [2], [1.0, -2.0])
+    np.testing.assert_array_equal(
+        np.asarray(constant_values(_constant(bf16)), np.float32), [1.0, -2.0]
+    )
+
+
+def test_a_raw_weight_of_the_wrong_length_is_not_viewed():
+    proto = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    proto.raw_data = proto.raw_data[:-4]
+    constant = _constant(proto)
+    with pytest.raises(Exception):  # noqa: B017 onnx's own error, not a silent wrong view
+        constant_values(constant)
+
+
+def test_untouched_weights_are_written_back_byte_for_byte():
+    model = block_model(REPVGG_BRANCHES, seed=3)
+    head = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 4, 1, 1)), "head_w")
+    head = numpy_helper.from_array(numpy_helper.to_array(head).astype(np.float32), "head_w")
+    model.graph.initializer.append(head)
+    last = model.graph.output[0].name
+    model.graph.node.append(helper.make_node("Conv", [last, "head_w"], ["head"], name="head"))
+    model.graph.node.append(helper.make_node("Relu", ["head"], ["head_out"], name="head_relu"))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("head_out", TensorProto.FLOAT, None))
+    fused = repvgg_onnx.fuse(model, verify=False).model
+    kept = next(t for t in fused.graph.initializer if t.name == "head_w")
+    assert kept.raw_data == head.raw_data
+    assert_same_function(model, fused)
+
+
+def test_fusing_never_writes_into_a_weight_shared_with_the_caller():
+    model = block_model(REPVGG_BRANCHES, seed=4)
+    before = model.SerializeToString()
+    fuse_graph(model)
+    assert model.SerializeToString() == before
+
+
+def test_fuse_without_verification_does_not_import_onnxruntime(tmp_path):
+    script = (
+        "import sys, repvgg_onnx\n"
+        f"repvgg_onnx.fuse({SAMPLE!r}, verify=False).save({str(tmp_path / 'out.onnx')!r})\n"
+        "print(sorted(m for m in sys.modules if m.startswith('onnxruntime')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
