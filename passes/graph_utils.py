@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -12,6 +14,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 _OVERRIDABLE = "_repvgg_onnx_overridable"
+_READ_ONLY_VALUES = "_repvgg_onnx_values"
 
 
 def is_standard(node: gs.Node) -> bool:
@@ -37,13 +40,15 @@ def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
     is written back as the bytes it arrived as."""
     if not isinstance(tensor, gs.Constant) or is_overridable(tensor):
         return None
-    lazy = tensor._values
-    if isinstance(lazy, LazyValues) and not isinstance(lazy, SparseValues):
-        view = _raw_view(lazy.tensor)
-        if view is not None:
-            return view
-    values = np.asarray(tensor.values)
-    values.flags.writeable = False
+    values = getattr(tensor, _READ_ONLY_VALUES, None)
+    if values is None:
+        lazy = tensor._values
+        if isinstance(lazy, LazyValues) and not isinstance(lazy, SparseValues):
+            values = _raw_view(lazy.tensor)
+        if values is None:
+            values = np.asarray(tensor.values)
+            values.flags.writeable = False
+        setattr(tensor, _READ_ONLY_VALUES, values)
     return values
 
 
@@ -55,7 +60,7 @@ def _raw_view(proto: onnx.TensorProto) -> np.ndarray | None:
         return None
     shape = tuple(proto.dims)
     raw = proto.raw_data
-    if len(raw) != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+    if len(raw) != dtype.itemsize * math.prod(shape):
         return None
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 

@@ -129,9 +129,9 @@ def _constant_input(node: gs.Node, index: int, what: str) -> np.ndarray | str:
         )
     if values is None:
         return f"{node.op} '{node.name}' has a {what} that is not constant ('{tensor.name}')"
-    if not np.issubdtype(values.dtype, np.floating):
+    if values.dtype.kind != "f":
         return f"{node.op} '{node.name}' has a {values.dtype} {what}, not floating point"
-    if not np.all(np.isfinite(values)):
+    if not np.isfinite(values).all():
         return f"{node.op} '{node.name}' has a {what} holding inf or NaN ('{tensor.name}')"
     return values
 
