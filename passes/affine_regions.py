@@ -9,31 +9,56 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from .graph_utils import UniqueNames
+from .graph_utils import UniqueNames, splice_nodes
 from .regions import RULE, RegionFinder, RegionPlan
 from .result import FusedBlock, PassResult
-from .rewrite import add_nodes
+from .rewrite import chain_nodes
 
 
 def fuse_affine_regions(graph: gs.Graph) -> PassResult:
     """Plan every region (no edits), then rewrite the ones that gain; report both."""
     plans, skipped = RegionFinder(graph).plan_all()
     names = UniqueNames(graph)
-    fused = [_rewrite(graph, plan, names) for plan in plans]
+    placements, fused = [], []
+    for plan in plans:
+        nodes, block = _rewrite(plan, names)
+        placements.append((plan.root_node, nodes))
+        fused.append(block)
     if fused:
-        graph.cleanup().toposort()
+        splice_nodes(graph, placements)
     return PassResult(fused=fused, skipped=skipped)
 
 
-def _rewrite(graph: gs.Graph, plan: RegionPlan, names: UniqueNames) -> FusedBlock:
-    """Disconnect the region's root node from its output and compute it anew; the region's
-    other nodes become dead and ``cleanup`` removes them."""
+def _rewrite(plan: RegionPlan, names: UniqueNames) -> tuple[list[gs.Node], FusedBlock]:
+    """Disconnect the region's root node from its output and compute it anew by new nodes,
+    in topological order (to stand where the root node stood); the region's nodes become
+    dead."""
     stem = plan.root_node.name or plan.root.name
     plan.root_node.outputs.clear()
     root = plan.root
     if plan.final is not None:
         root = gs.Variable(names(f"{plan.root.name}_unshaped"), plan.root.dtype)
-        graph.nodes.append(
+    created: list[gs.Node] = []
+    parts: list[gs.Tensor] = []
+    single = len(plan.emissions) == 1
+    for index, emission in enumerate(plan.emissions):
+        if not emission.specs:
+            parts.append(emission.source)
+            continue
+        output = root if single else gs.Variable(names(f"{root.name}_part{index}"), root.dtype)
+        created += chain_nodes(list(emission.specs), emission.source, output, stem, names)
+        parts.append(output)
+    writer = created[0].name if created else ""
+    total = parts[0]
+    for index, part in enumerate(parts[1:], start=1):
+        last = index == len(parts) - 1
+        output = root if last else gs.Variable(names(f"{root.name}_sum{index}"), root.dtype)
+        created.append(
+            gs.Node("Add", names(f"{stem}/reparam_add"), inputs=[total, part], outputs=[output])
+        )
+        total = output
+    if plan.final is not None:
+        created.append(
             gs.Node(
                 plan.final.op,
                 names(f"{stem}/reparam_{plan.final.op}"),
@@ -42,23 +67,4 @@ def _rewrite(graph: gs.Graph, plan: RegionPlan, names: UniqueNames) -> FusedBloc
                 outputs=[plan.root],
             )
         )
-    parts: list[gs.Tensor] = []
-    writer = ""
-    single = len(plan.emissions) == 1
-    for index, emission in enumerate(plan.emissions):
-        if not emission.specs:
-            parts.append(emission.source)
-            continue
-        output = root if single else gs.Variable(names(f"{root.name}_part{index}"), root.dtype)
-        nodes = add_nodes(graph, list(emission.specs), emission.source, output, stem, names)
-        writer = writer or nodes[0].name
-        parts.append(output)
-    total = parts[0]
-    for index, part in enumerate(parts[1:], start=1):
-        last = index == len(parts) - 1
-        output = root if last else gs.Variable(names(f"{root.name}_sum{index}"), root.dtype)
-        graph.nodes.append(
-            gs.Node("Add", names(f"{stem}/reparam_add"), inputs=[total, part], outputs=[output])
-        )
-        total = output
-    return FusedBlock(RULE, plan.root.name, writer, plan.branches, plan.result)
+    return created, FusedBlock(RULE, plan.root.name, writer, plan.branches, plan.result)

@@ -34,15 +34,18 @@ from .graph_utils import (
     is_graph_output,
     is_standard,
     replace_uses,
+    splice_nodes,
     static_shape,
 )
 from .readers import Kind, LinearOp, read_node
 from .result import FusedBlock, PassResult, Skipped
-from .rewrite import NodeSpec, add_nodes, node_specs
+from .rewrite import NodeSpec, chain_nodes, node_specs
 
 RULE = "fold_forward"
 _MOVERS = ("Transpose", "Reshape", "Flatten")
 _ABSORBERS = (Kind.CONV, Kind.GEMM, Kind.MATMUL)
+#: Ops whose reading is always a convolution, never a per-channel map: not read at all.
+_NEVER_PER_CHANNEL = frozenset({"Conv", "ConvTranspose"})
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,11 @@ class _Reader:
 
 def fold_forward(graph: gs.Graph) -> PassResult:
     """Fold each per-channel op with several readers (or readers through axis moves)."""
-    fused, skipped = [], []
+    fused, skipped, placements = [], [], []
     names = UniqueNames(graph)
     for node in list(graph.nodes):
+        if node.op in _NEVER_PER_CHANNEL:
+            continue
         reading = read_node(node)
         if not isinstance(reading, LinearOp) or not isinstance(reading.form, ChannelAffine):
             continue
@@ -67,9 +72,9 @@ def fold_forward(graph: gs.Graph) -> PassResult:
         if isinstance(plan, str):
             skipped.append(Skipped(RULE, node.name, plan))
             continue
-        fused.extend(_rewrite(graph, reading, plan, names))
+        fused.extend(_rewrite(reading, plan, names, placements))
     if fused:
-        graph.cleanup().toposort()
+        splice_nodes(graph, placements)
     return PassResult(fused=fused, skipped=skipped)
 
 
@@ -170,21 +175,27 @@ def _moved_axis(node: gs.Node, axis: int) -> int | None:
 
 
 def _rewrite(
-    graph: gs.Graph, op: LinearOp, readers: list[_Reader], names: UniqueNames
+    op: LinearOp,
+    readers: list[_Reader],
+    names: UniqueNames,
+    placements: list[tuple[gs.Node, list[gs.Node]]],
 ) -> list[FusedBlock]:
-    """Each reader is replaced by a node with composed weights (one block each, named by the
-    tensor it writes, as ``diff`` counts them); the op's readers read its input."""
+    """Each reader is replaced by a node with composed weights where it stood (one block
+    each, named by the tensor it writes, as ``diff`` counts them); the op's readers read its
+    input."""
     blocks = []
     for reader in readers:
         node = reader.op.node
         output = node.outputs[0]
         node.outputs.clear()
         stem = node.name or output.name
-        created = add_nodes(graph, list(reader.specs), node.inputs[0], output, stem, names)
+        created = chain_nodes(list(reader.specs), node.inputs[0], output, stem, names)
+        placements.append((node, created))
         label = f"{op.label}+{reader.op.label}"
         blocks.append(FusedBlock(RULE, output.name, created[0].name, (label,), reader.op.label))
     replace_uses(op.output, op.input)
     op.node.outputs.clear()
+    placements.append((op.node, []))
     return blocks
 
 

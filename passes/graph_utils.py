@@ -123,6 +123,46 @@ def replace_uses(tensor: gs.Tensor, replacement: gs.Tensor) -> None:
                 node.inputs[index] = replacement
 
 
+def splice_nodes(graph: gs.Graph, placements: list[tuple[gs.Node, list[gs.Node]]]) -> None:
+    """Insert each list of new nodes just before its anchor node, then remove every node
+    that no longer has a reader, walking up from the anchors (what ``cleanup`` would remove
+    there, without visiting the whole graph).
+
+    Invariant: the graph stays in topological order, provided it was and each new node reads
+    only tensors computed before its anchor (or by new nodes placed before it). Graph outputs
+    and the nodes computing them are never removed.
+    """
+    before = {id(anchor): new for anchor, new in placements}
+    dead: set[int] = set()
+    stack = [anchor for anchor, _ in placements]
+    while stack:
+        node = stack.pop()
+        if id(node) in dead or any(t.outputs or is_graph_output(graph, t) for t in node.outputs):
+            continue
+        dead.add(id(node))
+        producers = [p for t in node.inputs if (p := producer(t)) is not None]
+        node.inputs.clear()
+        node.outputs.clear()
+        stack.extend(producers)
+    nodes = []
+    for node in graph.nodes:
+        nodes.extend(before.get(id(node), ()))
+        if id(node) not in dead:
+            nodes.append(node)
+    graph.nodes = nodes
+
+
+def ensure_topological_order(graph: gs.Graph) -> None:
+    """Sort ``graph`` only if some node reads a tensor that a later node computes."""
+    computed: set[int] = set()
+    pending = {id(t) for node in graph.nodes for t in node.outputs}
+    for node in graph.nodes:
+        if any(id(t) in pending and id(t) not in computed for t in node.inputs):
+            graph.toposort()
+            return
+        computed.update(id(t) for t in node.outputs)
+
+
 def attribute(node: gs.Node, name: str, default):
     value = node.attrs.get(name, default)
     return value.decode() if isinstance(value, bytes) else value

@@ -122,15 +122,15 @@ def _channel_affine_specs(
     return specs
 
 
-def add_nodes(
-    graph: gs.Graph,
+def chain_nodes(
     specs: list[NodeSpec],
     source: gs.Tensor,
     output: gs.Tensor,
     stem: str,
     names: UniqueNames,
 ) -> list[gs.Node]:
-    """Append ``specs`` as a chain from ``source``; the last node writes ``output``.
+    """``specs`` as a chain of new nodes from ``source`` (not yet in any graph); the last
+    node writes ``output``.
 
     Every node after the first is a per-channel Mul or Add, so the tensors between them have
     ``output``'s shape and type.
@@ -153,7 +153,6 @@ def add_nodes(
             inputs=inputs,
             outputs=[result],
         )
-        graph.nodes.append(node)
         created.append(node)
         current = result
     return created

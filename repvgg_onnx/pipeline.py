@@ -12,6 +12,7 @@ from repvgg_onnx.passes.affine_regions import fuse_affine_regions
 from repvgg_onnx.passes.canonicalize import canonicalize
 from repvgg_onnx.passes.fold_constants import fold_constants
 from repvgg_onnx.passes.fold_forward import fold_forward
+from repvgg_onnx.passes.graph_utils import ensure_topological_order
 from repvgg_onnx.passes.readers import is_training_batchnorm
 from repvgg_onnx.passes.result import FusedBlock, PassResult, Skipped
 from repvgg_onnx.shapes import reinfer_shapes
@@ -62,9 +63,11 @@ def run_passes(
     """Run ``passes`` in order, repeatedly, until a round changes nothing (``progress`` hears
     each round).
 
-    Invariant: every pass preserves the graph's function, so the fixpoint does too.
+    Invariant: every pass preserves the graph's function and its topological order, so the
+    fixpoint does too.
     """
     check_inference_graph(graph)
+    ensure_topological_order(graph)
     original_tensors = set(graph.tensors())
     result = PipelineResult()
     for _ in range(MAX_ROUNDS):
@@ -85,6 +88,7 @@ def run_passes(
         result.skipped = [skip for outcome in outcomes for skip in outcome.skipped]
         if not any(outcome.modified for outcome in outcomes):
             break
+    graph.cleanup()  # passes splice and remove locally; anything else left unread goes now
     result.fused = blocks_by_output(result.fused, original_tensors)
     return result
 

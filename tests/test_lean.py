@@ -91,3 +91,26 @@ def test_fuse_without_verification_does_not_import_onnxruntime(tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_passes_sort_a_graph_given_out_of_order():
+    from repvgg_onnx.pipeline import run_passes
+
+    model = block_model(REPVGG_BRANCHES, seed=5)
+    graph = gs.import_onnx(model)
+    graph.nodes.reverse()
+    result = run_passes(graph)
+    assert result.fused
+    fused = gs.export_onnx(graph)
+    onnx.checker.check_model(fused)
+    assert_same_function(model, fused)
+
+
+def test_a_region_rewrite_keeps_the_graph_sorted_without_a_full_sort(monkeypatch):
+    from repvgg_onnx.pipeline import run_passes
+
+    model = block_model(REPVGG_BRANCHES, seed=6)
+    graph = gs.import_onnx(model)
+    monkeypatch.setattr(gs.Graph, "toposort", lambda self, *a, **k: pytest.fail("sorted"))
+    run_passes(graph)
+    onnx.checker.check_model(gs.export_onnx(graph))
