@@ -10,6 +10,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from repvgg_onnx.skeleton import inferred_value_info
+from repvgg_onnx.weightless import weights_detached
 
 
 def annotate_shapes(graph: gs.Graph, inferred: dict[str, onnx.ValueInfoProto]) -> None:
@@ -35,5 +36,6 @@ def _fully_known(shape) -> bool:
 def reinfer_shapes(graph: gs.Graph) -> None:
     """Run shape inference on the graph as it is now and annotate it (after constants were
     folded, tensors whose shape depended on them get one)."""
-    model = gs.export_onnx(graph, do_type_check=False)
+    with weights_detached(graph):
+        model = gs.export_onnx(graph, do_type_check=False)
     annotate_shapes(graph, inferred_value_info(model))

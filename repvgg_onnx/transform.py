@@ -18,6 +18,7 @@ from repvgg_onnx.passes.result import FusedBlock
 from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass, PipelineResult, run_passes
 from repvgg_onnx.shapes import annotate_shapes
 from repvgg_onnx.skeleton import inferred_value_info
+from repvgg_onnx.weightless import attach_weights, detach_weights
 
 _METADATA_MIN_IR_VERSION = 10  # NodeProto.metadata_props exists from IR version 10 on
 
@@ -75,12 +76,14 @@ def _import_graph(model: onnx.ModelProto) -> gs.Graph:
 def export_like(
     graph: gs.Graph, original: onnx.ModelProto, fused: Sequence[FusedBlock] = ()
 ) -> onnx.ModelProto:
-    """Export ``graph`` keeping ``original``'s model-level fields, and tag fused nodes.
+    """Export ``graph`` keeping ``original``'s model-level fields, and tag fused nodes. The
+    graph's large weights move into the model (the graph is spent afterwards).
 
     Kept: IR version, opset imports, producer, domain, model version, doc strings, graph name,
     metadata. A node a pass created gets ``metadata_props`` naming the rule and the branches
     (when the IR version has them), so ``diff`` and debugging can tell what it came from.
     """
+    weights = detach_weights(graph)
     model = gs.export_onnx(graph, do_type_check=False)
     model.ir_version = original.ir_version
     for name in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
@@ -96,6 +99,7 @@ def export_like(
     _restore_node_annotations(model, original)
     if original.ir_version >= _METADATA_MIN_IR_VERSION:
         _tag_fused_nodes(model, fused)
+    attach_weights(model, weights)
     return model
 
 

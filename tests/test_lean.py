@@ -114,3 +114,42 @@ def test_a_region_rewrite_keeps_the_graph_sorted_without_a_full_sort(monkeypatch
     monkeypatch.setattr(gs.Graph, "toposort", lambda self, *a, **k: pytest.fail("sorted"))
     run_passes(graph)
     onnx.checker.check_model(gs.export_onnx(graph))
+
+
+def _graph_with_weights() -> gs.Graph:
+    rng = np.random.default_rng(7)
+    x = gs.Variable("x", np.float32, [1, 64, 4, 4])
+    big = gs.Constant("big", rng.normal(size=(64, 64, 3, 3)).astype(np.float32))
+    small = gs.Constant("small", np.array([1, -1], np.int64))
+    conv = gs.Variable("conv", np.float32, [1, 64, 4, 4])
+    out = gs.Variable("out", np.float32, None)
+    nodes = [
+        gs.Node("Conv", inputs=[x, big], outputs=[conv], attrs={"pads": [1, 1, 1, 1]}),
+        gs.Node("Reshape", inputs=[conv, small], outputs=[out]),
+    ]
+    return gs.Graph(nodes=nodes, inputs=[x], outputs=[out], opset=17)
+
+
+def test_a_graph_exported_without_its_weights_is_the_same_model_once_they_are_attached():
+    from repvgg_onnx.weightless import attach_weights, detach_weights
+
+    expected = gs.export_onnx(_graph_with_weights()).SerializeToString()
+    graph = _graph_with_weights()
+    weights = detach_weights(graph)
+    assert sorted(weights) == ["big"]  # small tensors stay: shape inference reads them
+    model = gs.export_onnx(graph)
+    stub = next(t for t in model.graph.initializer if t.name == "big")
+    assert not stub.raw_data and list(stub.dims) == [64, 64, 3, 3]
+    attach_weights(model, weights)
+    assert model.SerializeToString() == expected
+    assert weights == {}
+
+
+def test_weights_come_back_after_a_weightless_export():
+    from repvgg_onnx.weightless import weights_detached
+
+    graph = _graph_with_weights()
+    before = graph.tensors()["big"].values.copy()
+    with weights_detached(graph):
+        gs.export_onnx(graph)
+    np.testing.assert_array_equal(graph.tensors()["big"].values, before)
