@@ -40,13 +40,18 @@ def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
     is written back as the bytes it arrived as."""
     if not isinstance(tensor, gs.Constant) or is_overridable(tensor):
         return None
+    if isinstance(tensor._values, SparseValues):  # made dense before import; never read
+        return None
     values = getattr(tensor, _READ_ONLY_VALUES, None)
     if values is None:
         lazy = tensor._values
-        if isinstance(lazy, LazyValues) and not isinstance(lazy, SparseValues):
+        if isinstance(lazy, LazyValues):
             values = _raw_view(lazy.tensor)
-        if values is None:
-            values = np.asarray(tensor.values)
+        if values is None:  # loaded aside: the constant keeps its proto, to export as is
+            try:
+                values = np.asarray(lazy.load() if isinstance(lazy, LazyValues) else lazy)
+            except (ValueError, TypeError):  # data that does not fit its type and shape
+                return None  # not re-read: what no reader can read, no pass rewrites
             values.flags.writeable = False
         setattr(tensor, _READ_ONLY_VALUES, values)
     return values

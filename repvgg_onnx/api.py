@@ -15,13 +15,13 @@ import onnx
 
 from repvgg_onnx import io
 from repvgg_onnx.diff import GraphDiff, diff_models
-from repvgg_onnx.errors import CheckFailedError
+from repvgg_onnx.errors import CheckFailedError, ModelRunError
 from repvgg_onnx.inputs import load_feeds
 from repvgg_onnx.inspection import Inspection, inspect_model
+from repvgg_onnx.isolation import isolated
 from repvgg_onnx.localize import first_divergence
 from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass
 from repvgg_onnx.report import FuseReport, ModelStats, Verification
-from repvgg_onnx.sessions import ModelRunError
 from repvgg_onnx.skeleton import model_skeleton
 from repvgg_onnx.transform import fuse_graph
 from repvgg_onnx.verify import verify_models
@@ -40,9 +40,11 @@ class FuseResult:
     def verification(self) -> Verification | None:
         return self.report.verification
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the fused model atomically (external data when it exceeds 2 GB)."""
-        io.save_model(self.model, path)
+    def save(self, path: str | os.PathLike, external_data: bool | None = None) -> None:
+        """Write the fused model atomically, with its weights in a data file next to it when
+        ``external_data`` is true, or when it is ``None`` and the model exceeds 2 GB (see
+        :func:`repvgg_onnx.io.save_model`)."""
+        io.save_model(self.model, path, external_data=external_data)
 
 
 def load(model: ModelLike) -> onnx.ModelProto:
@@ -73,7 +75,8 @@ def verify(
     first shared intermediate tensor that diverges. Neither model is modified."""
     model_a, model_b = load(a), load(b)
     feeds = load_feeds(inputs, model_a) if isinstance(inputs, str | os.PathLike) else inputs
-    result = verify_models(
+    result = isolated(
+        verify_models,
         model_a,
         model_b,
         input_shapes=input_shapes,
@@ -87,7 +90,7 @@ def verify(
     )
     localization = None
     if localize and not result.passed and result.feeds is not None:
-        localization = first_divergence(model_a, model_b, result.feeds, atol, rtol)
+        localization = isolated(first_divergence, model_a, model_b, result.feeds, atol, rtol)
     return replace(result, localization=localization, a_path=_path_of(a), b_path=_path_of(b))
 
 
@@ -143,7 +146,8 @@ def fuse(
     if verify:
         start = time.perf_counter()
         try:
-            report.verification = verify_models(
+            report.verification = isolated(
+                verify_models,
                 original,
                 fused_model,
                 input_shapes=input_shapes,

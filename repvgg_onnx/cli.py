@@ -12,6 +12,7 @@ import functools
 import os
 import sys
 import time
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def _command(kind: str) -> Callable:
 
 def _fail(kind: str, message: str, code: int, report_path: Path | None = None) -> None:
     """One line on stderr, the error report at ``--report`` (if it can be written), exit."""
+    message = _escape_control_characters(message)
     click.echo(message, err=True)
     if report_path is not None and report_path.suffix.lower() in REPORT_FORMATS:
         report = error_report(kind, message, code)
@@ -79,6 +81,14 @@ def _fail(kind: str, message: str, code: int, report_path: Path | None = None) -
         with contextlib.suppress(Exception):  # the error already said what went wrong
             io.save_text(text.rstrip("\n") + "\n", report_path)
     sys.exit(code)
+
+
+def _escape_control_characters(text: str) -> str:
+    """``text`` with each control character written as its Python escape (``\\n``, ``\\x1b``):
+    names from a model may hold newlines or terminal escapes, and an error stays one line."""
+    return "".join(
+        repr(char)[1:-1] if unicodedata.category(char) == "Cc" else char for char in text
+    )
 
 
 def _one_line(error: BaseException) -> str:
@@ -221,6 +231,12 @@ def main() -> None:
     is_flag=True,
     help="Replace OUT.onnx if it exists (writing over IN.onnx itself needs no --force).",
 )
+@click.option(
+    "--external-data",
+    is_flag=True,
+    help="Write the weights to a data file next to OUT.onnx even under 2 GB (by default only "
+    "a model too large for one protobuf gets one).",
+)
 @_tolerances
 @_format_option("text", "markdown", "json")
 @_report_option
@@ -230,6 +246,7 @@ def fuse(
     output_path: Path,
     verify: bool,
     force: bool,
+    external_data: bool,
     atol: float | None,
     rtol: float | None,
     seed: int,
@@ -267,7 +284,7 @@ def fuse(
         raise
     start = time.perf_counter()
     _progress(f"{output_path}: saving", quiet)
-    io.save_model(result.model, output_path)
+    result.save(output_path, external_data=True if external_data else None)
     _progress_done(quiet)
     result.report.seconds["save"] = time.perf_counter() - start
     _emit(result.report, output_format, report_path, quiet)

@@ -17,6 +17,17 @@ class ReparamError(Exception):
         super().__init__(message)
         self.hint = hint
 
+    def __reduce__(self):
+        """Pickled with every attribute (errors cross from a verification child process)."""
+        return (_rebuild, (type(self), str(self), dict(self.__dict__)))
+
+
+def _rebuild(cls: type[ReparamError], message: str, state: dict) -> ReparamError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
 
 class ModelLoadError(ReparamError):
     """The file is missing, unreadable, not an ONNX model, or its external data is unsafe."""
@@ -24,6 +35,14 @@ class ModelLoadError(ReparamError):
 
 class UnsupportedModelError(ReparamError):
     """The model is valid ONNX but cannot be processed (e.g. exported in training mode)."""
+
+
+class ModelRunError(UnsupportedModelError):
+    """onnxruntime cannot load or run one of the two models; ``role`` says which."""
+
+    def __init__(self, message: str, role: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.role = role
 
 
 class InputSpecError(ReparamError):

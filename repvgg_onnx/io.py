@@ -4,9 +4,13 @@ Invariants:
 
 - ``load_model`` only reads: it returns a checked model whose tensors all hold their data in
   memory, and refuses external data that points outside the model's folder before reading it.
-- ``save_model`` replaces the output all at once: a failure leaves the previous file untouched
-  and no temporary file behind. Weights go to ``<output name>.data`` when the model would not
-  fit in one protobuf (2 GB) or when asked to.
+- ``save_model`` replaces the output all at once: a failure, or a process killed at any
+  moment, leaves the previous file untouched and no temporary file behind (on Linux the file
+  is written unnamed, ``O_TMPFILE``; elsewhere a killed writer's temporary is removed by the
+  next save in that folder). Weights go to a data file of a fresh name,
+  ``<output name>.<pid>.<random>.data``, when the model would not fit in one protobuf (2 GB)
+  or when asked to; the output and the data file it names are a consistent pair at every
+  moment, and the data file a save supersedes is removed once the output is replaced.
 
 Every refusal is a ``ModelLoadError`` or ``ModelSaveError`` whose message is one sentence that
 names the path, says what is wrong and what to do.
@@ -15,11 +19,12 @@ names the path, says what is wrong and what to do.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -47,6 +52,16 @@ _TYPED_FIELD_MAX_BYTES = {
 }
 _CHECKER_DETAIL_MAX_CHARS = 300
 
+#: Where Linux names each open descriptor: linking it gives an unnamed file a name.
+_PROC_FD = "/proc/self/fd"
+#: Errors of ``open(O_TMPFILE)`` that mean "not supported here" (old kernel, filesystem).
+_NO_TMPFILE_ERRNOS = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}
+#: Our temporaries: ``.<name>.repvgg-onnx.<pid>.<random>.tmp``; the pid tells a killed
+#: writer's leftovers from a running writer's work.
+_TEMP_PATTERN = re.compile(r"\..*\.repvgg-onnx\.([0-9]+)\.[0-9a-f]{16}\.tmp", re.DOTALL)
+_TEMP_NAME_CHARS = 180
+_SCAN_CHUNK_BYTES = 16 * 2**20
+
 #: Bytes per element of the fixed-width, whole-byte tensor types (sub-byte and string types are
 #: left to onnxruntime).
 _FIXED_ITEMSIZE = {
@@ -65,6 +80,12 @@ _FIXED_ITEMSIZE = {
         onnx.TensorProto.INT64,
         onnx.TensorProto.UINT64,
         onnx.TensorProto.BOOL,
+        onnx.TensorProto.COMPLEX64,
+        onnx.TensorProto.COMPLEX128,
+        onnx.TensorProto.FLOAT8E4M3FN,
+        onnx.TensorProto.FLOAT8E4M3FNUZ,
+        onnx.TensorProto.FLOAT8E5M2,
+        onnx.TensorProto.FLOAT8E5M2FNUZ,
     )
 }
 
@@ -105,28 +126,38 @@ def save_model(
 ) -> None:
     """Write ``model`` to ``path`` atomically; ``model`` itself is never changed.
 
-    ``external_data=None`` stores weights in ``<path name>.data`` only when the model would
-    not fit in one protobuf; ``True`` always does, ``False`` never does. All files are written
-    to temporary siblings, fsynced, then moved into place with ``os.replace`` (the data file
-    first). If anything fails, ``path`` keeps its previous content and no temporary file
-    remains. Raises ``ModelSaveError`` when the output cannot be written.
+    ``external_data=None`` stores weights in a data file only when the model would not fit in
+    one protobuf; ``True`` always does, ``False`` never does. The data file gets a name never
+    used before, ``<path name>.<pid>.<random>.data``: it is written and fsynced, then ``path``
+    is replaced all at once and the folder fsynced, so ``path`` and the data file it names are
+    a consistent pair at every moment. Only then are our data files for ``path`` that no model
+    needs any more removed (see :func:`_remove_unused_data_files`); a data file of any other
+    name, such as an exporter's ``model.onnx.data``, is never touched.
+
+    If anything fails (even ``KeyboardInterrupt``), ``path`` keeps its previous content and no
+    file of this save remains. Raises ``ModelSaveError`` when the output cannot be written.
     """
     target = Path(path)
     check_output_path(target)
     _refuse_external_references(model, target)
     if external_data is None:
         external_data = needs_external_data(model)
-    if external_data:
-        files = _external_data_files(model, target)
-    else:
-        files = [(target, partial(_write_model, model=model, path=target))]
     try:
-        _write_atomically(files)
+        superseded = _data_files_named_by(target)
+        if external_data:
+            data_name = _fresh_data_name(target)
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            companions = [(data_name, partial(_move_tensor_data, model=copy, location=data_name))]
+            _write_atomically(target, partial(_write_model, model=copy, path=target), companions)
+        else:
+            _write_atomically(target, partial(_write_model, model=model, path=target))
     except OSError as err:
         raise ModelSaveError(
             f"{target}: could not write the model ({err.strerror or err}); "
             "check free space and permissions of its folder."
         ) from err
+    _remove_unused_data_files(target, superseded)
 
 
 def save_text(text: str, path: str | os.PathLike) -> None:
@@ -134,7 +165,7 @@ def save_text(text: str, path: str | os.PathLike) -> None:
     target = Path(path)
     check_output_path(target)
     try:
-        _write_atomically([(target, lambda file: file.write(text.encode("utf-8")))])
+        _write_atomically(target, lambda file: file.write(text.encode("utf-8")))
     except OSError as err:
         raise ModelSaveError(
             f"{target}: cannot be written ({err.strerror or err}); check the folder's "
@@ -269,6 +300,11 @@ def _run_checker(model: onnx.ModelProto, path: Path) -> None:
             f"{path}: fails the ONNX checker ({_checker_detail(err)}); "
             "re-export the model or repair the graph."
         ) from err
+    except UnicodeDecodeError as err:  # a string field (name, op type, doc) of invalid UTF-8
+        raise ModelLoadError(
+            f"{path}: holds a name or text that is not valid UTF-8 ({err.reason} at byte "
+            f"{err.start}); the file is damaged or not written by an ONNX exporter."
+        ) from err
     for tensor in model.graph.initializer:
         problem = _tensor_size_problem(tensor)
         if problem:
@@ -368,17 +404,6 @@ def _refuse_external_references(model: onnx.ModelProto, path: Path) -> None:
         )
 
 
-def _external_data_files(model: onnx.ModelProto, path: Path) -> list[tuple[Path, _Writer]]:
-    """The data file and the model file to write, in that order, for a copy of ``model``."""
-    data_path = path.with_name(path.name + ".data")
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return [
-        (data_path, partial(_move_tensor_data, model=copy, location=data_path.name)),
-        (path, partial(_write_model, model=copy, path=path)),
-    ]
-
-
 def _move_tensor_data(data_file: BinaryIO, *, model: onnx.ModelProto, location: str) -> None:
     """Append each tensor's ``raw_data`` of at least 1 KiB to ``data_file``; point it there."""
     for tensor in _all_tensors(model):
@@ -402,27 +427,225 @@ def _write_model(file: BinaryIO, *, model: onnx.ModelProto, path: Path) -> None:
     file.write(content)
 
 
-def _write_atomically(files: Sequence[tuple[Path, _Writer]]) -> None:
-    """Write each file to a temporary sibling, then ``os.replace`` each onto its target in order.
+def _write_atomically(
+    target: Path, write: _Writer, companions: Sequence[tuple[str, _Writer]] = ()
+) -> None:
+    """Write ``target`` and its new ``companions`` (fresh names in its folder, never existing
+    files), then make them visible: each companion under its name, the folder fsynced, then
+    ``target`` replaced at once with ``os.replace`` and the folder fsynced again.
 
-    Invariant: if this raises (even ``KeyboardInterrupt``), no temporary file remains and every
-    target not yet replaced keeps its previous content.
+    Every file is written unnamed where the system allows it (``O_TMPFILE``), else as a hidden
+    sibling named after our pid (see :func:`_open_temp`); stale temporaries of ours in the
+    folder are removed first. A named model file exists only between ``os.link`` and
+    ``os.replace``, a few microseconds.
+
+    Invariant: if this raises (even ``KeyboardInterrupt``) before ``target`` is replaced,
+    ``target`` keeps its previous content and no file of this call remains; once ``target``
+    is replaced, the companions it names stay.
     """
-    temps: list[Path] = []
+    folder = target.parent
+    _remove_stale_temps(folder)
+    open_files: list[_OpenTemp] = []
+    published: list[Path] = []
     try:
-        for target, write in files:
-            temp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
-            # O_EXCL: never clobber a file we did not create; 0o666 lets the umask decide.
-            descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            temps.append(temp)
-            with os.fdopen(descriptor, "wb") as file:
-                write(file)
-                file.flush()
-                os.fsync(file.fileno())
-        for temp, (target, _) in zip(temps, files, strict=True):
-            os.replace(temp, target)
+        for name, writer in [*companions, (target.name, write)]:
+            open_files.append(_open_temp(folder, name))
+            with os.fdopen(open_files[-1].fd, "wb", closefd=False) as file:
+                writer(file)
+            os.fsync(open_files[-1].fd)
+        for temp, (name, _) in zip(open_files[:-1], companions, strict=True):
+            _publish_fresh(temp, folder / name)
+            published.append(folder / name)
+        if companions:
+            _fsync_folder(folder)
+        model = open_files[-1]
+        if model.path is None:
+            temp_path = folder / _temp_name(target.name)
+            _link_unnamed(model.fd, temp_path)
+            model.path = temp_path
+        os.replace(model.path, target)
     except BaseException:
-        for temp in temps:
+        replaced = len(open_files) > len(companions) and _was_renamed(open_files[-1])
+        for path in [] if replaced else published:
             with contextlib.suppress(OSError):
-                temp.unlink(missing_ok=True)
+                path.unlink()
+        for temp in open_files:
+            if temp.path is not None and not replaced:
+                with contextlib.suppress(OSError):
+                    temp.path.unlink()
         raise
+    finally:
+        for temp in open_files:
+            with contextlib.suppress(OSError):
+                os.close(temp.fd)
+    _fsync_folder(folder)
+
+
+@dataclass
+class _OpenTemp:
+    """A file being written: its descriptor and its temporary path (``None``: it has no name)."""
+
+    fd: int
+    path: Path | None
+
+
+def _open_temp(folder: Path, final_name: str) -> _OpenTemp:
+    """A new, empty file in ``folder`` for writing, with mode ``0o666`` less the umask.
+
+    On Linux it has no name (``O_TMPFILE``): a killed process leaves nothing behind. Where the
+    system or filesystem has no ``O_TMPFILE`` it is ``.<name>.repvgg-onnx.<pid>.<random>.tmp``,
+    created with ``O_EXCL`` (never another file), which :func:`_remove_stale_temps` removes
+    once our process is gone.
+    """
+    if hasattr(os, "O_TMPFILE") and os.path.isdir(_PROC_FD):
+        try:
+            return _OpenTemp(os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o666), None)
+        except OSError as err:
+            if err.errno not in _NO_TMPFILE_ERRNOS:
+                raise
+    path = folder / _temp_name(final_name)
+    return _OpenTemp(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path)
+
+
+def _link_unnamed(fd: int, path: Path) -> None:
+    """Give the unnamed (``O_TMPFILE``) file ``fd`` the name ``path``; fails if it exists."""
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        # With a dir_fd, os.link calls linkat(AT_SYMLINK_FOLLOW), which links the file the
+        # /proc entry names; without one it calls link(2), which fails on the /proc symlink.
+        os.link(f"{_PROC_FD}/{fd}", path.name, dst_dir_fd=folder, follow_symlinks=True)
+    finally:
+        os.close(folder)
+
+
+def _publish_fresh(temp: _OpenTemp, path: Path) -> None:
+    """Give a written companion its final name ``path``, which must not exist yet."""
+    if temp.path is None:
+        _link_unnamed(temp.fd, path)
+        return
+    if os.path.lexists(path):  # the name is fresh; this only guards against the impossible
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path))
+    os.rename(temp.path, path)
+    temp.path = None
+
+
+def _was_renamed(temp: _OpenTemp) -> bool:
+    """Whether ``os.replace`` consumed the model's temporary name: ``target`` is new."""
+    return temp.path is not None and not os.path.lexists(temp.path)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the folder's new entries durable (a folder cannot be opened on Windows)."""
+    if os.name != "posix":
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _temp_name(final_name: str) -> str:
+    # The name is cut so that the temporary's name stays under the 255-byte limit.
+    return f".{final_name[:_TEMP_NAME_CHARS]}.repvgg-onnx.{os.getpid()}.{secrets.token_hex(8)}.tmp"
+
+
+def _fresh_data_name(target: Path) -> str:
+    """A data file name for ``target`` that no file in its folder has."""
+    while True:
+        name = f"{target.name}.{os.getpid()}.{secrets.token_hex(4)}.data"
+        if not os.path.lexists(target.parent / name):
+            return name
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    """Remove the temporaries of our naming in ``folder`` whose writer (the pid in the name) is
+    no longer running: what a killed save left. Any other file is left alone."""
+    for entry in _folder_entries(folder):
+        match = _TEMP_PATTERN.fullmatch(entry.name)
+        if match and not _writer_alive(int(match[1])) and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+def _our_data_files(target: Path) -> dict[str, int]:
+    """Data files of our naming for ``target`` in its folder, each with its writer's pid."""
+    pattern = re.compile(re.escape(target.name) + r"\.([0-9]+)\.[0-9a-f]{8}\.data")
+    return {
+        entry.name: int(match[1])
+        for entry in _folder_entries(target.parent)
+        if (match := pattern.fullmatch(entry.name)) and entry.is_file(follow_symlinks=False)
+    }
+
+
+def _data_files_named_by(target: Path) -> set[str]:
+    """Our data files for ``target`` that the file now at ``target`` names: what a save of
+    ``target`` supersedes. Read before the save replaces it."""
+    ours = _our_data_files(target)
+    return _names_in_file(target, ours) if ours else set()
+
+
+def _remove_unused_data_files(target: Path, superseded: set[str]) -> None:
+    """After ``target`` was replaced: remove our data files for it that no model needs, i.e.
+    those the previous ``target`` named (``superseded``) and those a killed save left (their
+    writer is gone), except any that another ``.onnx`` file in the folder names (a renamed or
+    copied model). The data file just written is neither: it did not exist when
+    ``superseded`` was read, and its writer (we) runs. Failures are ignored: the model is
+    saved, and a file left now is removed by a later save."""
+    unused = {
+        name
+        for name, pid in _our_data_files(target).items()
+        if name in superseded or not _writer_alive(pid)
+    }
+    if unused:
+        unused -= _names_in_other_models(target, unused)
+    for name in unused:
+        with contextlib.suppress(OSError):
+            (target.parent / name).unlink()
+
+
+def _names_in_other_models(target: Path, names: set[str]) -> set[str]:
+    """Which of ``names`` occur in a ``.onnx`` file of ``target``'s folder other than it."""
+    found: set[str] = set()
+    for entry in _folder_entries(target.parent):
+        if entry.name != target.name and entry.name.lower().endswith(".onnx"):
+            with contextlib.suppress(OSError):
+                if entry.is_file():
+                    found |= _names_in_file(Path(entry.path), names - found)
+    return found
+
+
+def _names_in_file(path: Path, names: Collection[str]) -> set[str]:
+    """Which of ``names`` occur in the bytes of the file at ``path`` (an external data location
+    is stored verbatim in the model); read in chunks, so a large model costs no memory."""
+    wanted = {name: name.encode() for name in names}
+    found: set[str] = set()
+    overlap = max((len(encoded) for encoded in wanted.values()), default=1) - 1
+    tail = b""
+    with contextlib.suppress(OSError), path.open("rb") as file:
+        while wanted.keys() - found and (chunk := file.read(_SCAN_CHUNK_BYTES)):
+            window = tail + chunk
+            found |= {name for name, encoded in wanted.items() if encoded in window}
+            tail = window[-overlap:] if overlap else b""
+    return found
+
+
+def _folder_entries(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError:
+        return []
+
+
+def _writer_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still be writing; when we cannot tell, it may."""
+    if os.name != "posix" or pid <= 0:  # on Windows, os.kill(pid, 0) would end the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True
+    return True

@@ -16,19 +16,12 @@ import numpy as np
 import onnx
 
 from repvgg_onnx import io
-from repvgg_onnx.errors import UnsupportedModelError
+from repvgg_onnx.errors import ModelRunError
 from repvgg_onnx.inputs import first_line
+from repvgg_onnx.isolation import note
 
 if TYPE_CHECKING:  # onnxruntime is imported when a session is made: fuse --no-verify skips it
     import onnxruntime as ort
-
-
-class ModelRunError(UnsupportedModelError):
-    """onnxruntime cannot load or run one of the two models; ``role`` says which."""
-
-    def __init__(self, message: str, role: str, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.role = role
 
 
 def create_session(model: onnx.ModelProto, role: str) -> ort.InferenceSession:
@@ -38,9 +31,12 @@ def create_session(model: onnx.ModelProto, role: str) -> ort.InferenceSession:
     """
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(4)  # errors come back as exceptions, never as log lines
+    note(role)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4
+    options.enable_mem_pattern = False  # halves session creation on graphs of 10^4 nodes
     try:
         if not io.needs_external_data(model):
             return ort.InferenceSession(
@@ -67,6 +63,7 @@ def run_session(
     """Every output of ``session`` on ``feeds``. ``reference_ran``: the other model already
     ran on the same inputs, so a failure here is this model's, not the inputs'."""
     names = [output.name for output in session.get_outputs()]
+    note(role)
     try:
         values = session.run(names, dict(feeds))
     except Exception as error:  # onnxruntime raises several unrelated types

@@ -13,6 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from repvgg_onnx.errors import UnsupportedModelError
+from repvgg_onnx.gs_bridge import export_graph, import_graph
 from repvgg_onnx.passes.graph_utils import mark_overridable
 from repvgg_onnx.passes.result import FusedBlock
 from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass, PipelineResult, run_passes
@@ -30,11 +31,16 @@ def fuse_graph(
 ) -> tuple[onnx.ModelProto, PipelineResult]:
     """Run ``passes`` to a fixpoint on a copy of ``model``'s graph; no checks, no verification.
     ``progress`` hears each round."""
-    graph = _import_graph(model)
+    if not model.graph.output:
+        raise UnsupportedModelError(
+            "the model declares no graph outputs, so it computes nothing to keep or compare; "
+            "list its outputs in graph.output."
+        )
+    graph, empty_lists = import_graph(model)
     _mark_overridable_initializers(graph, model)
     _annotate_shapes(graph, model)
     outcome = run_passes(graph, passes, progress)
-    return export_like(graph, model, outcome.fused), outcome
+    return export_like(graph, model, outcome.fused, empty_lists), outcome
 
 
 #: From IR version 4 on, an initializer need not be a graph input; one that is listed anyway
@@ -64,17 +70,11 @@ def _annotate_shapes(graph: gs.Graph, model: onnx.ModelProto) -> None:
     annotate_shapes(graph, inferred_value_info(model))
 
 
-def _import_graph(model: onnx.ModelProto) -> gs.Graph:
-    try:
-        return gs.import_onnx(model)
-    except Exception as error:  # graphsurgeon raises assorted types on odd models
-        raise UnsupportedModelError(
-            f"onnx-graphsurgeon cannot read this model ({error}); please report it."
-        ) from error
-
-
 def export_like(
-    graph: gs.Graph, original: onnx.ModelProto, fused: Sequence[FusedBlock] = ()
+    graph: gs.Graph,
+    original: onnx.ModelProto,
+    fused: Sequence[FusedBlock] = (),
+    empty_lists: dict | None = None,
 ) -> onnx.ModelProto:
     """Export ``graph`` keeping ``original``'s model-level fields, and tag fused nodes. The
     graph's large weights move into the model (the graph is spent afterwards).
@@ -84,7 +84,7 @@ def export_like(
     (when the IR version has them), so ``diff`` and debugging can tell what it came from.
     """
     weights = detach_weights(graph)
-    model = gs.export_onnx(graph, do_type_check=False)
+    model = export_graph(graph, empty_lists or {})
     model.ir_version = original.ir_version
     for name in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(model, name, getattr(original, name))

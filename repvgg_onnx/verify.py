@@ -94,11 +94,19 @@ def compare_output(
 
 
 def _cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.nan_to_num(a.reshape(-1)), np.nan_to_num(b.reshape(-1))
+    """Cosine of the two outputs as vectors (NaN read as 0, ±inf as the largest float).
+    Each is divided by its largest magnitude first, which leaves the cosine unchanged and keeps
+    the sums of squares from overflowing."""
+    a, b = (_unit_peak(np.nan_to_num(x.reshape(-1))) for x in (a, b))
     norms = float(np.linalg.norm(a) * np.linalg.norm(b))
     if norms == 0:
         return 1.0 if np.array_equal(a, b) else 0.0
     return float(np.dot(a, b) / norms)
+
+
+def _unit_peak(x: np.ndarray) -> np.ndarray:
+    peak = np.max(np.abs(x), initial=0.0)
+    return x / peak if peak > 0 else x
 
 
 def _top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float | None:

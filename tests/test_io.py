@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,19 @@ def load_error(path: Path) -> str:
     with pytest.raises(ModelLoadError) as err:
         io.load_model(path)
     return assert_user_message(err, path)
+
+
+def data_file_of(path: Path) -> str:
+    """The one data file next to ``path``, named ``<path name>.<our pid>.<8 hex>.data``."""
+    names = [p.name for p in path.parent.iterdir() if p.name.startswith(path.name + ".")]
+    assert len(names) == 1, names
+    assert re.fullmatch(rf"{re.escape(path.name)}\.{os.getpid()}\.[0-9a-f]{{8}}\.data", names[0])
+    return names[0]
+
+
+def use_named_temporaries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback of systems without O_TMPFILE."""
+    monkeypatch.delattr(os, "O_TMPFILE", raising=False)
 
 
 # --- load_model: files that are not models -------------------------------------------------
@@ -276,13 +291,173 @@ def test_save_inline_round_trip_without_data_file(tmp_path: Path) -> None:
     assert io.load_model(path) == two_conv_model()
 
 
-def test_saved_file_mode_follows_the_umask(tmp_path: Path) -> None:
-    umask = os.umask(0o022)
+@pytest.mark.parametrize("unnamed", [True, False], ids=["tmpfile", "named"])
+def test_saved_file_mode_follows_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool
+) -> None:
+    if not unnamed:
+        use_named_temporaries(monkeypatch)
+    path = tmp_path / "out.onnx"
+    umask = os.umask(0o027)
     try:
-        io.save_model(two_conv_model(), tmp_path / "out.onnx")
+        io.save_model(two_conv_model(), path, external_data=True)
     finally:
         os.umask(umask)
-    assert stat.S_IMODE((tmp_path / "out.onnx").stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / data_file_of(path)).stat().st_mode) == 0o640
+
+
+# --- save_model: temporaries that a killed process cannot leave behind -------------------------
+
+TEMP_NAME = rf"\.out\.onnx\.repvgg-onnx\.{os.getpid()}\.[0-9a-f]{{16}}\.tmp"
+
+
+def spy(monkeypatch: pytest.MonkeyPatch, function: str) -> list[tuple]:
+    """Record the arguments of every call of ``os.<function>``."""
+    calls: list[tuple] = []
+    real = getattr(os, function)
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, function, recording)
+    return calls
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended and been reaped."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="O_TMPFILE is Linux's")
+def test_files_are_written_unnamed_then_linked_where_o_tmpfile_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened, linked, replaced = (spy(monkeypatch, f) for f in ("open", "link", "replace"))
+    path = tmp_path / "out.onnx"
+    io.save_model(two_conv_model(), path, external_data=True)
+    monkeypatch.undo()
+
+    unnamed = [args for args in opened if args[1] & os.O_TMPFILE == os.O_TMPFILE]
+    assert [Path(args[0]) for args in unnamed] == [tmp_path, tmp_path]
+    assert not [args for args in opened if args[1] & os.O_CREAT], "no named temporary"
+    assert [args[0].rsplit("/", 1)[0] for args in linked] == ["/proc/self/fd"] * 2
+    data = data_file_of(path)
+    assert linked[0][1] == data, "the data file is linked under its final name"
+    assert re.fullmatch(TEMP_NAME, linked[1][1]), "the model under a temporary name"
+    assert [(Path(a).name, Path(b)) for a, b in replaced] == [(linked[1][1], path)]
+    assert sorted(os.listdir(tmp_path)) == ["out.onnx", data]
+    assert io.load_model(path) == two_conv_model()
+
+
+def test_without_o_tmpfile_the_temporary_is_named_after_our_pid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_named_temporaries(monkeypatch)
+    opened = spy(monkeypatch, "open")
+    path = tmp_path / "out.onnx"
+    io.save_model(two_conv_model(), path)
+    monkeypatch.undo()
+
+    created = [args for args in opened if args[1] & os.O_CREAT]
+    assert len(created) == 1
+    assert re.fullmatch(TEMP_NAME, Path(created[0][0]).name)
+    assert created[0][1] & os.O_EXCL, "never another file"
+    assert sorted(os.listdir(tmp_path)) == ["out.onnx"]
+    assert io.load_model(path) == two_conv_model()
+
+
+def refusing_o_tmpfile(code: int) -> Callable[..., int]:
+    real = os.open
+
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(code, os.strerror(code))
+        return real(path, flags, *args, **kwargs)
+
+    return open_
+
+
+@pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="O_TMPFILE is Linux's")
+@pytest.mark.parametrize("code", [errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL])
+def test_a_filesystem_without_o_tmpfile_gets_named_temporaries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    monkeypatch.setattr(os, "open", refusing_o_tmpfile(code))
+    opened = spy(monkeypatch, "open")
+    path = tmp_path / "out.onnx"
+    io.save_model(two_conv_model(), path, external_data=True)
+    monkeypatch.undo()
+    assert sum(1 for args in opened if args[1] & os.O_CREAT) == 2
+    assert sorted(os.listdir(tmp_path)) == ["out.onnx", data_file_of(path)]
+    assert io.load_model(path) == two_conv_model()
+
+
+@pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="O_TMPFILE is Linux's")
+def test_other_o_tmpfile_errors_are_reported_not_worked_around(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "out.onnx"
+    path.write_bytes(b"previous content")
+    monkeypatch.setattr(os, "open", refusing_o_tmpfile(errno.EACCES))
+    with pytest.raises(ModelSaveError) as err:
+        io.save_model(two_conv_model(), path)
+    monkeypatch.undo()
+    assert "Permission denied" in assert_user_message(err, path)
+    assert path.read_bytes() == b"previous content"
+    assert sorted(os.listdir(tmp_path)) == ["out.onnx"]
+
+
+def test_a_named_temporary_never_replaces_an_existing_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_named_temporaries(monkeypatch)
+    monkeypatch.setattr(io.secrets, "token_hex", lambda n: "ab" * n)
+    squatter = tmp_path / f".out.onnx.repvgg-onnx.{os.getpid()}.{'ab' * 8}.tmp"
+    squatter.write_bytes(b"not ours")
+    with pytest.raises(ModelSaveError) as err:
+        io.save_model(two_conv_model(), tmp_path / "out.onnx")
+    assert "File exists" in assert_user_message(err, tmp_path / "out.onnx")
+    assert squatter.read_bytes() == b"not ours"
+    assert sorted(os.listdir(tmp_path)) == [squatter.name]
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["tmpfile", "named"])
+def test_a_save_removes_only_the_stale_temporaries_of_our_naming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool
+) -> None:
+    """What a killed save left (our pattern, a dead pid) goes; everything else stays."""
+    if not unnamed:
+        use_named_temporaries(monkeypatch)
+    dead, hex16 = dead_pid(), "0123456789abcdef"
+    stale = [
+        f".out.onnx.repvgg-onnx.{dead}.{hex16}.tmp",
+        f".other.onnx.repvgg-onnx.{dead}.{hex16}.tmp",  # any output's, in this folder
+        f".out.onnx.{dead}.0123abcd.data.repvgg-onnx.{dead}.{hex16}.tmp",
+    ]
+    kept = [
+        f".out.onnx.repvgg-onnx.{os.getpid()}.{hex16}.tmp",  # a running writer's
+        ".out.onnx.repvgg-onnx.1.0123456789abcdef.tmp",  # pid 1 runs
+        f".out.onnx.repvgg-onnx.{dead}.0123.tmp",  # not our pattern
+        f".out.onnx.repvgg-onnx.{dead}.{hex16}.tmp.bak",
+        f"out.onnx.repvgg-onnx.{dead}.{hex16}.tmp",
+        f".out.onnx.{hex16}.tmp",  # an older version's, without a pid
+        "notes.tmp",
+    ]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"x")
+    folder = tmp_path / f".dir.repvgg-onnx.{dead}.{hex16}.tmp"
+    folder.mkdir()
+    link = tmp_path / f".link.repvgg-onnx.{dead}.{hex16}.tmp"
+    link.symlink_to("notes.tmp")
+    io.save_model(two_conv_model(), tmp_path / "out.onnx")
+    expected = sorted(["out.onnx", *kept, folder.name, link.name])
+    assert sorted(os.listdir(tmp_path)) == expected
+    assert (tmp_path / "notes.tmp").read_bytes() == b"x"
+    assert io.load_model(tmp_path / "out.onnx") == two_conv_model()
 
 
 def test_save_external_round_trip(tmp_path: Path) -> None:
@@ -290,8 +465,9 @@ def test_save_external_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "out.onnx"
     io.save_model(model, path, external_data=True)
     assert model == two_conv_model(), "the caller's model must not change"
-    assert sorted(os.listdir(tmp_path)) == ["out.onnx", "out.onnx.data"]
-    assert (tmp_path / "out.onnx.data").stat().st_size == 2 * WEIGHT_BYTES
+    data = data_file_of(path)
+    assert sorted(os.listdir(tmp_path)) == ["out.onnx", data]
+    assert (tmp_path / data).stat().st_size == 2 * WEIGHT_BYTES
     assert path.stat().st_size < WEIGHT_BYTES, "external weights must not stay inline too"
 
     on_disk = onnx.load_model(path, load_external_data=False)
@@ -365,12 +541,8 @@ def test_save_uses_external_data_only_above_the_limit(
     monkeypatch.setattr(io, "_INLINE_LIMIT_BYTES", tensor_bytes - 1)
     io.save_model(two_conv_model(), tmp_path / "above.onnx")
     io.save_model(two_conv_model(), tmp_path / "forced-inline.onnx", external_data=False)
-    assert sorted(os.listdir(tmp_path)) == [
-        "above.onnx",
-        "above.onnx.data",
-        "at.onnx",
-        "forced-inline.onnx",
-    ]
+    data = data_file_of(tmp_path / "above.onnx")
+    assert sorted(os.listdir(tmp_path)) == ["above.onnx", data, "at.onnx", "forced-inline.onnx"]
 
 
 def test_size_estimate_counts_typed_data_fields(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -383,13 +555,17 @@ def test_size_estimate_counts_typed_data_fields(monkeypatch: pytest.MonkeyPatch)
 def test_save_over_the_loaded_input(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
     io.save_model(two_conv_model(), path, external_data=True)
+    first = data_file_of(path)
     model = io.load_model(path)
     model.graph.initializer[0].raw_data = bytes(WEIGHT_BYTES)
     io.save_model(model, path, external_data=True)
-    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.onnx.data"]
+    second = data_file_of(path)
+    assert second != first, "a data file is never rewritten in place"
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", second]
     assert io.load_model(path) == model
 
     io.save_model(model, path)
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
     assert io.load_model(path) == model
 
 
@@ -447,49 +623,106 @@ EIO = OSError(errno.EIO, "Input/output error")
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
 
 
-@pytest.mark.parametrize(
-    ("external_data", "target", "number", "error", "left"),
-    [
-        (False, "replace", 1, EIO, ["out.onnx"]),
-        (False, "replace", 1, KeyboardInterrupt(), ["out.onnx"]),
-        (False, "fsync", 1, ENOSPC, ["out.onnx"]),
-        (True, "fsync", 1, ENOSPC, ["out.onnx"]),
-        (True, "fsync", 2, ENOSPC, ["out.onnx"]),
-        (True, "replace", 1, KeyboardInterrupt(), ["out.onnx"]),
-        # The data file is replaced first, so it is the one file that may already be new.
-        (True, "replace", 2, EIO, ["out.onnx", "out.onnx.data"]),
-    ],
-    ids=[
-        "inline-replace-error",
-        "inline-replace-interrupt",
-        "inline-fsync-error",
-        "data-fsync-error",
-        "model-fsync-error",
-        "data-replace-interrupt",
-        "model-replace-error",
-    ],
-)
+INTERRUPT = KeyboardInterrupt()
+#: Every system call of a save that can fail before the output is replaced, by the call's
+#: number: (O_TMPFILE used, external data, function of os, call number, error).
+FAILURES_BEFORE_REPLACE = [
+    (True, False, "open", 1, ENOSPC),  # the unnamed model file
+    (True, False, "fsync", 1, ENOSPC),  # its content
+    (True, False, "link", 1, EIO),  # its temporary name
+    (True, False, "replace", 1, EIO),
+    (True, False, "replace", 1, INTERRUPT),
+    (True, True, "open", 2, ENOSPC),  # the unnamed model file, after the data file's
+    (True, True, "fsync", 1, ENOSPC),  # the data
+    (True, True, "fsync", 2, INTERRUPT),  # the model
+    (True, True, "link", 1, EIO),  # the data file's name
+    (True, True, "fsync", 3, EIO),  # the folder, with the data file's name
+    (True, True, "open", 5, EIO),  # the folder, to name the model file
+    (True, True, "link", 2, INTERRUPT),  # the model's temporary name
+    (True, True, "replace", 1, EIO),
+    (False, False, "open", 1, ENOSPC),
+    (False, False, "fsync", 1, ENOSPC),
+    (False, False, "replace", 1, INTERRUPT),
+    (False, True, "fsync", 1, ENOSPC),
+    (False, True, "fsync", 2, ENOSPC),
+    (False, True, "rename", 1, EIO),  # the data file's name
+    (False, True, "fsync", 3, INTERRUPT),
+    (False, True, "replace", 1, EIO),
+]
+
+
+def failure_id(case: tuple) -> str:
+    unnamed, external_data, function, number, error = case
+    return (
+        f"{'tmpfile' if unnamed else 'named'}-{'data' if external_data else 'inline'}-"
+        f"{function}{number}-{type(error).__name__}"
+    )
+
+
+@pytest.mark.parametrize("case", FAILURES_BEFORE_REPLACE, ids=failure_id)
 def test_failed_save_leaves_the_old_output_and_no_temp_file(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    external_data: bool,
-    target: str,
-    number: int,
-    error: BaseException,
-    left: list[str],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: tuple
 ) -> None:
+    unnamed, external_data, function, number, error = case
     path = tmp_path / "out.onnx"
     path.write_bytes(b"previous content")
-    monkeypatch.setattr(os, target, failing_on_call(number, error, getattr(os, target)))
+    if not unnamed:
+        use_named_temporaries(monkeypatch)
+    monkeypatch.setattr(os, function, failing_on_call(number, error, getattr(os, function)))
     expected = ModelSaveError if isinstance(error, OSError) else KeyboardInterrupt
     with pytest.raises(expected) as err:
         io.save_model(two_conv_model(), path, external_data=external_data)
     monkeypatch.undo()
 
     assert path.read_bytes() == b"previous content"
-    assert sorted(os.listdir(tmp_path)) == left
+    assert sorted(os.listdir(tmp_path)) == ["out.onnx"]
     if isinstance(error, OSError):
         assert error.strerror in assert_user_message(err, path)
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["tmpfile", "named"])
+def test_a_failed_folder_fsync_after_the_replace_is_reported_and_keeps_the_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool
+) -> None:
+    """The new model is in place but may not be durable: the error says so, and its data file
+    stays (as does the one the previous model names, for a power cut to find)."""
+    path = tmp_path / "out.onnx"
+    io.save_model(two_conv_model(), path, external_data=True)
+    previous = data_file_of(path)
+    if not unnamed:
+        use_named_temporaries(monkeypatch)
+    monkeypatch.setattr(os, "fsync", failing_on_call(4, EIO, os.fsync))
+    changed = two_conv_model()
+    changed.graph.initializer[0].raw_data = bytes(WEIGHT_BYTES)
+    with pytest.raises(ModelSaveError) as err:
+        io.save_model(changed, path, external_data=True)
+    monkeypatch.undo()
+    assert "Input/output error" in assert_user_message(err, path)
+    assert io.load_model(path) == changed
+    assert len(os.listdir(tmp_path)) == 3
+    assert (tmp_path / previous).exists()
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["tmpfile", "named"])
+def test_an_interrupt_right_after_the_replace_keeps_the_new_data_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool
+) -> None:
+    path = tmp_path / "out.onnx"
+    path.write_bytes(b"previous content")
+    if not unnamed:
+        use_named_temporaries(monkeypatch)
+    real_replace = os.replace
+
+    def replace_then_interrupt(*args: Any, **kwargs: Any) -> None:
+        real_replace(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_model(two_conv_model(), path, external_data=True)
+    monkeypatch.undo()
+    assert io.load_model(path) == two_conv_model()
+    assert sorted(os.listdir(tmp_path)) == ["out.onnx", data_file_of(path)]
 
 
 # --- model_file_size ---------------------------------------------------------------------------

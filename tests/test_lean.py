@@ -54,8 +54,7 @@ def test_a_raw_weight_of_the_wrong_length_is_not_viewed():
     proto = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
     proto.raw_data = proto.raw_data[:-4]
     constant = _constant(proto)
-    with pytest.raises(Exception):  # noqa: B017 onnx's own error, not a silent wrong view
-        constant_values(constant)
+    assert constant_values(constant) is None  # unreadable, so no pass rewrites it
 
 
 def test_untouched_weights_are_written_back_byte_for_byte():

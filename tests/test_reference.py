@@ -20,9 +20,7 @@ def _scatter_model(shape, depth, count, reduction):
         [
             helper.make_tensor_value_info("data", TensorProto.DOUBLE, shape),
             helper.make_tensor_value_info("indices", TensorProto.INT64, [count, depth]),
-            helper.make_tensor_value_info(
-                "updates", TensorProto.DOUBLE, [count, *shape[depth:]]
-            ),
+            helper.make_tensor_value_info("updates", TensorProto.DOUBLE, [count, *shape[depth:]]),
         ],
         [helper.make_tensor_value_info("out", TensorProto.DOUBLE, None)],
     )

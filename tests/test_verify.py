@@ -48,6 +48,17 @@ def test_nan_or_shape_mismatch_fails():
     )
 
 
+def test_cosine_of_huge_or_infinite_outputs_is_exact_and_silent():
+    huge = np.array([3e38, -3e38, 1.0], np.float32)
+    with np.errstate(over="raise"):  # an overflow in the sums of squares would raise here
+        same = compare_output("y", huge, huge.copy(), atol=None, rtol=None)
+        opposite = compare_output("y", huge, -huge, atol=None, rtol=None)
+        infinite = compare_output("y", np.array([np.inf, 1.0]), np.array([np.inf, 1.0]), None, None)
+    assert same.cosine_similarity == pytest.approx(1.0)
+    assert opposite.cosine_similarity == pytest.approx(-1.0)
+    assert infinite.cosine_similarity == pytest.approx(1.0)
+
+
 def test_input_shapes():
     model = block_model(REPVGG_BRANCHES, batch="N")
     assert resolve_input_shapes(model) == {"x": [1, 4, 8, 8]}

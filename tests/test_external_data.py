@@ -1,0 +1,450 @@
+"""External data: a model and its data file are written as a consistent pair, at every moment.
+
+Each save writes a data file of a fresh name (``<model name>.<pid>.<random>.data``), replaces
+the model at once, then removes the data file the previous model named. These tests look at
+the folder after (and during) each save, and compare models in onnxruntime themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from repvgg_onnx import api, io
+from repvgg_onnx.cli import main
+from repvgg_onnx.errors import ModelSaveError
+
+#: A store turns an array into an initializer named ``name``: in memory, or in a data file.
+Store = Callable[[np.ndarray, str], TensorProto]
+
+
+def in_memory(array: np.ndarray, name: str) -> TensorProto:
+    return numpy_helper.from_array(array, name)
+
+
+class DataFileStore:
+    """Appends each array to one data file and returns an initializer pointing at it, so a
+    model larger than memory can be built one tensor at a time."""
+
+    def __init__(self, file: BinaryIO, location: str) -> None:
+        self.file = file
+        self.location = location
+
+    def __call__(self, array: np.ndarray, name: str) -> TensorProto:
+        tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=array.shape)
+        offset = self.file.tell()
+        self.file.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (
+            ("location", self.location),
+            ("offset", offset),
+            ("length", array.nbytes),
+        ):
+            tensor.external_data.add(key=key, value=str(value))
+        return tensor
+
+
+def repvgg_model(
+    channels: int, blocks: int, seed: int = 0, store: Store = in_memory
+) -> onnx.ModelProto:
+    """``blocks`` RepVGG training blocks of ``channels`` channels on a ``1xCx4x4`` input:
+    ``Relu(BN(Conv3x3(x)) + BN(Conv1x1(x)) + BN(x))``, random weights and statistics."""
+    rng = np.random.default_rng(seed)
+    nodes: list[onnx.NodeProto] = []
+    initializers: list[TensorProto] = []
+
+    def param(name: str, array: np.ndarray) -> str:
+        initializers.append(store(array.astype(np.float32, copy=False), name))
+        return name
+
+    def batchnorm(x: str, name: str) -> str:
+        statistics = [
+            param(f"{name}.gamma", rng.uniform(0.2, 0.4, channels)),
+            param(f"{name}.beta", rng.normal(0, 0.1, channels)),
+            param(f"{name}.mean", rng.normal(0, 0.1, channels)),
+            param(f"{name}.var", rng.uniform(0.5, 2.0, channels)),
+        ]
+        nodes.append(helper.make_node("BatchNormalization", [x, *statistics], [name], epsilon=1e-3))
+        return name
+
+    def conv(x: str, name: str, size: int) -> str:
+        weight = rng.standard_normal((channels, channels, size, size), dtype=np.float32)
+        weight *= np.float32(1 / np.sqrt(channels * size * size))
+        pads = [size // 2] * 4
+        nodes.append(helper.make_node("Conv", [x, param(f"{name}.w", weight)], [name], pads=pads))
+        return name
+
+    x = "x"
+    for block in range(blocks):
+        b = f"block{block}"
+        dense = batchnorm(conv(x, f"{b}.conv3", 3), f"{b}.bn3")
+        pointwise = batchnorm(conv(x, f"{b}.conv1", 1), f"{b}.bn1")
+        identity = batchnorm(x, f"{b}.bn_id")
+        nodes.append(helper.make_node("Add", [dense, pointwise], [f"{b}.sum"]))
+        nodes.append(helper.make_node("Add", [f"{b}.sum", identity], [f"{b}.sum2"]))
+        nodes.append(helper.make_node("Relu", [f"{b}.sum2"], [f"{b}.out"]))
+        x = f"{b}.out"
+    nodes.append(helper.make_node("Identity", [x], ["y"]))
+    shape = [1, channels, 4, 4]
+    graph = helper.make_graph(
+        nodes,
+        "repvgg",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def run(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
+    """The model's output in onnxruntime (graph optimizations off), from memory or a path."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def random_input(channels: int) -> np.ndarray:
+    return np.random.default_rng(7).standard_normal((1, channels, 4, 4)).astype(np.float32)
+
+
+def assert_same_outputs(expected: np.ndarray, actual: np.ndarray) -> None:
+    scale = float(np.abs(expected).max())
+    assert scale > 0
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5 * scale)
+
+
+def ours(path: Path) -> list[str]:
+    """Our data files for ``path`` in its folder: ``<name>.<pid>.<8 hex>.data``."""
+    pattern = re.compile(rf"{re.escape(path.name)}\.[0-9]+\.[0-9a-f]{{8}}\.data")
+    return sorted(p.name for p in path.parent.iterdir() if pattern.fullmatch(p.name))
+
+
+def locations(path: Path) -> set[str]:
+    """The data files the model at ``path`` names, read by onnx itself."""
+    model = onnx.load(str(path), load_external_data=False)
+    return {
+        entry.value
+        for tensor in model.graph.initializer
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended and been reaped."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def weights(model: onnx.ModelProto) -> dict[str, bytes]:
+    """Each initializer's values (whether it was stored inline or in a data file)."""
+    return {t.name: numpy_helper.to_array(t).tobytes() for t in model.graph.initializer}
+
+
+def changed(model: onnx.ModelProto, value: float) -> onnx.ModelProto:
+    """A copy of ``model`` whose first weight is filled with ``value``."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    weight = next(t for t in copy.graph.initializer if len(t.dims) == 4)
+    array = np.full(tuple(weight.dims), value, np.float32)
+    weight.CopyFrom(numpy_helper.from_array(array, weight.name))
+    return copy
+
+
+def export_with_data_file(model: onnx.ModelProto, path: Path, location: str) -> None:
+    """Save as an exporter does, with onnx's own external data (which changes the model it
+    is given, so it gets a copy)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    onnx.save_model(copy, str(path), save_as_external_data=True, location=location)
+
+
+SMALL = repvgg_model(channels=16, blocks=2)
+
+
+# --- the pair is consistent at every moment ----------------------------------------------------
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["tmpfile", "named"])
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [(True, True), (True, False), (False, True)],
+    ids=["data-to-data", "data-to-inline", "inline-to-data"],
+)
+def test_every_change_to_the_folder_leaves_a_consistent_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool, before: bool, after: bool
+) -> None:
+    """After every link, rename, replace and unlink of a save, the model on disk loads with
+    its data and is either the previous model or the new one."""
+    path = tmp_path / "out.onnx"
+    old, new = changed(SMALL, 1.0), changed(SMALL, 2.0)
+    names = {"old": weights(old), "new": weights(new)}
+    io.save_model(old, path, external_data=before)
+    if not unnamed:
+        monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    seen: list[str] = []
+
+    def checking(function: str) -> Callable[..., Any]:
+        real = getattr(os, function)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = real(*args, **kwargs)
+            loaded = onnx.load(str(path))
+            onnx.checker.check_model(loaded)
+            which = [name for name, values in names.items() if weights(loaded) == values]
+            seen.append(f"{function}:{which[0] if which else '?'}")
+            return result
+
+        return call
+
+    for function in ("link", "rename", "replace", "unlink"):
+        monkeypatch.setattr(os, function, checking(function))
+    io.save_model(new, path, external_data=after)
+    monkeypatch.undo()
+
+    assert "replace:new" in seen and all(not s.endswith("?") for s in seen), seen
+    assert seen.index("replace:new") == len(seen) - (1 if before else 0) - 1, seen
+    assert io.load_model(path) == new
+    assert ours(path) == sorted(locations(path))
+
+
+def test_a_data_file_is_never_rewritten_and_the_superseded_one_goes(tmp_path: Path) -> None:
+    path = tmp_path / "out.onnx"
+    names = []
+    for value in (1.0, 2.0, 3.0):
+        io.save_model(changed(SMALL, value), path, external_data=True)
+        names.extend(ours(path))
+        assert len(ours(path)) == 1
+        assert sorted(os.listdir(tmp_path)) == ["out.onnx", *ours(path)]
+        assert locations(path) == set(ours(path))
+        assert io.load_model(path) == changed(SMALL, value)
+    assert len(set(names)) == 3, "each save writes a data file of a new name"
+
+    io.save_model(SMALL, path, external_data=False)
+    assert sorted(os.listdir(tmp_path)) == ["out.onnx"]
+
+
+def test_a_failed_save_keeps_the_previous_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "out.onnx"
+    io.save_model(changed(SMALL, 1.0), path, external_data=True)
+    before = sorted(os.listdir(tmp_path))
+    fsyncs = 0
+    real = os.fsync
+
+    def fail_on_the_model(descriptor: int) -> None:
+        nonlocal fsyncs
+        fsyncs += 1
+        if fsyncs == 2:
+            raise OSError(28, "No space left on device")
+        real(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fail_on_the_model)
+    with pytest.raises(ModelSaveError):
+        io.save_model(changed(SMALL, 2.0), path, external_data=True)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == before
+    assert io.load_model(path) == changed(SMALL, 1.0)
+
+
+# --- saving in place ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("external_data", [True, False], ids=["data", "inline"])
+def test_in_place_over_an_exporters_data_file_leaves_that_file_alone(
+    tmp_path: Path, external_data: bool
+) -> None:
+    """``model.onnx.data`` is not a name we write: it may be a user's export; never removed."""
+    path = tmp_path / "model.onnx"
+    export_with_data_file(SMALL, path, "model.onnx.data")
+    data = tmp_path / "model.onnx.data"
+    content, mtime = data.read_bytes(), data.stat().st_mtime_ns
+
+    model = io.load_model(path)
+    io.save_model(changed(model, 5.0), path, external_data=external_data)
+    assert data.read_bytes() == content and data.stat().st_mtime_ns == mtime
+    assert io.load_model(path) == changed(SMALL, 5.0)
+    expected = ["model.onnx", "model.onnx.data", *ours(path)]
+    assert sorted(os.listdir(tmp_path)) == sorted(expected)
+    assert len(ours(path)) == (1 if external_data else 0)
+
+
+def test_in_place_over_our_own_output_replaces_its_data_file(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    io.save_model(SMALL, path, external_data=True)
+    first = ours(path)
+    io.save_model(changed(io.load_model(path), 3.0), path, external_data=True)
+    assert ours(path) != first and len(ours(path)) == 1
+    assert sorted(os.listdir(tmp_path)) == ["model.onnx", *ours(path)]
+    assert io.load_model(path) == changed(SMALL, 3.0)
+
+
+# --- what is removed, and what never is --------------------------------------------------------
+
+
+def test_a_data_file_another_model_names_is_kept(tmp_path: Path) -> None:
+    """A copy or a renamed model in the folder still names the data file: it must stay."""
+    path = tmp_path / "out.onnx"
+    io.save_model(changed(SMALL, 1.0), path, external_data=True)
+    shutil.copy(path, tmp_path / "copy.onnx")
+    io.save_model(changed(SMALL, 2.0), path, external_data=True)
+    path.rename(tmp_path / "renamed.onnx")
+    io.save_model(changed(SMALL, 3.0), path, external_data=True)
+    io.save_model(changed(SMALL, 4.0), path, external_data=True)
+
+    assert io.load_model(tmp_path / "copy.onnx") == changed(SMALL, 1.0)
+    assert io.load_model(tmp_path / "renamed.onnx") == changed(SMALL, 2.0)
+    assert io.load_model(path) == changed(SMALL, 4.0)
+    assert len(ours(path)) == 3, "the third save's data file went"
+
+
+def test_orphans_of_dead_writers_go_and_nothing_else(tmp_path: Path) -> None:
+    """Our data files for this output that no model names and whose writer is gone go; a
+    running writer's, other outputs', other names' and non-files stay."""
+    dead = dead_pid()
+    orphan = tmp_path / f"out.onnx.{dead}.0123abcd.data"
+    kept = [
+        "out.onnx.1.0123abcd.data",  # pid 1 runs: perhaps a save in progress
+        f"out.onnx.{os.getpid()}.0123abcd.data",
+        "out.onnx.data",
+        f"out.onnx.{dead}.data",
+        f"out.onnx.{dead}.0123abcd.data.bak",
+        f"out.onnx.{dead}.0123ABCD.data",
+        f"other.onnx.{dead}.0123abcd.data",
+        f"xout.onnx.{dead}.0123abcd.data",
+    ]
+    for name in [orphan.name, *kept]:
+        (tmp_path / name).write_bytes(b"weights")
+    (tmp_path / f"out.onnx.{dead}.aaaabbbb.data").symlink_to("out.onnx.data")
+    (tmp_path / f"out.onnx.{dead}.ccccdddd.data").mkdir()
+    kept += [f"out.onnx.{dead}.aaaabbbb.data", f"out.onnx.{dead}.ccccdddd.data"]
+
+    io.save_model(SMALL, tmp_path / "out.onnx", external_data=True)
+    new = sorted(locations(tmp_path / "out.onnx"))
+    assert sorted(os.listdir(tmp_path)) == sorted(["out.onnx", *new, *kept])
+    assert all((tmp_path / name).read_bytes() == b"weights" for name in kept[:-2])
+
+
+def test_over_a_file_that_is_not_a_model_only_dead_writers_files_go(tmp_path: Path) -> None:
+    path = tmp_path / "out.onnx"
+    path.write_bytes(b"not a model")
+    running = tmp_path / f"out.onnx.{os.getpid()}.0123abcd.data"
+    (tmp_path / f"out.onnx.{dead_pid()}.0123abcd.data").write_bytes(b"weights")
+    running.write_bytes(b"weights")
+    io.save_model(SMALL, path)
+    assert sorted(os.listdir(tmp_path)) == ["out.onnx", running.name]
+
+
+# --- the API and the CLI -----------------------------------------------------------------------
+
+
+def test_fuse_result_save_writes_external_data_when_asked(tmp_path: Path) -> None:
+    result = api.fuse(SMALL)
+    path = tmp_path / "deploy.onnx"
+    result.save(path, external_data=True)
+    assert len(ours(path)) == 1 and locations(path) == set(ours(path))
+    x = random_input(16)
+    assert_same_outputs(run(SMALL, x), run(path, x))
+    result.save(path)
+    assert sorted(os.listdir(tmp_path)) == ["deploy.onnx"], "under 2 GB: inline by default"
+    assert_same_outputs(run(SMALL, x), run(onnx.load(str(path)), x))
+
+
+@pytest.mark.parametrize("flag", [True, False], ids=["external-data", "default"])
+def test_cli_external_data_option(tmp_path: Path, flag: bool) -> None:
+    source = tmp_path / "in.onnx"
+    onnx.save(SMALL, str(source))
+    out = tmp_path / "out.onnx"
+    args = ["fuse", str(source), str(out), *(["--external-data"] if flag else [])]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert len(ours(out)) == (1 if flag else 0)
+    fused = onnx.load(str(out))
+    assert [n.op_type for n in fused.graph.node].count("Add") == 0
+    x = random_input(16)
+    assert_same_outputs(run(SMALL, x), run(fused, x))
+
+
+def test_cli_fuse_in_place_with_external_data(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    export_with_data_file(SMALL, path, "model.onnx.data")
+    for _ in range(2):
+        result = CliRunner().invoke(main, ["fuse", str(path), str(path), "--external-data"])
+        assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(tmp_path)) == sorted(["model.onnx", "model.onnx.data", *ours(path)])
+    assert len(ours(path)) == 1
+    x = random_input(16)
+    assert_same_outputs(run(SMALL, x), run(onnx.load(str(path)), x))
+
+
+# --- over 2 GB ---------------------------------------------------------------------------------
+
+BIG_CHANNELS = 2048
+#: 15 blocks of 2048 channels: 2.52 GB of weights in, 2.26 GB out: each more than the 2 GiB
+#: one protobuf can hold.
+BIG_BLOCKS = 15
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("RUN_SLOW") != "1", reason="over 2 GB of weights; set RUN_SLOW=1 to run"
+)
+def test_fuse_a_model_over_2_gb_with_external_data(tmp_path: Path) -> None:
+    source = tmp_path / "big.onnx"
+    with (tmp_path / "big.onnx.data").open("wb") as data:
+        model = repvgg_model(BIG_CHANNELS, BIG_BLOCKS, store=DataFileStore(data, "big.onnx.data"))
+    source.write_bytes(model.SerializeToString())
+    del model
+    assert (tmp_path / "big.onnx.data").stat().st_size > 2**31
+
+    out = tmp_path / "deploy.onnx"
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "repvgg_onnx", "fuse", str(source), str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    print(f"fuse of {BIG_BLOCKS}x{BIG_CHANNELS}: {time.perf_counter() - start:.1f} s")
+    assert done.returncode == 0, done.stderr
+
+    data_files = ours(out)
+    assert len(data_files) == 1 and locations(out) == set(data_files)
+    assert (tmp_path / data_files[0]).stat().st_size > 2**31
+    fused = onnx.load(str(out))
+    assert [n.op_type for n in fused.graph.node].count("Conv") == BIG_BLOCKS
+    assert sum(len(t.raw_data) for t in fused.graph.initializer) > 2**31
+    del fused
+    onnx.checker.check_model(str(out))
+
+    x = random_input(BIG_CHANNELS)
+    expected = run(source, x)
+    assert_same_outputs(expected, run(out, x))
+
+
+def test_a_name_split_across_read_chunks_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(io, "_SCAN_CHUNK_BYTES", 5)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"\x12\x1bout.onnx.12.0123abcd.data\x00out.onnx.34.0123abcd.data")
+    names = {f"out.onnx.{pid}.0123abcd.data" for pid in (12, 34, 56)}
+    assert io._names_in_file(path, names) == names - {"out.onnx.56.0123abcd.data"}

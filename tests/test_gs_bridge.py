@@ -1,0 +1,106 @@
+"""gs_bridge.py: every valid model crosses into onnx-graphsurgeon and back computing the same."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from helpers import OPSET, REPVGG_BRANCHES, block_model, random_feeds, run
+from repvgg_onnx.errors import UnsupportedModelError
+from repvgg_onnx.gs_bridge import dense_tensor, export_graph, import_graph
+from repvgg_onnx.transform import fuse_graph
+
+DENSE = np.array([[0.0, 1.5, 0.0], [0.0, 0.0, -2.0]], np.float32)
+
+
+def sparse_of(dense: np.ndarray, name: str, coordinates: bool) -> onnx.SparseTensorProto:
+    """``dense`` as a sparse tensor, with flat indices or ``[nnz, rank]`` coordinates."""
+    where = np.nonzero(dense.reshape(-1))[0]
+    indices = np.stack(np.unravel_index(where, dense.shape), axis=1) if coordinates else where
+    values = numpy_helper.from_array(dense.reshape(-1)[where], name)
+    return helper.make_sparse_tensor(
+        values, numpy_helper.from_array(indices.astype(np.int64), ""), dense.shape
+    )
+
+
+@pytest.mark.parametrize("coordinates", [False, True])
+def test_dense_tensor_is_what_the_sparse_one_encodes(coordinates: bool) -> None:
+    dense = numpy_helper.to_array(dense_tensor(sparse_of(DENSE, "w", coordinates)))
+    np.testing.assert_array_equal(dense, DENSE)
+
+
+def test_sparse_indices_outside_the_shape_are_refused() -> None:
+    sparse = sparse_of(DENSE, "w", coordinates=False)
+    sparse.indices.CopyFrom(numpy_helper.from_array(np.array([1, 6], np.int64), ""))
+    with pytest.raises(UnsupportedModelError, match=r"'w'.*do not fit its shape"):
+        dense_tensor(sparse)
+
+
+def add_model(constant_source: str) -> onnx.ModelProto:
+    """``y = x + W``, ``W`` a sparse initializer or a Constant with a ``sparse_value``."""
+    nodes = [helper.make_node("Add", ["x", "W"], ["y"])]
+    sparse_initializers = []
+    if constant_source == "initializer":
+        sparse_initializers.append(sparse_of(DENSE, "W", coordinates=True))
+    else:
+        sparse = sparse_of(DENSE, "W", coordinates=False)
+        nodes.insert(0, helper.make_node("Constant", [], ["W"], sparse_value=sparse))
+    graph = helper.make_graph(
+        nodes,
+        "sparse",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(DENSE.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(DENSE.shape))],
+        sparse_initializer=sparse_initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+@pytest.mark.parametrize("constant_source", ["initializer", "constant"])
+def test_sparse_constants_cross_as_their_dense_value(constant_source: str) -> None:
+    model = add_model(constant_source)
+    exported = export_graph(*import_graph(model))
+    x = np.arange(6, dtype=np.float32).reshape(DENSE.shape)
+    np.testing.assert_array_equal(run(exported, {"x": x})[0], x + DENSE)
+    fused, _ = fuse_graph(model)
+    np.testing.assert_array_equal(run(fused, {"x": x})[0], x + DENSE)
+
+
+def test_empty_list_attributes_survive_the_round_trip() -> None:
+    """graphsurgeon cannot export an empty list attribute; it is set aside and put back."""
+    model = block_model(REPVGG_BRANCHES)
+    conv = next(node for node in model.graph.node if node.op_type == "Conv")
+    conv.attribute.append(
+        helper.make_attribute("dilations", [], attr_type=onnx.AttributeProto.INTS)
+    )
+    exported = export_graph(*import_graph(model))
+    same = next(node for node in exported.graph.node if node.name == conv.name)
+    empty = [a for a in same.attribute if a.name == "dilations"]
+    assert len(empty) == 1 and empty[0].type == onnx.AttributeProto.INTS and not empty[0].ints
+
+
+def test_a_model_without_outputs_is_refused_with_a_reason() -> None:
+    model = block_model(REPVGG_BRANCHES)
+    del model.graph.output[:]
+    with pytest.raises(UnsupportedModelError, match="no graph outputs"):
+        fuse_graph(model)
+
+
+def test_a_graphsurgeon_failure_is_an_unsupported_model_error(monkeypatch) -> None:
+    import onnx_graphsurgeon as gs
+
+    def broken(model):
+        raise KeyError("something graphsurgeon did not expect")
+
+    monkeypatch.setattr(gs, "import_onnx", broken)
+    with pytest.raises(UnsupportedModelError, match="onnx-graphsurgeon cannot read"):
+        import_graph(block_model(REPVGG_BRANCHES))
+
+
+def test_random_feeds_still_run_on_the_round_trip() -> None:
+    model = block_model(REPVGG_BRANCHES)
+    feeds = random_feeds(model)
+    np.testing.assert_allclose(
+        run(export_graph(*import_graph(model)), feeds)[0], run(model, feeds)[0], rtol=0, atol=0
+    )
