@@ -1,0 +1,38 @@
+"""Give freed memory back to the system, so peak memory is what is alive, not what was.
+
+glibc keeps freed heap memory in the process (its mmap threshold grows after large frees, so
+later large blocks come from the heap), and a fuse frees a lot: the graph, the branch weights,
+the original model. Before the next large allocation (the fused model's export, its
+serialization on save) :func:`return_free_memory` asks glibc to unmap what is free.
+Elsewhere (musl, macOS, Windows) it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import gc
+
+
+@functools.cache
+def _malloc_trim():
+    if not hasattr(ctypes, "CDLL"):  # pragma: no cover - every CPython build has it
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def return_free_memory(collect: bool = True) -> bool:
+    """Return free heap memory to the system, after collecting garbage (cycles, such as a
+    dropped onnx-graphsurgeon graph) if ``collect``; whether glibc could."""
+    if collect:
+        gc.collect()
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
