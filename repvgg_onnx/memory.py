@@ -4,7 +4,9 @@ glibc keeps freed heap memory in the process (its mmap threshold grows after lar
 later large blocks come from the heap), and a fuse frees a lot: the graph, the branch weights,
 the original model. Before the next large allocation (the fused model's export, its
 serialization on save) :func:`return_free_memory` asks glibc to unmap what is free.
-Elsewhere (musl, macOS, Windows) it does nothing.
+Elsewhere (musl, macOS, Windows) it does nothing. A collection costs time in proportion to
+every live object of the process, so it is done only for models whose weights are large
+enough for the memory to matter (:func:`worth_returning`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+import math
+
+import onnx
+
+#: Models with fewer weight bytes than this do not collect: the memory is small, the time not.
+LARGE_MODEL_BYTES = 32 * 2**20
 
 
 @functools.cache
@@ -36,3 +44,10 @@ def return_free_memory(collect: bool = True) -> bool:
         return False
     trim(0)
     return True
+
+
+def worth_returning(model: onnx.ModelProto) -> bool:
+    """Whether ``model``'s initializers hold at least :data:`LARGE_MODEL_BYTES` (counted from
+    shapes, assuming 4 bytes an element, so nothing is serialized)."""
+    elements = sum(math.prod(tensor.dims) for tensor in model.graph.initializer)
+    return 4 * elements >= LARGE_MODEL_BYTES

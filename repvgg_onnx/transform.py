@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 
 from repvgg_onnx.errors import UnsupportedModelError
 from repvgg_onnx.gs_bridge import export_graph, import_graph
-from repvgg_onnx.memory import return_free_memory
+from repvgg_onnx.memory import return_free_memory, worth_returning
 from repvgg_onnx.passes.graph_utils import mark_overridable
 from repvgg_onnx.passes.result import FusedBlock
 from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass, PipelineResult, run_passes
@@ -41,7 +41,8 @@ def fuse_graph(
     _mark_overridable_initializers(graph, model)
     _annotate_shapes(graph, model)
     outcome = run_passes(graph, passes, progress)
-    return_free_memory()  # what the passes dropped (graphsurgeon objects are cyclic)
+    if worth_returning(model):
+        return_free_memory()  # what the passes dropped (graphsurgeon objects are cyclic)
     return export_like(graph, model, outcome.fused, empty_lists), outcome
 
 

@@ -44,3 +44,17 @@ def test_without_collect_cycles_stay() -> None:
     finally:
         gc.enable()
         gc.collect()
+
+
+def test_only_models_with_large_weights_are_worth_a_collection() -> None:
+    from onnx import TensorProto, helper
+
+    from repvgg_onnx.memory import LARGE_MODEL_BYTES, worth_returning
+
+    def model_of(elements: int):
+        tensor = helper.make_tensor("w", TensorProto.FLOAT, [elements], [], raw=False)
+        graph = helper.make_graph([], "g", [], [], initializer=[tensor])
+        return helper.make_model(graph)
+
+    assert worth_returning(model_of(LARGE_MODEL_BYTES // 4))
+    assert not worth_returning(model_of(LARGE_MODEL_BYTES // 4 - 1))
