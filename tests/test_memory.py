@@ -52,7 +52,7 @@ def test_only_models_with_large_weights_are_worth_a_collection() -> None:
     from repvgg_onnx.memory import LARGE_MODEL_BYTES, worth_returning
 
     def model_of(elements: int):
-        tensor = helper.make_tensor("w", TensorProto.FLOAT, [elements], [], raw=False)
+        tensor = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[elements])
         graph = helper.make_graph([], "g", [], [], initializer=[tensor])
         return helper.make_model(graph)
 
