@@ -3,6 +3,7 @@ no onnxruntime import unless verification needs it."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -152,3 +153,22 @@ def test_weights_come_back_after_a_weightless_export():
     with weights_detached(graph):
         gs.export_onnx(graph)
     np.testing.assert_array_equal(graph.tensors()["big"].values, before)
+
+
+def test_proto_backed_weights_are_stubs_during_a_weightless_export_and_come_back():
+    from repvgg_onnx.skeleton import SMALL_TENSOR_ELEMENTS
+    from repvgg_onnx.weightless import weights_detached
+
+    model = block_model(REPVGG_BRANCHES, cin=16, cout=16, seed=5)  # 3x3 weight: 2304 elements
+    graph = gs.import_onnx(model)
+    lazy = {  # not read through .values, which would load them into numpy for good
+        name: tensor._values
+        for name, tensor in graph.tensors().items()
+        if isinstance(tensor, gs.Constant) and math.prod(tensor.shape) > SMALL_TENSOR_ELEMENTS
+    }
+    with weights_detached(graph):
+        exported = gs.export_onnx(graph)
+    sizes = {t.name: len(t.raw_data) for t in exported.graph.initializer if t.name in lazy}
+    assert sizes and not any(sizes.values())  # exported as stubs: no bytes copied
+    tensors = graph.tensors()
+    assert all(tensors[name]._values is values for name, values in lazy.items())
