@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import math
 import os
 import re
@@ -35,7 +36,7 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx.external_data_helper import set_external_data, uses_external_data
 
 from repvgg_onnx.errors import ModelLoadError, ModelSaveError
-from repvgg_onnx.skeleton import model_skeleton
+from repvgg_onnx.skeleton import SMALL_TENSOR_ELEMENTS, model_skeleton
 
 # Protobuf cannot serialize a message of 2 GiB or more; stay well below it, since the estimate
 # counts only tensor data and not the graph around it.
@@ -292,7 +293,7 @@ def _run_checker(model: onnx.ModelProto, path: Path) -> None:
     serialize (huge Constant nodes) is checked through the file's path instead.
     """
     skeleton = model_skeleton(model)
-    subject = os.fspath(path) if _estimated_size(skeleton) > _INLINE_LIMIT_BYTES else skeleton
+    subject = os.fspath(path) if _skeleton_size_bound(skeleton) > _INLINE_LIMIT_BYTES else skeleton
     try:
         onnx.checker.check_model(subject)
     except onnx.checker.ValidationError as err:
@@ -359,6 +360,8 @@ def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
 
 def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
     for attribute in node.attribute:
+        if attribute.type in _PLAIN_ATTRIBUTE_TYPES:  # most attributes: ints, floats, strings
+            continue
         if attribute.HasField("t"):
             yield attribute.t
         yield from attribute.tensors
@@ -370,9 +373,49 @@ def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
             yield from _graph_tensors(graph)
 
 
+#: Attribute types that hold no tensor and no graph. An attribute of another type, or of none
+#: (``UNDEFINED``: old writers), is searched field by field.
+_PLAIN_ATTRIBUTE_TYPES = frozenset(
+    (
+        onnx.AttributeProto.INT,
+        onnx.AttributeProto.INTS,
+        onnx.AttributeProto.FLOAT,
+        onnx.AttributeProto.FLOATS,
+        onnx.AttributeProto.STRING,
+        onnx.AttributeProto.STRINGS,
+    )
+)
+
+
 def _estimated_size(model: onnx.ModelProto) -> int:
     """Upper bound of the bytes the model's tensor data takes when serialized."""
     return sum(_tensor_size(tensor) for tensor in _all_tensors(model))
+
+
+def _skeleton_size_bound(skeleton: onnx.ModelProto) -> int:
+    """Upper bound of the tensor bytes of a :func:`model_skeleton`, cheaper than
+    :func:`_estimated_size`: its initializers have at most ``SMALL_TENSOR_ELEMENTS`` elements
+    of at most 16 bytes (strings aside), so only node attributes and sparse tensors are
+    measured one by one."""
+    initializers = skeleton.graph.initializer
+    strings = [t for t in initializers if t.data_type == onnx.TensorProto.STRING]
+    bound = len(initializers) * SMALL_TENSOR_ELEMENTS * 16
+    bound += sum(_tensor_size(tensor) for tensor in strings)
+    others = itertools.chain(
+        (
+            tensor
+            for sparse in skeleton.graph.sparse_initializer
+            for tensor in (sparse.values, sparse.indices)
+        ),
+        (tensor for node in skeleton.graph.node for tensor in _node_tensors(node)),
+        (
+            tensor
+            for function in skeleton.functions
+            for node in function.node
+            for tensor in _node_tensors(node)
+        ),
+    )
+    return bound + sum(_tensor_size(tensor) for tensor in others)
 
 
 def _tensor_size(tensor: onnx.TensorProto) -> int:

@@ -4,9 +4,9 @@
 shape inference does not need and a save needs only one tensor at a time (and a constant
 still backed by its original ``TensorProto`` is copied twice: into the graph, then into the
 model). Here each constant of more than ``SMALL_TENSOR_ELEMENTS`` numeric elements is
-exported as a *stub*: a ``TensorProto`` with its name, element type and dims but no data, exactly what
-:func:`repvgg_onnx.skeleton.model_skeleton` keeps of it. Small constants (shapes, axes) are
-exported whole, since shape inference may read them.
+exported as a *stub*: a ``TensorProto`` with its name, element type and dims but no data,
+exactly what :func:`repvgg_onnx.skeleton.model_skeleton` keeps of it. Small constants
+(shapes, axes) are exported whole, since shape inference may read them.
 """
 
 from __future__ import annotations

@@ -770,3 +770,21 @@ def test_load_refuses_a_large_initializer_shorter_than_its_shape(tmp_path: Path,
     assert (
         f"initializer 'big' holds {10000 - cut} bytes but its shape [50, 50] needs 10000" in message
     )
+
+
+def test_the_skeleton_size_bound_counts_constant_nodes_and_strings() -> None:
+    """The bound that decides whether the checker gets the skeleton or the path is never
+    below what the skeleton's tensors hold: a large Constant node, a long string."""
+    from repvgg_onnx.skeleton import model_skeleton
+
+    big = numpy_helper.from_array(np.ones(50_000, np.float32), "c")
+    words = helper.make_tensor("s", TensorProto.STRING, [1], [b"x" * 300_000])
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["y"], value=big)],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [50_000])],
+        initializer=[words],
+    )
+    skeleton = model_skeleton(helper.make_model(graph))
+    assert io._skeleton_size_bound(skeleton) >= 200_000 + 300_000
