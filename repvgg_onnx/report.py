@@ -4,6 +4,7 @@ diverging tensor), a fuse run; their renderings come from :mod:`repvgg_onnx.rend
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -141,14 +142,10 @@ class ModelStats:
     @classmethod
     def of(cls, model: onnx.ModelProto) -> ModelStats:
         graph = model.graph
-        parameters = sum(int(np.prod(tensor.dims, dtype=np.int64)) for tensor in graph.initializer)
+        parameters = sum(math.prod(tensor.dims) for tensor in graph.initializer)
         for node in graph.node:
             if node.op_type == "Constant":
-                parameters += sum(
-                    int(np.prod(a.t.dims, dtype=np.int64))
-                    for a in node.attribute
-                    if a.name == "value"
-                )
+                parameters += sum(math.prod(a.t.dims) for a in node.attribute if a.name == "value")
         return cls(
             op_counts=dict(sorted(Counter(node.op_type for node in graph.node).items())),
             parameters=parameters,

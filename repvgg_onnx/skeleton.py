@@ -9,6 +9,7 @@ of the same name, element type and shape.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import onnx
@@ -17,6 +18,9 @@ from onnx import helper
 #: Initializers with at most this many elements stay in the skeleton: shape inference may need
 #: the values of shape-like tensors (Reshape's shape, ReduceMean's axes, Slice's starts).
 SMALL_TENSOR_ELEMENTS = 1024
+
+#: Below this many bytes of large initializers, a model's size is counted by protobuf itself.
+_DIRECT_SIZE_BYTES = 64 * 2**20
 
 _MODEL_FIELDS = ("ir_version", "producer_name", "producer_version", "domain", "model_version")
 
@@ -53,11 +57,11 @@ def serialized_size(model: onnx.ModelProto) -> int:
     ``ModelProto.ByteSize()`` serializes every weight to count it; this measures the skeleton
     and adds the large tensors' payload from their shape and element type.
     """
-    payload = sum(
-        _payload_bytes(tensor)
-        for tensor in model.graph.initializer
-        if math.prod(tensor.dims) > SMALL_TENSOR_ELEMENTS
-    )
+    large = [t for t in model.graph.initializer if math.prod(t.dims) > SMALL_TENSOR_ELEMENTS]
+    payload = sum(_payload_bytes(tensor) for tensor in large)
+    if payload < _DIRECT_SIZE_BYTES:  # cheaper to count as is than to copy a skeleton
+        with contextlib.suppress(Exception):  # a model too large for one protobuf
+            return model.ByteSize()
     return model_skeleton(model).ByteSize() + payload
 
 

@@ -172,3 +172,14 @@ def test_proto_backed_weights_are_stubs_during_a_weightless_export_and_come_back
     assert sizes and not any(sizes.values())  # exported as stubs: no bytes copied
     tensors = graph.tensors()
     assert all(tensors[name]._values is values for name, values in lazy.items())
+
+
+@pytest.mark.parametrize("direct_below", [64 * 2**20, 0])
+def test_serialized_size_is_the_protobuf_size_by_either_route(monkeypatch, direct_below):
+    from repvgg_onnx import skeleton
+
+    monkeypatch.setattr(skeleton, "_DIRECT_SIZE_BYTES", direct_below)
+    model = block_model(REPVGG_BRANCHES, cin=16, cout=16, seed=2)  # large and small weights
+    large = sum(t.name.startswith("w") and len(t.raw_data) > 4096 for t in model.graph.initializer)
+    assert large  # the skeleton route has a payload to add
+    assert abs(skeleton.serialized_size(model) - model.ByteSize()) <= 32 * large
