@@ -221,3 +221,14 @@ def repvgg_chain(blocks: int, channels: int = 4, size: int = 8, seed: int = 0):
     deploy = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     deploy.ir_version = training.ir_version
     return training, deploy
+
+
+def data_file_locations(path) -> set[str]:
+    """The external data files the model at ``path`` names, read by onnx itself."""
+    model = onnx.load(str(path), load_external_data=False)
+    return {
+        entry.value
+        for tensor in model.graph.initializer
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }

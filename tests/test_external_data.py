@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
+from helpers import data_file_locations
 from repvgg_onnx import api, io
 from repvgg_onnx.cli import main
 from repvgg_onnx.errors import ModelSaveError
@@ -135,17 +136,6 @@ def ours(path: Path) -> list[str]:
     return sorted(p.name for p in path.parent.iterdir() if pattern.fullmatch(p.name))
 
 
-def locations(path: Path) -> set[str]:
-    """The data files the model at ``path`` names, read by onnx itself."""
-    model = onnx.load(str(path), load_external_data=False)
-    return {
-        entry.value
-        for tensor in model.graph.initializer
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }
-
-
 def dead_pid() -> int:
     """The pid of a process that has ended and been reaped."""
     child = subprocess.Popen(["true"])
@@ -222,7 +212,7 @@ def test_every_change_to_the_folder_leaves_a_consistent_pair(
     assert "replace:new" in seen and all(not s.endswith("?") for s in seen), seen
     assert seen.index("replace:new") == len(seen) - (1 if before else 0) - 1, seen
     assert io.load_model(path) == new
-    assert ours(path) == sorted(locations(path))
+    assert ours(path) == sorted(data_file_locations(path))
 
 
 def test_a_data_file_is_never_rewritten_and_the_superseded_one_goes(tmp_path: Path) -> None:
@@ -233,7 +223,7 @@ def test_a_data_file_is_never_rewritten_and_the_superseded_one_goes(tmp_path: Pa
         names.extend(ours(path))
         assert len(ours(path)) == 1
         assert sorted(os.listdir(tmp_path)) == ["out.onnx", *ours(path)]
-        assert locations(path) == set(ours(path))
+        assert data_file_locations(path) == set(ours(path))
         assert io.load_model(path) == changed(SMALL, value)
     assert len(set(names)) == 3, "each save writes a data file of a new name"
 
@@ -338,7 +328,7 @@ def test_orphans_of_dead_writers_go_and_nothing_else(tmp_path: Path) -> None:
     kept += [f"out.onnx.{dead}.aaaabbbb.data", f"out.onnx.{dead}.ccccdddd.data"]
 
     io.save_model(SMALL, tmp_path / "out.onnx", external_data=True)
-    new = sorted(locations(tmp_path / "out.onnx"))
+    new = sorted(data_file_locations(tmp_path / "out.onnx"))
     assert sorted(os.listdir(tmp_path)) == sorted(["out.onnx", *new, *kept])
     assert all((tmp_path / name).read_bytes() == b"weights" for name in kept[:-2])
 
@@ -360,7 +350,7 @@ def test_fuse_result_save_writes_external_data_when_asked(tmp_path: Path) -> Non
     result = api.fuse(SMALL)
     path = tmp_path / "deploy.onnx"
     result.save(path, external_data=True)
-    assert len(ours(path)) == 1 and locations(path) == set(ours(path))
+    assert len(ours(path)) == 1 and data_file_locations(path) == set(ours(path))
     x = random_input(16)
     assert_same_outputs(run(SMALL, x), run(path, x))
     result.save(path)
@@ -427,7 +417,7 @@ def test_fuse_a_model_over_2_gb_with_external_data(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
 
     data_files = ours(out)
-    assert len(data_files) == 1 and locations(out) == set(data_files)
+    assert len(data_files) == 1 and data_file_locations(out) == set(data_files)
     assert (tmp_path / data_files[0]).stat().st_size > 2**31
     fused = onnx.load(str(out))
     assert [n.op_type for n in fused.graph.node].count("Conv") == BIG_BLOCKS

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from helpers import data_file_locations
 from repvgg_onnx import io
 
 WEIGHTS = 4
@@ -119,20 +120,10 @@ def generation_on_disk(path: Path, base: list[bytes]) -> int:
     return generation
 
 
-def data_files_named_by(path: Path) -> set[str]:
-    model = onnx.load(str(path), load_external_data=False)
-    return {
-        entry.value
-        for tensor in model.graph.initializer
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }
-
-
 def ours_left(folder: Path) -> tuple[list[str], list[str]]:
     """Our temporaries, and our data files the output does not name."""
     names = sorted(os.listdir(folder))
-    named = data_files_named_by(folder / "out.onnx") if (folder / "out.onnx").exists() else set()
+    named = data_file_locations(folder / "out.onnx") if (folder / "out.onnx").exists() else set()
     temps = [n for n in names if TEMP.fullmatch(n)]
     orphans = [n for n in names if DATA.fullmatch(n) and n not in named]
     return temps, orphans
@@ -179,7 +170,7 @@ def test_a_killed_save_leaves_a_complete_model_and_nothing_of_ours(tmp_path: Pat
             # The next successful save leaves the output, its data file and nothing else.
             complete += 1
             io.save_model(generation_model(base, complete), out, external_data=kill % 2 == 0)
-            expected = {"out.onnx", *data_files_named_by(out)}
+            expected = {"out.onnx", *data_file_locations(out)}
             assert sorted(os.listdir(folder)) == sorted(expected), kill
     finally:
         for child in children:
