@@ -11,11 +11,13 @@ enough for the memory to matter (:func:`worth_returning`).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import gc
 import math
+from collections.abc import Iterator
 
 import onnx
 
@@ -44,6 +46,24 @@ def return_free_memory(collect: bool = True) -> bool:
         return False
     trim(0)
     return True
+
+
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """Automatic garbage collection is off within the block, as it was before after it.
+
+    Importing and rewriting a graph makes objects by the hundred thousand, and each automatic
+    collection of the oldest generation walks all of them: on a graph of 32,000 nodes that is a
+    quarter of the time. What becomes garbage meanwhile is collected by the caller
+    (:func:`return_free_memory`) or by the next automatic collection.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def worth_returning(model: onnx.ModelProto) -> bool:

@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 
 from repvgg_onnx.errors import UnsupportedModelError
 from repvgg_onnx.gs_bridge import export_graph, import_graph
-from repvgg_onnx.memory import return_free_memory, worth_returning
+from repvgg_onnx.memory import collection_paused, return_free_memory, worth_returning
 from repvgg_onnx.passes.graph_utils import mark_overridable
 from repvgg_onnx.passes.result import FusedBlock
 from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass, PipelineResult, run_passes
@@ -37,10 +37,11 @@ def fuse_graph(
             "the model declares no graph outputs, so it computes nothing to keep or compare; "
             "list its outputs in graph.output."
         )
-    graph, empty_lists = import_graph(model)
-    _mark_overridable_initializers(graph, model)
-    _annotate_shapes(graph, model)
-    outcome = run_passes(graph, passes, progress)
+    with collection_paused():
+        graph, empty_lists = import_graph(model)
+        _mark_overridable_initializers(graph, model)
+        _annotate_shapes(graph, model)
+        outcome = run_passes(graph, passes, progress)
     if worth_returning(model):
         return_free_memory()  # what the passes dropped (graphsurgeon objects are cyclic)
     return export_like(graph, model, outcome.fused, empty_lists), outcome

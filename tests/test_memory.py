@@ -58,3 +58,36 @@ def test_only_models_with_large_weights_are_worth_a_collection() -> None:
 
     assert worth_returning(model_of(LARGE_MODEL_BYTES // 4))
     assert not worth_returning(model_of(LARGE_MODEL_BYTES // 4 - 1))
+
+
+def test_collection_is_paused_within_the_block_and_restored_after() -> None:
+    from repvgg_onnx.memory import collection_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collection_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("a failed fuse")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collection_paused():
+            pass
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+    finally:
+        gc.enable()
+
+
+def test_fuse_graph_runs_with_collection_paused(monkeypatch) -> None:
+    from helpers import REPVGG_BRANCHES, block_model
+    from repvgg_onnx import transform
+
+    seen = []
+    real = transform.run_passes
+
+    def spy(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transform, "run_passes", spy)
+    transform.fuse_graph(block_model(REPVGG_BRANCHES))
+    assert seen == [False] and gc.isenabled()
