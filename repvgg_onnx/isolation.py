@@ -31,7 +31,9 @@ _HEADER = struct.Struct("<cQ")  # kind (b"n" note, b"p" progress, b"r" result), 
 
 
 def can_isolate() -> bool:
-    return hasattr(os, "fork") and "onnxruntime" not in sys.modules
+    """Linux only (macOS frameworks are not fork-safe, Windows has no fork), and only while
+    onnxruntime is not loaded here."""
+    return sys.platform.startswith("linux") and "onnxruntime" not in sys.modules
 
 
 def note(role: str) -> None:
