@@ -11,6 +11,9 @@ import faulthandler
 import os
 import pickle
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +97,23 @@ def test_progress_is_heard_in_this_process_in_order() -> None:
 def test_without_fork_safety_the_function_runs_here(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(isolation, "can_isolate", lambda: False)
     assert isolated(pid_and_sum, 1, 1) == (os.getpid(), 2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="isolation forks on Linux only")
+def test_fuse_and_verify_run_onnxruntime_only_in_children(tmp_path) -> None:
+    """In a process that has not imported onnxruntime (the CLI), verification and localization
+    happen in forked children: onnxruntime never loads in the process itself."""
+    sample = Path(__file__).resolve().parent.parent / "models" / "samples" / "repvgg_a0_half.onnx"
+    script = f"""
+import sys
+import repvgg_onnx
+result = repvgg_onnx.fuse({str(sample)!r})
+assert result.report.verification.passed
+check = repvgg_onnx.verify({str(sample)!r}, result.model, localize=True, atol=0, rtol=0)
+print("onnxruntime" in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
