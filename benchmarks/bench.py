@@ -33,6 +33,7 @@ import onnxruntime as ort
 import synthetic
 from latency import LatencyResult, measure_latency, output_differences
 
+import repvgg_onnx
 from repvgg_onnx.report import ModelStats
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ TIMED_JOB = Path(__file__).resolve().parent / "timed_job.py"
 DEFAULT_CACHE_DIR = REPO_ROOT / "benchmarks" / ".cache"
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results.md"
 DEFAULT_PLOT = REPO_ROOT / "benchmarks" / "scaling.png"
+
+TOOL_ROOT = Path(repvgg_onnx.__file__).resolve().parent.parent
+"""Where the measured tool code lives (an editable install may point at another checkout)."""
 
 GNU_TIME = shutil.which("time")
 """GNU time reports each child's own peak RSS; see :func:`run_child` for why not ``getrusage``."""
@@ -859,10 +863,10 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def git_revision() -> str:
-    """``git describe --always --dirty`` of the repository, or ``unknown``."""
+def git_revision(root: Path = REPO_ROOT) -> str:
+    """``git describe --always --dirty`` of the repository at ``root``, or ``unknown``."""
     done = subprocess.run(
-        ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+        ["git", "-C", str(root), "describe", "--always", "--dirty"],
         capture_output=True,
         text=True,
         check=False,
@@ -881,7 +885,8 @@ def machine_lines() -> list[str]:
         f"- Machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {platform.platform()}",
         f"- Python {platform.python_version()}, onnx {onnx.__version__}, "
         f"onnxruntime {ort.__version__}, torch {torch_version}",
-        f"- repvgg-onnx at `{git_revision()}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- Benchmark at `{git_revision()}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"repvgg_onnx imported from `{TOOL_ROOT}` at `{git_revision(TOOL_ROOT)}`",
         f"- Load average at the start: {load_average()}",
     ]
 
