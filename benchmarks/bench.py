@@ -2,7 +2,9 @@
 ``onnx.save``, op and parameter counts of each form, and onnxruntime latency of the training
 form, our fused form and the PyTorch re-parameterized reference.
 
-Run from anywhere: ``python benchmarks/bench.py [--quick] [--out benchmarks/results.md]``.
+Run from anywhere: ``python benchmarks/bench.py [--quick | --scaling | --all | --big]
+[--out benchmarks/results.md]``; the scaling section times synthetic RepVGG chains
+(``synthetic.py``) by depth and by bytes of weights and draws ``scaling.png``.
 ``benchmarks/README.md`` says how to read the tables.
 """
 
@@ -978,9 +980,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--scaling", action="store_true", help="the scaling section only (synthetic chains)"
     )
     parser.add_argument(
+        "--all", action="store_true", help="the models, then the scaling section (~27 min)"
+    )
+    parser.add_argument(
         "--big",
         action="store_true",
-        help="add a 2.5 GB external-data chain to the scaling section (~12 GB RAM, minutes)",
+        help="run the scaling section (after the models, unless --scaling) with a 2.5 GB "
+        "external-data chain added (~9 GB RAM, ~3 min more)",
     )
     parser.add_argument(
         "--plot",
@@ -1033,7 +1039,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         measure_comparison(model, base, out_dir, shuffler) for model in comparison_models
     ]
     scaling = None
-    if not args.quick:
+    if not args.quick and (args.scaling or args.all or args.big):
         points = [
             measure_scaling_point(point, args.cache_dir, out_dir, shuffler)
             for point in scaling_points(args.big)
