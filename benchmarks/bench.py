@@ -2,7 +2,9 @@
 ``onnx.save``, op and parameter counts of each form, and onnxruntime latency of the training
 form, our fused form and the PyTorch re-parameterized reference.
 
-Run from anywhere: ``python benchmarks/bench.py [--quick] [--out benchmarks/results.md]``.
+Run from anywhere: ``python benchmarks/bench.py [--quick | --scaling | --all | --big]
+[--out benchmarks/results.md]``; the scaling section times synthetic RepVGG chains
+(``synthetic.py``) by depth and by bytes of weights and draws ``scaling.png``.
 ``benchmarks/README.md`` says how to read the tables.
 """
 
@@ -30,8 +32,10 @@ from typing import TYPE_CHECKING
 
 import onnx
 import onnxruntime as ort
+import synthetic
 from latency import LatencyResult, measure_latency, output_differences
 
+import repvgg_onnx
 from repvgg_onnx.report import ModelStats
 
 if TYPE_CHECKING:
@@ -42,6 +46,10 @@ SAMPLES_DIR = REPO_ROOT / "models" / "samples"
 TIMED_JOB = Path(__file__).resolve().parent / "timed_job.py"
 DEFAULT_CACHE_DIR = REPO_ROOT / "benchmarks" / ".cache"
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results.md"
+DEFAULT_PLOT = REPO_ROOT / "benchmarks" / "scaling.png"
+
+TOOL_ROOT = Path(repvgg_onnx.__file__).resolve().parent.parent
+"""Where the measured tool code lives (an editable install may point at another checkout)."""
 
 GNU_TIME = shutil.which("time")
 """GNU time reports each child's own peak RSS; see :func:`run_child` for why not ``getrusage``."""
@@ -50,6 +58,8 @@ GENERATED_INPUT_SHAPE = (1, 3, 224, 224)
 GENERATED_WEIGHT_GAIN = 0.5
 """Conv/linear weight gain of every generated model: keeps activations O(1)-O(10) (the largest
 |activation| between stages is 7-23 in FastViT-T8 and DBB-ResNet-18; gain 1 gives 3e3 and 8e4)."""
+MOBILEONE_WEIGHT_GAIN = 0.25
+"""MobileOne-S0's six-branch blocks grow activations faster: gain 0.5 gives max|y| ~ 2e4."""
 SHUFFLE_SEED = 0
 
 TRAINING, FUSED, REFERENCE = "training", "fused", "reference"
@@ -123,13 +133,14 @@ class GeneratedSpec:
     plan: Plan
     training_form: str = "ts17_nofold"
     pytorch_deploy: bool = False
+    weight_gain: float = GENERATED_WEIGHT_GAIN
 
     def settings(self) -> dict[str, object]:
         """What the cached files depend on besides the builder's code."""
         return {
             "training_form": self.training_form,
             "pytorch_deploy": self.pytorch_deploy,
-            "weight_gain": GENERATED_WEIGHT_GAIN,
+            "weight_gain": self.weight_gain,
             "input_shape": list(GENERATED_INPUT_SHAPE),
         }
 
@@ -228,6 +239,12 @@ def generated_specs() -> dict[str, GeneratedSpec]:
         "repvgg_a0": GeneratedSpec(blocks.repvgg_a0, FULL_PLAN),
         "repvgg_b1g4": GeneratedSpec(blocks.repvgg_b1g4, BIG_MODEL_PLAN),
         "fastvit_t8": GeneratedSpec(bench_nets.fastvit_t8, FULL_PLAN, pytorch_deploy=True),
+        "mobileone_s0": GeneratedSpec(
+            bench_nets.mobileone_s0,
+            FULL_PLAN,
+            pytorch_deploy=True,
+            weight_gain=MOBILEONE_WEIGHT_GAIN,
+        ),
         "dbb_resnet18": GeneratedSpec(bench_nets.dbb_resnet18, SLOW_FUSE_PLAN, pytorch_deploy=True),
     }
 
@@ -255,6 +272,7 @@ def generated_models(
         EXPORT_COMPARISON_PLAN,
         training_form=comparison_form,
         pytorch_deploy=specs[base].pytorch_deploy,
+        weight_gain=specs[base].weight_gain,
     )
     models, comparisons, exported, checks = [], [], [], {}
     for name, spec in specs.items():
@@ -300,7 +318,7 @@ def export_generated(spec: GeneratedSpec, model: BenchModel) -> ExportChecks:
 
     started = perf_counter()
     network = blocks.randomize_batchnorm_(
-        spec.build(), export.SEED, weight_gain=GENERATED_WEIGHT_GAIN
+        spec.build(), export.SEED, weight_gain=spec.weight_gain
     ).eval()
     x = export.random_input(GENERATED_INPUT_SHAPE)
     with torch.no_grad():
@@ -358,7 +376,7 @@ def job_commands(model: BenchModel, out_dir: Path) -> dict[str, list[str]]:
     def timed(job: str, suffix: str) -> list[str]:
         return [sys.executable, str(TIMED_JOB), job, source, str(out_dir / f"{stem}.{suffix}.onnx")]
 
-    cli = [*cli_command(), "fuse", source]
+    cli = [*cli_command(), "fuse", source, "-f"]  # -f: replace the previous run's output
     return {
         LOAD_SAVE: timed("load-save", "copy"),
         CLI_NO_VERIFY: [*cli, str(out_dir / f"{stem}.cli-noverify.onnx"), "--no-verify", "-q"],
@@ -407,10 +425,12 @@ def measure_fuse_jobs(
     out_dir: Path,
     shuffler: random.Random,
     jobs: Sequence[str] | None = None,
+    commands: dict[str, list[str]] | None = None,
 ) -> dict[str, JobSummary]:
     """Untimed warm-up runs (see :attr:`Plan.warm_up_all`), then ``fuse_repeats`` rounds of
-    ``jobs`` (default: all) in a shuffled order."""
-    commands = job_commands(model, out_dir)
+    ``jobs`` (default: all) in a shuffled order; ``commands``: default :func:`job_commands`."""
+    if commands is None:
+        commands = job_commands(model, out_dir)
     if jobs is not None:
         commands = {job: commands[job] for job in jobs}
     for job, command in commands.items():
@@ -539,8 +559,28 @@ def op_count_check(results: Sequence[ModelResult]) -> str:
     return "\n".join(lines)
 
 
+def mib_and_ratio(job: JobSummary, baseline: JobSummary) -> str:
+    """``"292 (2.0×)"``: the job's median peak RSS in MiB and its ratio to the baseline's."""
+    if job.peak_rss_kib is None or baseline.peak_rss_kib is None:
+        return "n/a"
+    return f"{job.peak_rss_kib / 1024:.0f} ({job.peak_rss_kib / baseline.peak_rss_kib:.1f}×)"
+
+
+def verify_seconds(jobs: dict[str, JobSummary]) -> str:
+    """The ``verify`` phase of the in-process verified job and its ratio to the whole
+    in-process ``fuse(verify=False)`` + save job."""
+    verify = jobs[API_VERIFY].phases["verify"]
+    no_verify = jobs[API_NO_VERIFY].in_process_seconds
+    assert no_verify is not None
+    return f"{verify:.2f} s ({verify / no_verify:.1f}×)"
+
+
+VERIFY_HEADER = "verify (× fuse without)"
+
+
 def subprocess_table(results: Sequence[ModelResult]) -> str:
-    """Wall time and peak RSS of whole subprocesses: what a user of the CLI waits for."""
+    """Wall time and peak RSS of whole subprocesses: what a user of the CLI waits for; and the
+    verification phase of the in-process verified job."""
     rows = []
     for result in results:
         jobs = result.jobs
@@ -550,12 +590,14 @@ def subprocess_table(results: Sequence[ModelResult]) -> str:
                 f"{jobs[LOAD_SAVE].wall_seconds:.3f} s",
                 seconds_and_ratio(jobs[CLI_NO_VERIFY], jobs[LOAD_SAVE]),
                 seconds_and_ratio(jobs[CLI_VERIFY], jobs[LOAD_SAVE]),
-                *(mib(jobs[job].peak_rss_kib) for job in (LOAD_SAVE, CLI_NO_VERIFY, CLI_VERIFY)),
+                verify_seconds(jobs),
+                mib(jobs[LOAD_SAVE].peak_rss_kib),
+                *(mib_and_ratio(jobs[job], jobs[LOAD_SAVE]) for job in (CLI_NO_VERIFY, CLI_VERIFY)),
             ]
         )
     headers = ["model", "python: onnx.load + onnx.save", "CLI fuse --no-verify", "CLI fuse"]
     rss = ["RSS MiB: load + save", "RSS MiB: fuse --no-verify", "RSS MiB: fuse"]
-    return markdown_table([*headers, *rss], rows)
+    return markdown_table([*headers, VERIFY_HEADER, *rss], rows)
 
 
 def in_process_table(results: Sequence[ModelResult]) -> str:
@@ -630,6 +672,189 @@ def latency_table(results: Sequence[ModelResult]) -> str:
     return markdown_table([*headers, "training / fused", "fused / reference"], rows)
 
 
+# --- Scaling: synthetic RepVGG chains (benchmarks/synthetic.py), fuse jobs only -------------
+
+LOAD_SAVE_EXTERNAL = "load_save_external"
+SCALING_JOBS = (LOAD_SAVE, API_NO_VERIFY, API_VERIFY)
+"""The scaling points time the in-process jobs of ``timed_job.py``: each subprocess gives the
+wall time and peak RSS of the whole process and the tool's phase timers in one run."""
+SCALING_CHANNELS = 8
+SCALING_SIZE = 8
+SCALING_BLOCKS = ((250, 5), (1_000, 3), (4_000, 2), (16_000, 1))
+"""(blocks, repeats) of the node-scaling curve, 8 channels: the 16,000-block verified fuse
+takes minutes, so it runs once."""
+BYTES_BLOCKS = 15
+SCALING_WIDTHS = ((256, 3), (512, 2), (1024, 2))
+"""(channels, repeats) of the byte-scaling curve, 15 blocks each: 39, 157 and 629 MB."""
+BIG_WIDTH = 2048
+"""``--big``: 15 blocks of 2048 channels, 2.52 GB of weights in an external data file (as in
+``tests/test_external_data.py``), every job run once."""
+
+
+@dataclass(frozen=True)
+class ScalingPoint:
+    """One synthetic chain and how often its jobs run."""
+
+    series: str
+    blocks: int
+    channels: int
+    repeats: int
+    external: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"chain_{self.blocks}x{self.channels}"
+
+    @property
+    def weight_bytes(self) -> int:
+        return synthetic.weight_bytes(self.blocks, self.channels)
+
+    def path(self, cache_dir: Path) -> Path:
+        return cache_dir / f"{self.name}.v{synthetic.BUILDER_VERSION}.onnx"
+
+
+@dataclass(frozen=True)
+class ScalingResult:
+    point: ScalingPoint
+    nodes: int
+    jobs: dict[str, JobSummary]
+
+
+def scaling_points(big: bool) -> list[ScalingPoint]:
+    """The node curve (8 channels), the byte curve (15 blocks) and, with ``big``, the 2.5 GB
+    model."""
+    points = [ScalingPoint("blocks", n, SCALING_CHANNELS, r) for n, r in SCALING_BLOCKS]
+    points += [ScalingPoint("bytes", BYTES_BLOCKS, c, r) for c, r in SCALING_WIDTHS]
+    if big:
+        points.append(ScalingPoint("bytes", BYTES_BLOCKS, BIG_WIDTH, 1, external=True))
+    return points
+
+
+def measure_scaling_point(
+    point: ScalingPoint, cache_dir: Path, out_dir: Path, shuffler: random.Random
+) -> ScalingResult:
+    """Build the chain if it is not cached, then its fuse jobs; outputs of the external-data
+    model are deleted afterwards (7.5 GB)."""
+    source = point.path(cache_dir)
+    if not source.exists():
+        print(f"{point.name}: building {source}", file=sys.stderr)
+        synthetic.write_chain(
+            source, point.blocks, point.channels, SCALING_SIZE, external=point.external
+        )
+    plan = Plan(
+        fuse_repeats=point.repeats, latency_rounds=0, latency_iterations=0, warm_up_all=False
+    )
+    model = BenchModel(point.name, source, source, plan)
+    commands = job_commands(model, out_dir)
+    if point.external:
+        copy = str(out_dir / f"{source.stem}.copy.onnx")
+        commands[LOAD_SAVE] = [
+            sys.executable,
+            str(TIMED_JOB),
+            "load-save-external",
+            str(source),
+            copy,
+        ]
+    print(f"{point.name}: fuse jobs ({plan.describe()})", file=sys.stderr)
+    jobs = measure_fuse_jobs(model, out_dir, shuffler, SCALING_JOBS, commands)
+    if point.external:
+        for path in out_dir.glob(f"{source.stem}.*"):
+            path.unlink()
+    nodes = 8 * point.blocks  # two Conv, three BN, two Add, one Relu per block
+    return ScalingResult(point, nodes, jobs)
+
+
+def scaling_rows(results: Sequence[ScalingResult]) -> list[list[str]]:
+    """One row per chain: size, load + save, both fuses with ratios, the verify phase, peak RSS
+    with ratios and the passes per 1,000 blocks."""
+    rows = []
+    for result in results:
+        point, jobs = result.point, result.jobs
+        base = jobs[LOAD_SAVE]
+        passes = jobs[API_NO_VERIFY].phases["fuse"]
+        rows.append(
+            [
+                f"{point.blocks:,} × {point.channels}"
+                + (" (external data)" if point.external else ""),
+                f"{result.nodes:,}",
+                f"{point.weight_bytes / 1e6:,.{1 if point.weight_bytes < 1e7 else 0}f}",
+                str(point.repeats),
+                f"{base.wall_seconds:.2f} s",
+                seconds_and_ratio(jobs[API_NO_VERIFY], base),
+                seconds_and_ratio(jobs[API_VERIFY], base),
+                verify_seconds(jobs),
+                mib(base.peak_rss_kib),
+                mib_and_ratio(jobs[API_NO_VERIFY], base),
+                mib_and_ratio(jobs[API_VERIFY], base),
+                f"{passes * 1000 / point.blocks:.2f} s",
+            ]
+        )
+    return rows
+
+
+def scaling_table(results: Sequence[ScalingResult]) -> str:
+    headers = ["blocks × channels", "nodes", "weights MB", "repeats", "load + save"]
+    times = ["fuse --no-verify", "fuse (verified)", VERIFY_HEADER]
+    rss = ["RSS MiB: load + save", "RSS MiB: fuse --no-verify", "RSS MiB: fuse"]
+    return markdown_table(
+        [*headers, *times, *rss, "passes per 1,000 blocks"], scaling_rows(results)
+    )
+
+
+def plot_scaling(results: Sequence[ScalingResult], path: Path) -> None:
+    """Two log-log panels: whole-process time against blocks (8 channels) and against weight
+    bytes (15 blocks). Imports matplotlib here: the rest of the benchmark runs without it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = (
+        (LOAD_SAVE, "onnx.load + onnx.save", "o-"),
+        (API_NO_VERIFY, "fuse --no-verify", "s-"),
+        (API_VERIFY, "fuse (verified)", "^-"),
+    )
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    panels = (
+        ("blocks", lambda r: r.point.blocks, f"RepVGG blocks ({SCALING_CHANNELS} channels)"),
+        ("bytes", lambda r: r.point.weight_bytes / 1e6, f"MB of weights ({BYTES_BLOCKS} blocks)"),
+    )
+    for axis, (series, x_of, label) in zip(axes, panels, strict=True):
+        points = [r for r in results if r.point.series == series]
+        for job, name, style in lines:
+            xs = [x_of(r) for r in points]
+            axis.plot(xs, [r.jobs[job].wall_seconds for r in points], style, label=name, ms=4)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel(label)
+        axis.set_ylabel("seconds, whole process")
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle("repvgg-onnx fuse: time against model size (median, 2 vCPUs)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def scaling_section(results: Sequence[ScalingResult], plot: Path | None) -> str:
+    picture = f"\n\n![scaling]({plot.name})" if plot is not None else ""
+    return (
+        "## Scaling\n\n"
+        "Synthetic RepVGG chains (`benchmarks/synthetic.py`: per block a 3x3 and a 1x1 conv-BN "
+        f"and an identity BN, summed, ReLU; 8 nodes; 1x{{channels}}x{SCALING_SIZE}x"
+        f"{SCALING_SIZE} input): {SCALING_CHANNELS} channels at growing depth, then "
+        f"{BYTES_BLOCKS} blocks at growing width. Each job is `timed_job.py` in a fresh process "
+        "(`fuse` = `repvgg_onnx.fuse` + `save_model`, what the CLI does): median wall time of "
+        "the whole process, (×) = ratio to `onnx.load` + `onnx.save` (with "
+        "`save_as_external_data=True` for the external-data model); verify = the in-process "
+        "`verify` phase, (×) its ratio to the whole in-process `fuse(verify=False)` + save; "
+        "peak RSS from GNU time, (×) ratio to load + save; passes = the `fuse` phase of the "
+        "unverified job per 1,000 blocks. Warm-up: load + save only.\n\n"
+        + scaling_table(results)
+        + picture
+    )
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo, or the platform's processor string."""
     cpuinfo = Path("/proc/cpuinfo")
@@ -640,10 +865,10 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def git_revision() -> str:
-    """``git describe --always --dirty`` of the repository, or ``unknown``."""
+def git_revision(root: Path = REPO_ROOT) -> str:
+    """``git describe --always --dirty`` of the repository at ``root``, or ``unknown``."""
     done = subprocess.run(
-        ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+        ["git", "-C", str(root), "describe", "--always", "--dirty"],
         capture_output=True,
         text=True,
         check=False,
@@ -662,7 +887,8 @@ def machine_lines() -> list[str]:
         f"- Machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {platform.platform()}",
         f"- Python {platform.python_version()}, onnx {onnx.__version__}, "
         f"onnxruntime {ort.__version__}, torch {torch_version}",
-        f"- repvgg-onnx at `{git_revision()}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- Benchmark at `{git_revision()}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"repvgg_onnx imported from `{TOOL_ROOT}` at `{git_revision(TOOL_ROOT)}`",
         f"- Load average at the start: {load_average()}",
     ]
 
@@ -679,15 +905,30 @@ def render_report(
     header: Sequence[str],
     run_seconds: float,
     comparisons: Sequence[ComparisonResult] = (),
+    scaling: str | None = None,
 ) -> str:
-    """The whole Markdown report: command, ``header`` lines, plans, then the tables."""
+    """The whole Markdown report: command, ``header`` lines, plans, then the tables of
+    ``results`` (if any) and the ``scaling`` section (if any)."""
     measured = [*(result.model for result in results), *(c.model for c in comparisons)]
     plans = [f"- {model.name}: {model.plan.describe()}" for model in measured]
-    rss_note = "GNU time `%M`" if GNU_TIME else "not measured (GNU time not found)"
     sections = [
         "# repvgg-onnx benchmark",
         f"Command: `{shlex.join(['python', *sys.argv])}`",
         "\n".join([*header, *plans]),
+        *(model_sections(results, comparisons) if results else []),
+        *([scaling] if scaling else []),
+        f"Run time: {run_seconds / 60:.1f} min. Load average at the end: {load_average()}; "
+        "the benchmark itself accounts for about 1.",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def model_sections(
+    results: Sequence[ModelResult], comparisons: Sequence[ComparisonResult]
+) -> list[str]:
+    """The forms, fuse-time and latency sections of the benchmarked models."""
+    rss_note = "GNU time `%M`" if GNU_TIME else "not measured (GNU time not found)"
+    return [
         "## Forms\n\n"
         "`fused` is the output of `repvgg-onnx fuse` (verified); `reference` the PyTorch "
         "re-parameterized export of the same weights. Parameters count initializers and "
@@ -699,7 +940,10 @@ def render_report(
         "## Fuse time, whole subprocess\n\n"
         "Median wall time of a fresh process, interpreter start-up and imports included; "
         f"(×) = ratio to the plain `onnx.load` + `onnx.save` process. Peak RSS: {rss_note}, "
-        "median.\n\n" + subprocess_table(results),
+        "median, (×) = ratio to load + save. Verify: the `verify` phase of the in-process "
+        "`verify=True` job (two onnxruntime sessions and one inference of each model), (×) = "
+        "its ratio to the whole in-process `fuse(verify=False)` + save job.\n\n"
+        + subprocess_table(results),
         "## Fuse time, in process\n\n"
         "Median time of the work alone inside a fresh process (start-up and imports "
         "excluded); (×) = ratio to `onnx.load` + `onnx.save`. Phases are the tool's own timers "
@@ -724,16 +968,31 @@ def render_report(
         "runs the three forms in a shuffled order; latencies are medians over rounds of each "
         "round's mean, ratios medians over rounds of per-round ratios "
         "[interquartile range].\n\n" + latency_table(results),
-        f"Run time: {run_seconds / 60:.1f} min. Load average at the end: {load_average()}; "
-        "the benchmark itself accounts for about 1.",
     ]
-    return "\n\n".join(sections) + "\n"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__)
     parser.add_argument(
         "--quick", action="store_true", help="the committed sample only, fewer repeats and rounds"
+    )
+    parser.add_argument(
+        "--scaling", action="store_true", help="the scaling section only (synthetic chains)"
+    )
+    parser.add_argument(
+        "--all", action="store_true", help="the models, then the scaling section (~27 min)"
+    )
+    parser.add_argument(
+        "--big",
+        action="store_true",
+        help="run the scaling section (after the models, unless --scaling) with a 2.5 GB "
+        "external-data chain added (~9 GB RAM, ~3 min more)",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=DEFAULT_PLOT,
+        help="scaling picture, needs matplotlib (default: %(default)s)",
     )
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="Markdown report (default: %(default)s)"
@@ -752,9 +1011,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     started = perf_counter()
     header = machine_lines()
-    models = [sample_model(QUICK_PLAN if args.quick else FULL_PLAN)]
+    models = [] if args.scaling else [sample_model(QUICK_PLAN if args.quick else FULL_PLAN)]
     comparison_models: list[BenchModel] = []
-    if args.quick:
+    if args.scaling:
+        header.append("- `--scaling`: the scaling section only.")
+    elif args.quick:
         header.append("- `--quick`: the committed sample only, with fewer repeats and rounds.")
     elif importlib.util.find_spec("torch") is None:
         header.append("- torch is not installed: only the committed sample was benchmarked.")
@@ -777,7 +1038,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     comparisons = [
         measure_comparison(model, base, out_dir, shuffler) for model in comparison_models
     ]
-    report = render_report(results, header, perf_counter() - started, comparisons)
+    scaling = None
+    if not args.quick and (args.scaling or args.all or args.big):
+        points = [
+            measure_scaling_point(point, args.cache_dir, out_dir, shuffler)
+            for point in scaling_points(args.big)
+        ]
+        plot: Path | None = args.plot
+        if importlib.util.find_spec("matplotlib") is None:
+            print("matplotlib is not installed: no scaling picture", file=sys.stderr)
+            plot = None
+        else:
+            plot_scaling(points, args.plot)
+        scaling = scaling_section(points, plot)
+    report = render_report(results, header, perf_counter() - started, comparisons, scaling)
     print(report, end="")
     args.out.write_text(report)
 

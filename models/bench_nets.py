@@ -4,6 +4,10 @@
   before stage 4: a MobileOne stem, RepMixer stages of widths (48, 96, 192, 384) and depths
   (2, 2, 4, 2) joined by MobileOne-style patch embeddings, a MobileOne final conv and a global
   pool + Linear head; GELU throughout; ``1x3x224x224 -> 1x1000``.
+- :func:`mobileone_s0`: MobileOne-S0 (Vasu et al., CVPR 2023; timm ``mobileone_s0``): a
+  stride-2 3x3 MobileOne stem, stages of widths (48, 128, 256, 1024) and depths (2, 8, 10, 1),
+  each block a depthwise 3x3 then a pointwise 1x1 MobileOne conv, ``k = 4`` over-parameterized
+  conv branches throughout, ReLU, global pool + Linear; ``1x3x224x224 -> 1x1000``.
 - :func:`dbb_resnet18`: ResNet-18 with every 3x3 conv and the 7x7 stem conv a
   :class:`models.dbb.DiverseBranchBlock` (DBB paper, "DBB-ResNet-18"); ``1x3x224x224 -> 1x1000``.
 
@@ -31,6 +35,12 @@ FASTVIT_T8_WIDTHS = (48, 96, 192, 384)
 FASTVIT_T8_LAYERS = (2, 2, 4, 2)
 FASTVIT_FINAL_RATIO = 2
 """The final MobileOne conv doubles the last stage's width (timm ``cls_ratio=2.0``)."""
+
+MOBILEONE_S0_STEM = 48
+MOBILEONE_S0_WIDTHS = (48, 128, 256, 1024)
+MOBILEONE_S0_LAYERS = (2, 8, 10, 1)
+MOBILEONE_S0_BRANCHES = 4
+"""timm ``mobileone_s0``: widths 64·(0.75, 1, 1, 2) and 64·0.75 for the stem, k = 4."""
 
 RESNET18_WIDTHS = (64, 128, 256, 512)
 RESNET18_LAYERS = (2, 2, 2, 2)
@@ -183,6 +193,34 @@ def fastvit_t8(
     final = FASTVIT_FINAL_RATIO * previous
     modules["final_conv"] = MobileOneConv(previous, final, 3, groups=previous)
     modules["head"] = ClassifierHead(final, num_classes)
+    return nn.Sequential(OrderedDict(modules))
+
+
+def mobileone_s0(num_classes: int = NUM_CLASSES) -> nn.Sequential:
+    """MobileOne-S0 (see the module docstring): 5.3 M parameters in training form, 2.1 M
+    deployed. Each stage opens with stride 2; a block is a depthwise kxk :class:`MobileOneConv`
+    (scale branch, identity BN at stride 1) then a pointwise 1x1 one (identity BN when the
+    width does not change)."""
+    branches = MOBILEONE_S0_BRANCHES
+
+    def conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Module:
+        return MobileOneConv(in_ch, out_ch, kernel, stride, groups, branches, act=nn.ReLU)
+
+    modules: dict[str, nn.Module] = {"stem": conv(3, MOBILEONE_S0_STEM, 3, stride=2)}
+    previous = MOBILEONE_S0_STEM
+    for index, (width, depth) in enumerate(
+        zip(MOBILEONE_S0_WIDTHS, MOBILEONE_S0_LAYERS, strict=True)
+    ):
+        stage: list[nn.Module] = []
+        for block in range(depth):
+            stride = 2 if block == 0 else 1
+            stage += [
+                conv(previous, previous, 3, stride, groups=previous),
+                conv(previous, width, 1),
+            ]
+            previous = width
+        modules[f"stage{index + 1}"] = nn.Sequential(*stage)
+    modules["head"] = ClassifierHead(previous, num_classes)
     return nn.Sequential(OrderedDict(modules))
 
 
