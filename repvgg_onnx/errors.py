@@ -57,3 +57,10 @@ class CheckFailedError(ReparamError):
     """Verification ran and the two models disagree."""
 
     exit_code = 1
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type if it has none): how an error of a
+    library we call is quoted inside one of ours, which must stay one line."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -19,7 +19,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from repvgg_onnx.errors import UnsupportedModelError
+from repvgg_onnx.errors import UnsupportedModelError, first_line
 
 #: A sparse tensor is made dense only up to this many elements (4 GiB of float32).
 MAX_DENSE_ELEMENTS = 1 << 30
@@ -35,7 +35,7 @@ def import_graph(model: onnx.ModelProto) -> tuple[gs.Graph, dict[_NodeKey, list]
         graph = gs.import_onnx(model)
     except Exception as error:  # graphsurgeon raises assorted types on odd models
         raise UnsupportedModelError(
-            f"onnx-graphsurgeon cannot read this model ({_first_line(error)}); please report it."
+            f"onnx-graphsurgeon cannot read this model ({first_line(error)}); please report it."
         ) from error
     for node in graph.nodes:
         for name, value in list(node.attrs.items()):
@@ -50,7 +50,7 @@ def export_graph(graph: gs.Graph, empty: dict[_NodeKey, list]) -> onnx.ModelProt
         model = gs.export_onnx(graph, do_type_check=False)
     except Exception as error:  # graphsurgeon raises assorted types on odd models
         raise UnsupportedModelError(
-            f"onnx-graphsurgeon cannot write this model back ({_first_line(error)}); "
+            f"onnx-graphsurgeon cannot write this model back ({first_line(error)}); "
             "please report it."
         ) from error
     if empty:
@@ -125,8 +125,3 @@ def dense_tensor(sparse: onnx.SparseTensorProto) -> onnx.TensorProto:
             f"({error})."
         ) from error
     return numpy_helper.from_array(dense.reshape(dims), name)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

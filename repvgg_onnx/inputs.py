@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from repvgg_onnx.errors import InputSpecError, UnsupportedModelError
+from repvgg_onnx.errors import InputSpecError, UnsupportedModelError, first_line
 
 DEFAULT_BATCH = 1
 #: Random inputs larger than this (per input) are refused rather than allocated.
@@ -195,9 +195,3 @@ def check_feeds(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict
             )
         _input_shape(value, list(array.shape))
     return {name: np.asarray(feeds[name]) for name in inputs}
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message (its type if it has none)."""
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

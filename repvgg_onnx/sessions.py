@@ -16,8 +16,7 @@ import numpy as np
 import onnx
 
 from repvgg_onnx import io
-from repvgg_onnx.errors import ModelRunError
-from repvgg_onnx.inputs import first_line
+from repvgg_onnx.errors import ModelRunError, first_line
 from repvgg_onnx.isolation import note
 
 if TYPE_CHECKING:  # onnxruntime is imported when a session is made: fuse --no-verify skips it
