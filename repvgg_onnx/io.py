@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import math
 import os
 import re
@@ -344,7 +343,13 @@ def _checker_detail(err: Exception) -> str:
 
 def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every tensor that can hold weights: in the graph, its subgraphs and local functions."""
-    yield from _graph_tensors(model.graph)
+    yield from model.graph.initializer
+    yield from _tensors_beside_initializers(model)
+
+
+def _tensors_beside_initializers(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """:func:`_all_tensors` but the main graph's initializers."""
+    yield from _graph_tensors_beside_initializers(model.graph)
     for function in model.functions:
         for node in function.node:
             yield from _node_tensors(node)
@@ -352,6 +357,10 @@ def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 
 def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     yield from graph.initializer
+    yield from _graph_tensors_beside_initializers(graph)
+
+
+def _graph_tensors_beside_initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     for sparse in graph.sparse_initializer:
         yield from (sparse.values, sparse.indices)
     for node in graph.node:
@@ -401,21 +410,7 @@ def _skeleton_size_bound(skeleton: onnx.ModelProto) -> int:
     strings = [t for t in initializers if t.data_type == onnx.TensorProto.STRING]
     bound = len(initializers) * SMALL_TENSOR_ELEMENTS * 16
     bound += sum(_tensor_size(tensor) for tensor in strings)
-    others = itertools.chain(
-        (
-            tensor
-            for sparse in skeleton.graph.sparse_initializer
-            for tensor in (sparse.values, sparse.indices)
-        ),
-        (tensor for node in skeleton.graph.node for tensor in _node_tensors(node)),
-        (
-            tensor
-            for function in skeleton.functions
-            for node in function.node
-            for tensor in _node_tensors(node)
-        ),
-    )
-    return bound + sum(_tensor_size(tensor) for tensor in others)
+    return bound + sum(_tensor_size(tensor) for tensor in _tensors_beside_initializers(skeleton))
 
 
 def _tensor_size(tensor: onnx.TensorProto) -> int:
