@@ -36,11 +36,10 @@ def _malloc_trim():
         return None
 
 
-def return_free_memory(collect: bool = True) -> bool:
-    """Return free heap memory to the system, after collecting garbage (cycles, such as a
-    dropped onnx-graphsurgeon graph) if ``collect``; whether glibc could."""
-    if collect:
-        gc.collect()
+def return_free_memory() -> bool:
+    """Collect garbage (cycles, such as a dropped onnx-graphsurgeon graph), then return free
+    heap memory to the system; whether glibc could."""
+    gc.collect()
     trim = _malloc_trim()
     if trim is None:
         return False
