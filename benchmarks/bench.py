@@ -4,7 +4,7 @@ form, our fused form and the PyTorch re-parameterized reference.
 
 Run from anywhere: ``python benchmarks/bench.py [--quick | --scaling | --all | --big]
 [--out benchmarks/results.md]``; the scaling section times synthetic RepVGG chains
-(``synthetic.py``) by depth and by bytes of weights and draws ``scaling.png``.
+(``models/synthetic.py``) by depth and by bytes of weights and draws ``scaling.png``.
 ``benchmarks/README.md`` says how to read the tables.
 """
 
@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING
 
 import onnx
 import onnxruntime as ort
-import synthetic
 from latency import LatencyResult, measure_latency, output_differences
 
 import repvgg_onnx
@@ -230,9 +229,23 @@ def sample_model(plan: Plan) -> BenchModel:
     )
 
 
+def models_on_path() -> None:
+    """Make the repository's ``models`` package importable from this script."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+
+
+def synthetic_chains():
+    """``models.synthetic``: the chains of the scaling section (onnx only, no torch)."""
+    models_on_path()
+    from models import synthetic
+
+    return synthetic
+
+
 def generated_specs() -> dict[str, GeneratedSpec]:
     """The generated models by name (imports torch and ``models``)."""
-    sys.path.insert(0, str(REPO_ROOT))
+    models_on_path()
     from models import bench_nets, blocks
 
     return {
@@ -672,7 +685,7 @@ def latency_table(results: Sequence[ModelResult]) -> str:
     return markdown_table([*headers, "training / fused", "fused / reference"], rows)
 
 
-# --- Scaling: synthetic RepVGG chains (benchmarks/synthetic.py), fuse jobs only -------------
+# --- Scaling: synthetic RepVGG chains (models/synthetic.py), fuse jobs only -----------------
 
 LOAD_SAVE_EXTERNAL = "load_save_external"
 SCALING_JOBS = (LOAD_SAVE, API_NO_VERIFY, API_VERIFY)
@@ -707,10 +720,10 @@ class ScalingPoint:
 
     @property
     def weight_bytes(self) -> int:
-        return synthetic.weight_bytes(self.blocks, self.channels)
+        return synthetic_chains().weight_bytes(self.blocks, self.channels)
 
     def path(self, cache_dir: Path) -> Path:
-        return cache_dir / f"{self.name}.v{synthetic.BUILDER_VERSION}.onnx"
+        return cache_dir / f"{self.name}.v{synthetic_chains().BUILDER_VERSION}.onnx"
 
 
 @dataclass(frozen=True)
@@ -738,7 +751,7 @@ def measure_scaling_point(
     source = point.path(cache_dir)
     if not source.exists():
         print(f"{point.name}: building {source}", file=sys.stderr)
-        synthetic.write_chain(
+        synthetic_chains().write_chain(
             source, point.blocks, point.channels, SCALING_SIZE, external=point.external
         )
     plan = Plan(
@@ -840,7 +853,7 @@ def scaling_section(results: Sequence[ScalingResult], plot: Path | None) -> str:
     picture = f"\n\n![scaling]({plot.name})" if plot is not None else ""
     return (
         "## Scaling\n\n"
-        "Synthetic RepVGG chains (`benchmarks/synthetic.py`: per block a 3x3 and a 1x1 conv-BN "
+        "Synthetic RepVGG chains (`models/synthetic.py`: per block a 3x3 and a 1x1 conv-BN "
         f"and an identity BN, summed, ReLU; 8 nodes; 1x{{channels}}x{SCALING_SIZE}x"
         f"{SCALING_SIZE} input): {SCALING_CHANNELS} channels at growing depth, then "
         f"{BYTES_BLOCKS} blocks at growing width. Each job is `timed_job.py` in a fresh process "

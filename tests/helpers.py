@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,6 +16,14 @@ from repvgg_onnx.pipeline import PipelineResult
 from repvgg_onnx.transform import fuse_graph
 
 OPSET = 17
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def repository_module(name: str):
+    """A module of the repository outside the package, such as ``models.synthetic``."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    return importlib.import_module(name)
 
 
 @dataclass(frozen=True)

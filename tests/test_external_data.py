@@ -15,100 +15,29 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
-from helpers import data_file_locations
+from helpers import data_file_locations, repository_module
 from repvgg_onnx import api, io
 from repvgg_onnx.cli import main
 from repvgg_onnx.errors import ModelSaveError
 
-#: A store turns an array into an initializer named ``name``: in memory, or in a data file.
-Store = Callable[[np.ndarray, str], TensorProto]
-
-
-def in_memory(array: np.ndarray, name: str) -> TensorProto:
-    return numpy_helper.from_array(array, name)
-
-
-class DataFileStore:
-    """Appends each array to one data file and returns an initializer pointing at it, so a
-    model larger than memory can be built one tensor at a time."""
-
-    def __init__(self, file: BinaryIO, location: str) -> None:
-        self.file = file
-        self.location = location
-
-    def __call__(self, array: np.ndarray, name: str) -> TensorProto:
-        tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=array.shape)
-        offset = self.file.tell()
-        self.file.write(memoryview(np.ascontiguousarray(array)).cast("B"))
-        tensor.data_location = TensorProto.EXTERNAL
-        for key, value in (
-            ("location", self.location),
-            ("offset", offset),
-            ("length", array.nbytes),
-        ):
-            tensor.external_data.add(key=key, value=str(value))
-        return tensor
+synthetic = repository_module("models.synthetic")
 
 
 def repvgg_model(
-    channels: int, blocks: int, seed: int = 0, store: Store = in_memory
+    channels: int, blocks: int, store: synthetic.Store = synthetic.in_memory
 ) -> onnx.ModelProto:
-    """``blocks`` RepVGG training blocks of ``channels`` channels on a ``1xCx4x4`` input:
-    ``Relu(BN(Conv3x3(x)) + BN(Conv1x1(x)) + BN(x))``, random weights and statistics."""
-    rng = np.random.default_rng(seed)
-    nodes: list[onnx.NodeProto] = []
-    initializers: list[TensorProto] = []
-
-    def param(name: str, array: np.ndarray) -> str:
-        initializers.append(store(array.astype(np.float32, copy=False), name))
-        return name
-
-    def batchnorm(x: str, name: str) -> str:
-        statistics = [
-            param(f"{name}.gamma", rng.uniform(0.2, 0.4, channels)),
-            param(f"{name}.beta", rng.normal(0, 0.1, channels)),
-            param(f"{name}.mean", rng.normal(0, 0.1, channels)),
-            param(f"{name}.var", rng.uniform(0.5, 2.0, channels)),
-        ]
-        nodes.append(helper.make_node("BatchNormalization", [x, *statistics], [name], epsilon=1e-3))
-        return name
-
-    def conv(x: str, name: str, size: int) -> str:
-        weight = rng.standard_normal((channels, channels, size, size), dtype=np.float32)
-        weight *= np.float32(1 / np.sqrt(channels * size * size))
-        pads = [size // 2] * 4
-        nodes.append(helper.make_node("Conv", [x, param(f"{name}.w", weight)], [name], pads=pads))
-        return name
-
-    x = "x"
-    for block in range(blocks):
-        b = f"block{block}"
-        dense = batchnorm(conv(x, f"{b}.conv3", 3), f"{b}.bn3")
-        pointwise = batchnorm(conv(x, f"{b}.conv1", 1), f"{b}.bn1")
-        identity = batchnorm(x, f"{b}.bn_id")
-        nodes.append(helper.make_node("Add", [dense, pointwise], [f"{b}.sum"]))
-        nodes.append(helper.make_node("Add", [f"{b}.sum", identity], [f"{b}.sum2"]))
-        nodes.append(helper.make_node("Relu", [f"{b}.sum2"], [f"{b}.out"]))
-        x = f"{b}.out"
-    nodes.append(helper.make_node("Identity", [x], ["y"]))
-    shape = [1, channels, 4, 4]
-    graph = helper.make_graph(
-        nodes,
-        "repvgg",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
-        initializers,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    """``blocks`` RepVGG training blocks of ``channels`` channels on a ``1xCx4x4`` input
+    (:func:`models.synthetic.repvgg_chain`)."""
+    return synthetic.repvgg_chain(blocks, channels, size=4, store=store)
 
 
 def run(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
@@ -400,7 +329,9 @@ BIG_BLOCKS = 15
 def test_fuse_a_model_over_2_gb_with_external_data(tmp_path: Path) -> None:
     source = tmp_path / "big.onnx"
     with (tmp_path / "big.onnx.data").open("wb") as data:
-        model = repvgg_model(BIG_CHANNELS, BIG_BLOCKS, store=DataFileStore(data, "big.onnx.data"))
+        model = repvgg_model(
+            BIG_CHANNELS, BIG_BLOCKS, store=synthetic.DataFileStore(data, "big.onnx.data")
+        )
     source.write_bytes(model.SerializeToString())
     del model
     assert (tmp_path / "big.onnx.data").stat().st_size > 2**31

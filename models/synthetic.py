@@ -1,4 +1,5 @@
-"""Synthetic RepVGG chains for the scaling benchmark, built with onnx alone (no torch).
+"""Synthetic RepVGG chains built with onnx alone (no torch): the scaling benchmark's models
+(``benchmarks/bench.py``) and the external-data tests' (``tests/test_external_data.py``).
 
 :func:`repvgg_chain` has the structure of ``tests/helpers.repvgg_chain`` (each block
 ``Relu(BN(Conv3x3(x)) + BN(Conv1x1(x)) + BN(x))``) with values drawn so that the activations
@@ -8,8 +9,8 @@ identity BN whose scale ``gamma / sqrt(var + eps)`` is about 0.97. The helper's
 a few hundred blocks, and the fused model could then not be verified.
 
 ``store`` writes a tensor where it belongs: in the model (default), or appended to a data file
-(:class:`DataFileStore`, as in ``tests/test_external_data.py``), so a model larger than the
-2 GiB a protobuf can hold is built one tensor at a time.
+(:class:`DataFileStore`), so a model larger than the 2 GiB a protobuf can hold is built one
+tensor at a time.
 """
 
 from __future__ import annotations
