@@ -20,7 +20,6 @@ from repvgg_onnx.inputs import load_feeds
 from repvgg_onnx.inspection import Inspection, inspect_model
 from repvgg_onnx.isolation import isolated
 from repvgg_onnx.localize import first_divergence
-from repvgg_onnx.memory import return_free_memory, worth_returning
 from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass
 from repvgg_onnx.report import FuseReport, ModelStats, Verification
 from repvgg_onnx.skeleton import model_skeleton
@@ -133,8 +132,6 @@ def fuse(
     start = time.perf_counter()
     fused_model, outcome = fuse_graph(original, passes, tell)
     check_fused_model(fused_model, original)
-    if worth_returning(original):
-        return_free_memory()  # the graph and the weights it dropped, before saving allocates
     seconds["fuse"] = time.perf_counter() - start
 
     report = FuseReport(

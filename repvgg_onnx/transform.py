@@ -42,9 +42,14 @@ def fuse_graph(
         _mark_overridable_initializers(graph, model)
         _annotate_shapes(graph, model)
         outcome = run_passes(graph, passes, progress)
-    if worth_returning(model):
+    large = worth_returning(model)
+    if large:
         return_free_memory()  # what the passes dropped (graphsurgeon objects are cyclic)
-    return export_like(graph, model, outcome.fused, empty_lists), outcome
+    fused = export_like(graph, model, outcome.fused, empty_lists)
+    del graph
+    if large:
+        return_free_memory()  # the spent graph, before a save allocates again
+    return fused, outcome
 
 
 #: From IR version 4 on, an initializer need not be a graph input; one that is listed anyway
