@@ -15,7 +15,7 @@ import onnx
 
 from repvgg_onnx.passes.result import FusedBlock, Skipped
 from repvgg_onnx.render import SCHEMA_VERSION, Rendered, verdict
-from repvgg_onnx.skeleton import serialized_size
+from repvgg_onnx.skeleton import serialized_size, tensor_census
 
 
 @dataclass(frozen=True)
@@ -141,15 +141,17 @@ class ModelStats:
 
     @classmethod
     def of(cls, model: onnx.ModelProto) -> ModelStats:
-        graph = model.graph
-        parameters = sum(math.prod(tensor.dims) for tensor in graph.initializer)
-        for node in graph.node:
-            if node.op_type == "Constant":
+        census = tensor_census(model)
+        parameters = census.elements
+        op_types = []
+        for node in model.graph.node:
+            op_types.append(node.op_type)
+            if op_types[-1] == "Constant":
                 parameters += sum(math.prod(a.t.dims) for a in node.attribute if a.name == "value")
         return cls(
-            op_counts=dict(sorted(Counter(node.op_type for node in graph.node).items())),
+            op_counts=dict(sorted(Counter(op_types).items())),
             parameters=parameters,
-            size_bytes=serialized_size(model),
+            size_bytes=serialized_size(model, census),
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 
 import onnx
 from onnx import helper
@@ -19,8 +20,10 @@ from onnx import helper
 #: the values of shape-like tensors (Reshape's shape, ReduceMean's axes, Slice's starts).
 SMALL_TENSOR_ELEMENTS = 1024
 
-#: Below this many bytes of large initializers, a model's size is counted by protobuf itself.
-_DIRECT_SIZE_BYTES = 64 * 2**20
+#: Below this many bytes of large initializers, a model's size is counted by protobuf itself
+#: (``ByteSize`` encodes every weight to count it: 0.14 s for a 36 MB model, against 3 ms for
+#: its skeleton).
+_DIRECT_SIZE_BYTES = 2**20
 
 _MODEL_FIELDS = ("ir_version", "producer_name", "producer_version", "domain", "model_version")
 
@@ -51,26 +54,45 @@ def model_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
-def serialized_size(model: onnx.ModelProto) -> int:
+def serialized_size(model: onnx.ModelProto, census: TensorCensus | None = None) -> int:
     """The model's size in bytes as one protobuf, to within a few bytes per large tensor.
 
     ``ModelProto.ByteSize()`` serializes every weight to count it; this measures the skeleton
-    and adds the large tensors' payload from their shape and element type.
+    and adds the large tensors' payload from their shape and element type. ``census`` is
+    :func:`tensor_census` of ``model``, when the caller already has it.
     """
-    large = [t for t in model.graph.initializer if math.prod(t.dims) > SMALL_TENSOR_ELEMENTS]
-    payload = sum(_payload_bytes(tensor) for tensor in large)
-    if payload < _DIRECT_SIZE_BYTES:  # cheaper to count as is than to copy a skeleton
+    census = census or tensor_census(model)
+    if census.payload_bytes < _DIRECT_SIZE_BYTES:  # cheaper to count as is than to copy
         with contextlib.suppress(Exception):  # a model too large for one protobuf
             return model.ByteSize()
-    return model_skeleton(model).ByteSize() + payload
+    return model_skeleton(model).ByteSize() + census.payload_bytes
 
 
-def _payload_bytes(tensor: onnx.TensorProto) -> int:
+@dataclass(frozen=True)
+class TensorCensus:
+    """Elements of all initializers, and the bytes of those the skeleton leaves out."""
+
+    elements: int
+    payload_bytes: int
+
+
+def tensor_census(model: onnx.ModelProto) -> TensorCensus:
+    """One walk over the initializers (each ``dims`` read costs a protobuf wrapper)."""
+    elements = payload = 0
+    for tensor in model.graph.initializer:
+        count = math.prod(tensor.dims)
+        elements += count
+        if count > SMALL_TENSOR_ELEMENTS:
+            payload += _payload_bytes(tensor, count)
+    return TensorCensus(elements, payload)
+
+
+def _payload_bytes(tensor: onnx.TensorProto, elements: int) -> int:
     try:
         itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     except (KeyError, TypeError):
         return len(tensor.raw_data)
-    return math.prod(tensor.dims) * itemsize
+    return elements * itemsize
 
 
 def inferred_value_info(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
