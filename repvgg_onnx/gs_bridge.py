@@ -44,6 +44,28 @@ def import_graph(model: onnx.ModelProto) -> tuple[gs.Graph, dict[_NodeKey, list]
     return graph, empty
 
 
+def dismantle(graph: gs.Graph) -> None:
+    """Free a spent graph now, by reference counting, instead of at some later collection.
+
+    Every graphsurgeon node and tensor is a reference cycle (its ``inputs``/``outputs`` lists
+    point back to it to stay in sync), so a dropped graph waits for the cyclic collector, which
+    walks every object of the process: 0.6 s on a graph of 32,000 nodes, run at whatever
+    allocation comes next. Emptying each object's ``__dict__`` breaks the cycles. The graph
+    and everything in it is unusable afterwards (subgraphs are left to the collector).
+    """
+    tensors: dict[int, gs.Tensor] = {}
+    for node in graph.nodes:
+        for tensor in (*node.inputs, *node.outputs):
+            tensors[id(tensor)] = tensor
+    for tensor in (*graph.inputs, *graph.outputs):
+        tensors[id(tensor)] = tensor
+    for node in graph.nodes:
+        node.__dict__.clear()
+    for tensor in tensors.values():
+        tensor.__dict__.clear()
+    graph.__dict__.clear()
+
+
 def export_graph(graph: gs.Graph, empty: dict[_NodeKey, list]) -> onnx.ModelProto:
     """``graph`` as a model, each surviving node with its empty list attributes back."""
     try:

@@ -12,7 +12,7 @@ from repvgg_onnx.passes.affine_regions import fuse_affine_regions
 from repvgg_onnx.passes.canonicalize import canonicalize
 from repvgg_onnx.passes.fold_constants import fold_constants
 from repvgg_onnx.passes.fold_forward import fold_forward
-from repvgg_onnx.passes.graph_utils import ensure_topological_order
+from repvgg_onnx.passes.graph_utils import ensure_topological_order, tensor_map
 from repvgg_onnx.passes.readers import is_training_batchnorm
 from repvgg_onnx.passes.result import FusedBlock, PassResult, Skipped
 from repvgg_onnx.shapes import reinfer_shapes
@@ -68,7 +68,7 @@ def run_passes(
     """
     check_inference_graph(graph)
     ensure_topological_order(graph)
-    original_tensors = set(graph.tensors())
+    original_tensors = set(tensor_map(graph))
     result = PipelineResult()
     for _ in range(MAX_ROUNDS):
         result.rounds += 1

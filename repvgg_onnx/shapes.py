@@ -9,13 +9,14 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
+from repvgg_onnx.passes.graph_utils import tensor_map
 from repvgg_onnx.skeleton import inferred_value_info
 from repvgg_onnx.weightless import weights_detached
 
 
 def annotate_shapes(graph: gs.Graph, inferred: dict[str, onnx.ValueInfoProto]) -> None:
     """Give shapeless (or partly known) variables their inferred shape and type."""
-    for tensor in graph.tensors().values():
+    for tensor in tensor_map(graph).values():
         value = inferred.get(tensor.name)
         if not isinstance(tensor, gs.Variable) or value is None:
             continue

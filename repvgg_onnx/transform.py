@@ -13,9 +13,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from repvgg_onnx.errors import UnsupportedModelError
-from repvgg_onnx.gs_bridge import export_graph, import_graph
+from repvgg_onnx.gs_bridge import dismantle, export_graph, import_graph
 from repvgg_onnx.memory import collection_paused, return_free_memory, worth_returning
-from repvgg_onnx.passes.graph_utils import mark_overridable
+from repvgg_onnx.passes.graph_utils import mark_overridable, tensor_map
 from repvgg_onnx.passes.result import FusedBlock
 from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass, PipelineResult, run_passes
 from repvgg_onnx.shapes import annotate_shapes
@@ -42,13 +42,13 @@ def fuse_graph(
         _mark_overridable_initializers(graph, model)
         _annotate_shapes(graph, model)
         outcome = run_passes(graph, passes, progress)
-    large = worth_returning(model)
+        large = worth_returning(model)
+        if large:
+            return_free_memory()  # what the passes dropped (graphsurgeon objects are cyclic)
+        fused = export_like(graph, model, outcome.fused, empty_lists)
+        dismantle(graph)  # before a save allocates again; no collection walks it
     if large:
-        return_free_memory()  # what the passes dropped (graphsurgeon objects are cyclic)
-    fused = export_like(graph, model, outcome.fused, empty_lists)
-    del graph
-    if large:
-        return_free_memory()  # the spent graph, before a save allocates again
+        return_free_memory()
     return fused, outcome
 
 
@@ -60,10 +60,11 @@ _OVERRIDABLE_MIN_IR_VERSION = 4
 def _mark_overridable_initializers(graph: gs.Graph, model: onnx.ModelProto) -> None:
     """Initializers also listed as graph inputs (IR >= 4) are not constants: no pass may bake
     them in, and the exported model lists them again (graphsurgeon drops the listing)."""
-    if model.ir_version < _OVERRIDABLE_MIN_IR_VERSION:
+    listed = _initializer_inputs(model)
+    if model.ir_version < _OVERRIDABLE_MIN_IR_VERSION or not listed:
         return
-    tensors = graph.tensors()
-    for name in _initializer_inputs(model):
+    tensors = tensor_map(graph)
+    for name in listed:
         if name in tensors:
             mark_overridable(tensors[name])
 

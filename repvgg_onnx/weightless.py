@@ -20,6 +20,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from repvgg_onnx.passes.graph_utils import tensor_map
 from repvgg_onnx.skeleton import SMALL_TENSOR_ELEMENTS
 
 
@@ -89,7 +90,7 @@ def weights_detached(graph: gs.Graph) -> Iterator[None]:
 def _large_constants(graph: gs.Graph) -> list[gs.Constant]:
     """Constants of more than ``SMALL_TENSOR_ELEMENTS`` numeric elements, exported as is."""
     found = []
-    for tensor in graph.tensors().values():
+    for tensor in tensor_map(graph).values():
         if not isinstance(tensor, gs.Constant) or tensor._export_dtype is not None:
             continue
         lazy = tensor._values
@@ -110,6 +111,6 @@ def _large_constants(graph: gs.Graph) -> list[gs.Constant]:
 def _constants_named(graph: gs.Graph, names: dict) -> list[gs.Constant]:
     return [
         tensor
-        for tensor in graph.tensors().values()
+        for tensor in tensor_map(graph).values()
         if isinstance(tensor, gs.Constant) and tensor.name in names
     ]

@@ -104,3 +104,20 @@ def test_random_feeds_still_run_on_the_round_trip() -> None:
     np.testing.assert_allclose(
         run(export_graph(*import_graph(model)), feeds)[0], run(model, feeds)[0], rtol=0, atol=0
     )
+
+
+def test_a_dismantled_graph_is_freed_without_the_cyclic_collector() -> None:
+    import gc
+    import weakref
+
+    from repvgg_onnx.gs_bridge import dismantle
+
+    graph, _ = import_graph(block_model(REPVGG_BRANCHES, cin=4, cout=4, seed=1))
+    objects = [weakref.ref(o) for o in (*graph.nodes, *graph.tensors().values())]
+    gc.disable()
+    try:
+        dismantle(graph)
+        del graph
+        assert not [ref for ref in objects if ref() is not None]
+    finally:
+        gc.enable()
