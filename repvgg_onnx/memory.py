@@ -37,9 +37,14 @@ def _malloc_trim():
 
 
 def return_free_memory() -> bool:
-    """Collect garbage (cycles, such as a dropped onnx-graphsurgeon graph), then return free
-    heap memory to the system; whether glibc could."""
+    """Collect garbage (cycles, such as the nodes a pass dropped from an onnx-graphsurgeon
+    graph), then return free heap memory to the system; whether glibc could."""
     gc.collect()
+    return trim_free_heap()
+
+
+def trim_free_heap() -> bool:
+    """Return free heap memory to the system (no collection); whether glibc could."""
     trim = _malloc_trim()
     if trim is None:
         return False

@@ -14,7 +14,12 @@ import onnx_graphsurgeon as gs
 
 from repvgg_onnx.errors import UnsupportedModelError
 from repvgg_onnx.gs_bridge import dismantle, export_graph, import_graph
-from repvgg_onnx.memory import collection_paused, return_free_memory, worth_returning
+from repvgg_onnx.memory import (
+    collection_paused,
+    return_free_memory,
+    trim_free_heap,
+    worth_returning,
+)
 from repvgg_onnx.passes.graph_utils import mark_overridable, tensor_map
 from repvgg_onnx.passes.result import FusedBlock
 from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass, PipelineResult, run_passes
@@ -46,9 +51,9 @@ def fuse_graph(
         if large:
             return_free_memory()  # what the passes dropped (graphsurgeon objects are cyclic)
         fused = export_like(graph, model, outcome.fused, empty_lists)
-        dismantle(graph)  # before a save allocates again; no collection walks it
+        dismantle(graph)  # freed now, before a save allocates again; no collection walks it
     if large:
-        return_free_memory()
+        trim_free_heap()
     return fused, outcome
 
 
