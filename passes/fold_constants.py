@@ -32,7 +32,7 @@ from .graph_utils import (
     replace_uses,
     static_shape,
 )
-from .reference import reference_evaluator
+from .reference import evaluate_index_ops, reference_evaluator
 from .result import PassResult
 
 RULE = "fold_constants"
@@ -110,25 +110,29 @@ def _within_budget(node: gs.Node, outputs: list[np.ndarray]) -> bool:
 
 
 def _evaluate_all(graph: gs.Graph, nodes: list[gs.Node]) -> dict[str, np.ndarray]:
-    """Every output of ``nodes`` by one run of onnx's reference evaluator (``{}`` if it fails)."""
+    """Every output of ``nodes`` by one run of onnx's reference evaluator, or of
+    :func:`evaluate_index_ops` when that computes them all (``{}`` if it fails)."""
     inside = {id(t) for node in nodes for t in node.outputs}
-    initializers = {}
+    values = {}
     for node in nodes:
         for tensor in node.inputs:
             if not is_omitted(tensor) and id(tensor) not in inside:
-                initializers[tensor.name] = numpy_helper.from_array(
-                    constant_values(tensor), tensor.name
-                )
+                values[tensor.name] = constant_values(tensor)
     outputs = [t.name for node in nodes for t in node.outputs]
+    protos = [OnnxExporter.export_node(node) for node in nodes]
+    opset = int(graph.opset or 17)
+    computed = evaluate_index_ops(protos, values, opset)
+    if computed is not None:
+        return computed
     model = helper.make_model(
         helper.make_graph(
-            [OnnxExporter.export_node(node) for node in nodes],
+            protos,
             "fold",
             [],
             [helper.make_empty_tensor_value_info(name) for name in outputs],
-            list(initializers.values()),
+            [numpy_helper.from_array(value, name) for name, value in values.items()],
         ),
-        opset_imports=[helper.make_opsetid("", int(graph.opset or 17))],
+        opset_imports=[helper.make_opsetid("", opset)],
     )
     try:
         results = reference_evaluator(model).run(None, {})

@@ -7,11 +7,15 @@ borders. :func:`scatter_nd` computes the same output with one numpy assignment w
 is the same thing: no reduction and no index tuple written twice (numpy does not promise an
 order for repeated indices; the reference's loop decides it).
 
-``onnx.reference`` takes a tenth of a second to import, so it is imported on first use.
+``onnx.reference`` takes a tenth of a second to import, so it is imported on first use, and
+the three index ops of TorchScript's ``flatten`` (``Shape → Gather → Unsqueeze → Concat``,
+in nearly every exported classifier) are computed by :func:`evaluate_index_ops` with numpy,
+the same thing as the reference (a test compares them on random cases).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 
 import numpy as np
@@ -57,3 +61,50 @@ def reference_evaluator(model: onnx.ModelProto):
     from onnx.reference import ReferenceEvaluator
 
     return ReferenceEvaluator(model, new_ops=[_scatter_nd_op()])
+
+
+#: Ops :func:`evaluate_index_ops` computes: their whole specification is one numpy call.
+INDEX_OPS = frozenset({"Gather", "Unsqueeze", "Concat"})
+
+
+def evaluate_index_ops(
+    nodes: Sequence[onnx.NodeProto], values: dict[str, np.ndarray], opset: int
+) -> dict[str, np.ndarray] | None:
+    """Run ``nodes`` (in order; each an op of :data:`INDEX_OPS` in the standard domain) on
+    ``values`` by name; every output by name, or ``None`` if a node is not one this computes
+    exactly (then the reference evaluator runs them)."""
+    known = dict(values)
+    for node in nodes:
+        if node.op_type not in INDEX_OPS or node.domain not in ("", "ai.onnx"):
+            return None
+        inputs = [known.get(name) for name in node.input]
+        if len(node.output) != 1 or not inputs or any(v is None for v in inputs):
+            return None
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        try:
+            output = _index_op(node.op_type, inputs, attributes, opset)
+        except (ValueError, IndexError, TypeError):  # numpy refuses what ONNX forbids
+            return None
+        if output is None:
+            return None
+        known[node.output[0]] = np.asarray(output)
+    return {name: value for name, value in known.items() if name not in values}
+
+
+def _index_op(op: str, inputs: list[np.ndarray], attributes: dict, opset: int):
+    data = inputs[0]
+    if op == "Gather":
+        if len(inputs) != 2:
+            return None
+        return np.take(data, inputs[1], axis=int(attributes.get("axis", 0)))  # raises if invalid
+    if op == "Unsqueeze":
+        axes = inputs[1] if opset >= 13 and len(inputs) == 2 else attributes.get("axes")
+        if axes is None or (opset >= 13 and len(inputs) != 2) or (opset < 13 and len(inputs) != 1):
+            return None
+        axes = [int(a) for a in np.asarray(axes).reshape(-1)]
+        if any(not 0 <= a < data.ndim + len(axes) for a in axes):
+            return None  # negative axes: onnx's reference (opset < 13) inserts them one by one
+        return np.expand_dims(data, tuple(axes))  # repeated axes raise ValueError
+    if "axis" not in attributes:  # Concat's axis is required
+        return None
+    return np.concatenate(inputs, axis=int(attributes["axis"]))
