@@ -79,6 +79,7 @@ class RegionFinder:
     readings: dict[int, LinearOp | Refusal | None] = field(default_factory=dict)
     anchors: set[int] = field(default_factory=set)
     unreadable: set[int] = field(default_factory=set)
+    _linked: dict[int, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.readings = {id(node): read_node(node) for node in self.graph.nodes}
@@ -95,10 +96,19 @@ class RegionFinder:
 
     def is_interior(self, tensor: gs.Tensor) -> bool:
         """Computed by a linear op and read only once, by another linear op of the graph."""
-        op = self.op_of(tensor)
-        if op is None or op.output is not tensor or id(tensor) in self.anchors:
+        if id(tensor) in self.anchors:
             return False
-        if not has_single_use(self.graph, tensor):
+        known = self._linked.get(id(tensor))
+        if known is None:
+            known = self._links_two_linear_ops(tensor)
+            self._linked[id(tensor)] = known
+        return known
+
+    def _links_two_linear_ops(self, tensor: gs.Tensor) -> bool:
+        """The part of :meth:`is_interior` planning does not change (the graph is not edited
+        while planning; only the anchors grow)."""
+        op = self.op_of(tensor)
+        if op is None or op.output is not tensor or not has_single_use(self.graph, tensor):
             return False
         reader = self.readings.get(id(tensor.outputs[0]))
         return isinstance(reader, LinearOp) and any(t is tensor for t in reader.inputs)
