@@ -31,6 +31,8 @@ _MODEL_FIELDS = ("ir_version", "producer_name", "producer_version", "domain", "m
 def model_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same graph with each initializer of more than ``SMALL_TENSOR_ELEMENTS`` elements
     replaced by a typed graph input; valid, checkable and inferable like the model."""
+    if all(math.prod(t.dims) <= SMALL_TENSOR_ELEMENTS for t in model.graph.initializer):
+        return _copy_without_annotations(model)  # one copy in C, not a node at a time
     skeleton = onnx.ModelProto()
     for name in _MODEL_FIELDS:
         setattr(skeleton, name, getattr(model, name))
@@ -51,6 +53,23 @@ def model_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
             graph.input.append(
                 helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
             )
+    return skeleton
+
+
+#: What a skeleton leaves out besides the large weights: documentation, metadata and the
+#: training and configuration records no check or inference of ours needs.
+_MODEL_ANNOTATIONS = ("doc_string", "metadata_props", "training_info", "configuration")
+_GRAPH_ANNOTATIONS = ("doc_string", "quantization_annotation", "metadata_props")
+
+
+def _copy_without_annotations(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` copied whole but for the fields :func:`model_skeleton` leaves out."""
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for message, names in ((skeleton, _MODEL_ANNOTATIONS), (skeleton.graph, _GRAPH_ANNOTATIONS)):
+        for name in names:
+            if name in message.DESCRIPTOR.fields_by_name:  # older onnx lacks some
+                message.ClearField(name)
     return skeleton
 
 
