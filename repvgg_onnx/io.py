@@ -397,8 +397,19 @@ _PLAIN_ATTRIBUTE_TYPES = frozenset(
 
 
 def _estimated_size(model: onnx.ModelProto) -> int:
-    """Upper bound of the bytes the model's tensor data takes when serialized."""
-    return sum(_tensor_size(tensor) for tensor in _all_tensors(model))
+    """Upper bound of the bytes the model's tensor data takes when serialized. The main
+    graph's initializers are counted from their shapes (reading ``raw_data`` copies it), which
+    is exact for every model we write: loaded ones had their sizes checked, new ones are built
+    from arrays of their shape."""
+    initializers = sum(_initializer_size(tensor) for tensor in model.graph.initializer)
+    return initializers + sum(_tensor_size(t) for t in _tensors_beside_initializers(model))
+
+
+def _initializer_size(tensor: onnx.TensorProto) -> int:
+    itemsize = _FIXED_ITEMSIZE.get(tensor.data_type)
+    if itemsize is None or not tensor.HasField("raw_data"):
+        return _tensor_size(tensor)
+    return math.prod(tensor.dims) * itemsize
 
 
 def _skeleton_size_bound(skeleton: onnx.ModelProto) -> int:
