@@ -93,10 +93,11 @@ def _constant_subgraph(graph: gs.Graph) -> list[gs.Node]:
     computed: set[int] = set()
     nodes = []
     for node in graph.nodes:
-        if node.op in ("Shape", "Size") or not _foldable(graph, node):
-            continue
         inputs = [t for t in node.inputs if not is_omitted(t)]
-        if inputs and all(constant_values(t) is not None or id(t) in computed for t in inputs):
+        if not inputs or node.op in ("Shape", "Size"):
+            continue
+        constant = all(id(t) in computed or constant_values(t) is not None for t in inputs)
+        if constant and _foldable(graph, node):  # inputs first: most nodes read a variable
             nodes.append(node)
             computed.update(id(t) for t in node.outputs)
     return nodes
