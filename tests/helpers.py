@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,3 +244,8 @@ def data_file_locations(path) -> set[str]:
         for entry in tensor.external_data
         if entry.key == "location"
     }
+
+
+def use_named_temporaries(monkeypatch) -> None:
+    """Saves take the fallback of systems without ``O_TMPFILE``: named hidden temporaries."""
+    monkeypatch.delattr(os, "O_TMPFILE", raising=False)

@@ -101,14 +101,14 @@ SMALL = repvgg_model(channels=16, blocks=2)
 # --- the pair is consistent at every moment ----------------------------------------------------
 
 
-@pytest.mark.parametrize("unnamed", [True, False], ids=["tmpfile", "named"])
+@pytest.mark.usefixtures("temporaries")
 @pytest.mark.parametrize(
     ("before", "after"),
     [(True, True), (True, False), (False, True)],
     ids=["data-to-data", "data-to-inline", "inline-to-data"],
 )
 def test_every_change_to_the_folder_leaves_a_consistent_pair(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool, before: bool, after: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: bool, after: bool
 ) -> None:
     """After every link, rename, replace and unlink of a save, the model on disk loads with
     its data and is either the previous model or the new one."""
@@ -116,8 +116,6 @@ def test_every_change_to_the_folder_leaves_a_consistent_pair(
     old, new = changed(SMALL, 1.0), changed(SMALL, 2.0)
     names = {"old": weights(old), "new": weights(new)}
     io.save_model(old, path, external_data=before)
-    if not unnamed:
-        monkeypatch.delattr(os, "O_TMPFILE", raising=False)
     seen: list[str] = []
 
     def checking(function: str) -> Callable[..., Any]:

@@ -20,6 +20,7 @@ from google.protobuf.message import EncodeError
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data, uses_external_data
 
+from helpers import use_named_temporaries
 from repvgg_onnx import io
 from repvgg_onnx.errors import ModelLoadError, ModelSaveError
 
@@ -87,11 +88,6 @@ def data_file_of(path: Path) -> str:
     assert len(names) == 1, names
     assert re.fullmatch(rf"{re.escape(path.name)}\.{os.getpid()}\.[0-9a-f]{{8}}\.data", names[0])
     return names[0]
-
-
-def use_named_temporaries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fallback of systems without O_TMPFILE."""
-    monkeypatch.delattr(os, "O_TMPFILE", raising=False)
 
 
 # --- load_model: files that are not models -------------------------------------------------
@@ -291,12 +287,8 @@ def test_save_inline_round_trip_without_data_file(tmp_path: Path) -> None:
     assert io.load_model(path) == two_conv_model()
 
 
-@pytest.mark.parametrize("unnamed", [True, False], ids=["tmpfile", "named"])
-def test_saved_file_mode_follows_the_umask(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool
-) -> None:
-    if not unnamed:
-        use_named_temporaries(monkeypatch)
+@pytest.mark.usefixtures("temporaries")
+def test_saved_file_mode_follows_the_umask(tmp_path: Path) -> None:
     path = tmp_path / "out.onnx"
     umask = os.umask(0o027)
     try:
@@ -425,13 +417,9 @@ def test_a_named_temporary_never_replaces_an_existing_file(
     assert sorted(os.listdir(tmp_path)) == [squatter.name]
 
 
-@pytest.mark.parametrize("unnamed", [True, False], ids=["tmpfile", "named"])
-def test_a_save_removes_only_the_stale_temporaries_of_our_naming(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool
-) -> None:
+@pytest.mark.usefixtures("temporaries")
+def test_a_save_removes_only_the_stale_temporaries_of_our_naming(tmp_path: Path) -> None:
     """What a killed save left (our pattern, a dead pid) goes; everything else stays."""
-    if not unnamed:
-        use_named_temporaries(monkeypatch)
     dead, hex16 = dead_pid(), "0123456789abcdef"
     stale = [
         f".out.onnx.repvgg-onnx.{dead}.{hex16}.tmp",
@@ -680,17 +668,15 @@ def test_failed_save_leaves_the_old_output_and_no_temp_file(
         assert error.strerror in assert_user_message(err, path)
 
 
-@pytest.mark.parametrize("unnamed", [True, False], ids=["tmpfile", "named"])
+@pytest.mark.usefixtures("temporaries")
 def test_a_failed_folder_fsync_after_the_replace_is_reported_and_keeps_the_pair(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The new model is in place but may not be durable: the error says so, and its data file
     stays (as does the one the previous model names, for a power cut to find)."""
     path = tmp_path / "out.onnx"
     io.save_model(two_conv_model(), path, external_data=True)
     previous = data_file_of(path)
-    if not unnamed:
-        use_named_temporaries(monkeypatch)
     monkeypatch.setattr(os, "fsync", failing_on_call(4, EIO, os.fsync))
     changed = two_conv_model()
     changed.graph.initializer[0].raw_data = bytes(WEIGHT_BYTES)
@@ -703,14 +689,12 @@ def test_a_failed_folder_fsync_after_the_replace_is_reported_and_keeps_the_pair(
     assert (tmp_path / previous).exists()
 
 
-@pytest.mark.parametrize("unnamed", [True, False], ids=["tmpfile", "named"])
+@pytest.mark.usefixtures("temporaries")
 def test_an_interrupt_right_after_the_replace_keeps_the_new_data_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "out.onnx"
     path.write_bytes(b"previous content")
-    if not unnamed:
-        use_named_temporaries(monkeypatch)
     real_replace = os.replace
 
     def replace_then_interrupt(*args: Any, **kwargs: Any) -> None:
