@@ -15,7 +15,7 @@ import onnx
 
 from repvgg_onnx import io
 from repvgg_onnx.diff import GraphDiff, diff_models
-from repvgg_onnx.errors import CheckFailedError, ModelRunError
+from repvgg_onnx.errors import CheckFailedError, ModelRunError, first_line
 from repvgg_onnx.inputs import load_feeds
 from repvgg_onnx.inspection import Inspection, inspect_model
 from repvgg_onnx.isolation import isolated
@@ -194,6 +194,6 @@ def check_fused_model(fused: onnx.ModelProto, original: onnx.ModelProto) -> None
         except Exception:
             return
         raise CheckFailedError(
-            f"the fused model fails onnx.checker ({str(error).strip().splitlines()[0]}); "
+            f"the fused model fails onnx.checker ({first_line(error)}); "
             "this is a bug in repvgg-onnx: please report it with the model."
         ) from error

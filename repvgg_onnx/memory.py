@@ -16,10 +16,11 @@ import ctypes
 import ctypes.util
 import functools
 import gc
-import math
 from collections.abc import Iterator
 
 import onnx
+
+from repvgg_onnx.skeleton import tensor_census
 
 #: Models with fewer weight bytes than this do not collect: the memory is small, the time not.
 LARGE_MODEL_BYTES = 32 * 2**20
@@ -73,5 +74,4 @@ def collection_paused() -> Iterator[None]:
 def worth_returning(model: onnx.ModelProto) -> bool:
     """Whether ``model``'s initializers hold at least :data:`LARGE_MODEL_BYTES` (counted from
     shapes, assuming 4 bytes an element, so nothing is serialized)."""
-    elements = sum(math.prod(tensor.dims) for tensor in model.graph.initializer)
-    return 4 * elements >= LARGE_MODEL_BYTES
+    return 4 * tensor_census(model).elements >= LARGE_MODEL_BYTES

@@ -175,3 +175,23 @@ def test_verify_prints_each_name_warning_once(tmp_path):
     onnx.save(renamed, b)
     output = invoke("verify", a, b).output
     assert output.count("warning:") == 1
+
+
+def _with_unknown_op(model: onnx.ModelProto) -> onnx.ModelProto:
+    broken = onnx.ModelProto()
+    broken.CopyFrom(model)
+    broken.graph.node[0].op_type = "NotAnOnnxOp"
+    return broken
+
+
+def test_a_fused_model_that_fails_the_checker_is_a_bug_not_a_pass():
+    from helpers import REPVGG_BRANCHES, block_model
+    from repvgg_onnx.api import check_fused_model
+    from repvgg_onnx.errors import CheckFailedError
+
+    original = block_model(REPVGG_BRANCHES, cin=4, cout=4, seed=3)
+    with pytest.raises(CheckFailedError, match=r"fused model fails onnx\.checker \(.*NotAnOnnxOp"):
+        check_fused_model(_with_unknown_op(original), original)
+    check_fused_model(original, original)  # a valid result passes
+    broken = _with_unknown_op(original)
+    check_fused_model(broken, broken)  # an original that fails it too: not made worse
