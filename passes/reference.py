@@ -92,14 +92,19 @@ def evaluate_index_ops(
 
 
 def _index_op(op: str, inputs: list[np.ndarray], attributes: dict, opset: int):
+    known = {"axis"} if op != "Unsqueeze" else set() if opset >= 13 else {"axes"}
+    if not attributes.keys() <= known:  # an attribute the op does not have: invalid
+        return None
     data = inputs[0]
     if op == "Gather":
         if len(inputs) != 2:
             return None
         return np.take(data, inputs[1], axis=int(attributes.get("axis", 0)))  # raises if invalid
     if op == "Unsqueeze":
-        axes = inputs[1] if opset >= 13 and len(inputs) == 2 else attributes.get("axes")
-        if axes is None or (opset >= 13 and len(inputs) != 2) or (opset < 13 and len(inputs) != 1):
+        if len(inputs) != (2 if opset >= 13 else 1):  # axes: an input from opset 13 on
+            return None
+        axes = inputs[1] if opset >= 13 else attributes.get("axes")
+        if axes is None:
             return None
         axes = [int(a) for a in np.asarray(axes).reshape(-1)]
         if any(not 0 <= a < data.ndim + len(axes) for a in axes):

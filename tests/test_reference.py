@@ -50,7 +50,8 @@ def test_scatternd_matches_the_reference_loop(seed, reduction):
 
 def _index_case(rng: np.random.Generator, opset: int):
     """A random Gather, Unsqueeze or Concat node and its inputs (some invalid: axes or indices
-    out of range, float indices, no axis)."""
+    out of range, float indices, no axis, Unsqueeze axes in
+    the other opsets' form or in both)."""
     op = ["Gather", "Unsqueeze", "Concat"][int(rng.integers(3))]
     data = rng.integers(-9, 9, size=[int(s) for s in rng.integers(1, 4, rng.integers(0, 4))])
     inputs = {"data": data.astype(np.int64)}
@@ -65,9 +66,10 @@ def _index_case(rng: np.random.Generator, opset: int):
     elif op == "Unsqueeze":
         rank = data.ndim + int(rng.integers(1, 3))
         axes = rng.integers(-rank - 1, rank + 1, size=rank - data.ndim).astype(np.int64)
-        if opset >= 13:
+        form = rng.choice(["input", "attribute", "both"], p=[0.4, 0.4, 0.2])
+        if form != "attribute":  # valid from opset 13 on
             inputs["axes"] = axes
-        else:
+        if form != "input":  # valid before opset 13
             attributes["axes"] = [int(a) for a in axes]
     else:
         inputs["other"] = rng.integers(-9, 9, size=data.shape).astype(np.int64)
