@@ -183,3 +183,36 @@ def test_serialized_size_is_the_protobuf_size_by_either_route(monkeypatch, direc
     large = sum(t.name.startswith("w") and len(t.raw_data) > 4096 for t in model.graph.initializer)
     assert large  # the skeleton route has a payload to add
     assert abs(skeleton.serialized_size(model) - model.ByteSize()) <= 32 * large
+
+
+def test_a_skeleton_without_large_weights_is_the_model_without_its_annotations():
+    from repvgg_onnx.skeleton import SMALL_TENSOR_ELEMENTS, model_skeleton
+
+    model = block_model(REPVGG_BRANCHES, cin=4, cout=4, seed=4)
+    assert all(math.prod(t.dims) <= SMALL_TENSOR_ELEMENTS for t in model.graph.initializer)
+    model.doc_string = model.graph.doc_string = "notes"
+    helper.set_model_props(model, {"author": "us"})
+    skeleton = model_skeleton(model)
+    assert (skeleton.doc_string, skeleton.graph.doc_string) == ("", "")
+    assert not skeleton.metadata_props
+    assert list(skeleton.graph.node) == list(model.graph.node)
+    assert list(skeleton.graph.initializer) == list(model.graph.initializer)
+    assert list(skeleton.opset_import) == list(model.opset_import)
+    assert model.doc_string == "notes" and model.metadata_props  # the model is untouched
+
+
+def test_tensor_map_is_graphsurgeons_tensor_map():
+    from repvgg_onnx.passes.graph_utils import tensor_map
+
+    model = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 13]>
+        g (float[1, 2, 4, 4] x) => (float[1, 2, 8, 8] y) {
+            scales = Constant<value = float[4] {1, 1, 2, 2}>()
+            y = Resize<mode = "nearest">(x, , scales)
+        }"""
+    )
+    graph = gs.import_onnx(model)
+    assert any(t.name == "" for t in graph.nodes[-1].inputs)  # the omitted roi
+    mapped, expected = tensor_map(graph), graph.tensors()
+    assert list(mapped) == list(expected)
+    assert all(mapped[name] is expected[name] for name in expected)
