@@ -9,6 +9,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
+from .mapped_weights import mapped_view
+
 #: Op domains whose ops have the standard ONNX meaning; ops of any other domain (a custom
 #: ``Conv`` of a model-local function, say) are never read as linear ops or folded.
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -47,6 +49,8 @@ def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
         lazy = tensor._values
         if isinstance(lazy, LazyValues):
             values = _raw_view(lazy.tensor)
+            if values is None and lazy.tensor.data_location == onnx.TensorProto.EXTERNAL:
+                return None  # not in memory and not mapped: nothing to read it from
         if values is None:  # loaded aside: the constant keeps its proto, to export as is
             try:
                 values = np.asarray(lazy.load() if isinstance(lazy, LazyValues) else lazy)
@@ -57,11 +61,22 @@ def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
     return values
 
 
+def forget_values(tensor: gs.Tensor) -> None:
+    """Drop the array :func:`constant_values` keeps for ``tensor``, whose values are changing
+    hands (a kept reference would keep a weight alive after its new owner let it go)."""
+    tensor.__dict__.pop(_READ_ONLY_VALUES, None)
+
+
 def _raw_view(proto: onnx.TensorProto) -> np.ndarray | None:
-    """The tensor's elements as a read-only view of its little-endian ``raw_data``, for the
-    whole-byte numeric types numpy and onnx agree on; ``None`` otherwise."""
+    """The tensor's elements as a read-only view of its little-endian ``raw_data`` (or of the
+    bytes it was left with in its data file, see :mod:`.mapped_weights`), for the whole-byte
+    numeric types numpy and onnx agree on; ``None`` otherwise."""
     dtype = _RAW_DTYPES.get(proto.data_type)
-    if dtype is None or not proto.HasField("raw_data") or proto.data_location:
+    if dtype is None:
+        return None
+    if proto.data_location == onnx.TensorProto.EXTERNAL:
+        return mapped_view(proto, dtype)
+    if not proto.HasField("raw_data"):
         return None
     shape = tuple(proto.dims)
     raw = proto.raw_data

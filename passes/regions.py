@@ -41,6 +41,7 @@ from repvgg_onnx.linear_forms import (
 
 from .data_movement import chain_as_pad
 from .graph_utils import describe_uses, has_single_use, producer, rank
+from .mapped_weights import release_mapped_pages
 from .readers import Kind, Layout, LinearOp, Refusal, cost_of, keeps_channels, read_node
 from .result import Skipped
 from .rewrite import node_specs
@@ -128,6 +129,7 @@ class RegionFinder:
                 continue
             planned.add(id(root))
             plan, cuts, skips = self._plan_root(root)
+            release_mapped_pages()  # the region's weights were read; its plan holds new ones
             skipped.extend(skips)
             if plan is not None:
                 plans.append(plan)

@@ -47,9 +47,12 @@ class FuseResult:
         io.save_model(self.model, path, external_data=external_data)
 
 
-def load(model: ModelLike) -> onnx.ModelProto:
-    """A ModelProto as is, or the model at a path (with its external data)."""
-    return model if isinstance(model, onnx.ModelProto) else io.load_model(model)
+def load(model: ModelLike, map_external_data: bool = False) -> onnx.ModelProto:
+    """A ModelProto as is, or the model at a path (with its external data, or with its large
+    weights left in their data file: see :func:`repvgg_onnx.io.load_model`)."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    return io.load_model(model, map_external_data=map_external_data)
 
 
 def _path_of(model: ModelLike) -> str | None:
@@ -126,11 +129,12 @@ def fuse(
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     tell("loading")
-    original = load(model)
+    original = load(model, map_external_data=True)  # read where needed, never all at once
     seconds["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
     fused_model, outcome = fuse_graph(original, passes, tell)
+    io.read_mapped_data(fused_model)  # what passed through untouched: the result stands alone
     check_fused_model(fused_model, original)
     seconds["fuse"] = time.perf_counter() - start
 

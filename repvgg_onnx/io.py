@@ -4,6 +4,9 @@ Invariants:
 
 - ``load_model`` only reads: it returns a checked model whose tensors all hold their data in
   memory, and refuses external data that points outside the model's folder before reading it.
+  For ``fuse``, it can leave the large weights in their data file instead
+  (``map_external_data``), where the passes read them through memory maps: a model of more
+  than 2 GB is then never in memory whole, only its fused kernels are.
 - ``save_model`` replaces the output all at once: a failure, or a process killed at any
   moment, leaves the previous file untouched and no temporary file behind (on Linux the file
   is written unnamed, ``O_TMPFILE``; elsewhere a killed writer's temporary is removed by the
@@ -32,9 +35,10 @@ from typing import BinaryIO
 
 import onnx
 from google.protobuf.message import DecodeError, EncodeError
-from onnx.external_data_helper import set_external_data, uses_external_data
+from onnx.external_data_helper import uses_external_data
 
 from repvgg_onnx.errors import ModelLoadError, ModelSaveError
+from repvgg_onnx.passes.mapped_weights import mapped_location, read_mapped_bytes
 from repvgg_onnx.skeleton import SMALL_TENSOR_ELEMENTS, model_skeleton
 
 # Protobuf cannot serialize a message of 2 GiB or more; stay well below it, since the estimate
@@ -61,6 +65,7 @@ _NO_TMPFILE_ERRNOS = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}
 _TEMP_PATTERN = re.compile(r"\..*\.repvgg-onnx\.([0-9]+)\.[0-9a-f]{16}\.tmp", re.DOTALL)
 _TEMP_NAME_CHARS = 180
 _SCAN_CHUNK_BYTES = 16 * 2**20
+_COPY_CHUNK_BYTES = 16 * 2**20
 
 #: Bytes per element of the fixed-width, whole-byte tensor types (sub-byte and string types are
 #: left to onnxruntime).
@@ -101,8 +106,14 @@ class _ExternalRef:
     length: int
 
 
-def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+def load_model(path: str | os.PathLike, *, map_external_data: bool = False) -> onnx.ModelProto:
     """Read, validate and return the model at ``path`` with all external data in memory.
+
+    With ``map_external_data``, the main graph's large initializers (more than
+    ``SMALL_TENSOR_ELEMENTS`` elements of a fixed-size type, their length checked against their
+    shape) stay in their data file instead, pointed at by absolute path, for the passes to read
+    through memory maps (:mod:`repvgg_onnx.passes.mapped_weights`). Such a model is written only
+    by :func:`save_model`; :func:`read_mapped_data` brings its bytes into memory.
 
     The file and its data files are only read. Raises ``ModelLoadError`` when the file is
     missing or not an ONNX model, when its external data is missing, truncated or outside the
@@ -115,10 +126,35 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         for tensor in _all_tensors(model)
         if uses_external_data(tensor)
     ]
+    mappable = _mappable_initializers(model) if map_external_data else set()
     for tensor, ref in refs:
-        _load_tensor_data(tensor, ref)
+        if tensor.name in mappable and ref.length == _fixed_size(tensor):
+            _point_at(tensor, ref)
+        else:
+            _load_tensor_data(tensor, ref)
     _run_checker(model, model_path)
     return model
+
+
+def read_mapped_data(model: onnx.ModelProto) -> None:
+    """Give every tensor of ``model`` left in its data file by ``load_model`` its bytes in
+    ``raw_data``, as if it had never been external."""
+    for tensor in _all_tensors(model):
+        if mapped_location(tensor) is not None:
+            tensor.raw_data = read_mapped_bytes(tensor)
+            del tensor.external_data[:]
+            tensor.ClearField("data_location")
+
+
+def self_contained(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or a copy with the bytes of every tensor ``load_model`` left in its data
+    file in memory: a model to serialize (it must fit in one protobuf)."""
+    if not any(mapped_location(tensor) is not None for tensor in model.graph.initializer):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    read_mapped_data(copy)
+    return copy
 
 
 def save_model(
@@ -146,12 +182,13 @@ def save_model(
         superseded = _data_files_named_by(target)
         if external_data:
             data_name = _fresh_data_name(target)
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            companions = [(data_name, partial(_move_tensor_data, model=copy, location=data_name))]
-            _write_atomically(target, partial(_write_model, model=copy, path=target), companions)
+            copy = _copy_without_initializers(model)
+            write_data = partial(_write_tensor_data, source=model, copy=copy, location=data_name)
+            write_model = partial(_write_model, model=copy, path=target)
+            _write_atomically(target, write_model, [(data_name, write_data)])
         else:
-            _write_atomically(target, partial(_write_model, model=model, path=target))
+            whole = self_contained(model)
+            _write_atomically(target, partial(_write_model, model=whole, path=target))
     except OSError as err:
         raise ModelSaveError(
             f"{target}: could not write the model ({err.strerror or err}); "
@@ -284,6 +321,30 @@ def _load_tensor_data(tensor: onnx.TensorProto, ref: _ExternalRef) -> None:
     tensor.ClearField("data_location")
 
 
+def _mappable_initializers(model: onnx.ModelProto) -> set[str]:
+    """Names of the main graph's initializers of more than ``SMALL_TENSOR_ELEMENTS`` elements
+    of a fixed-size type: the weights. Small ones stay in memory, where the checker and shape
+    inference can read them."""
+    return {
+        tensor.name
+        for tensor in model.graph.initializer
+        if math.prod(tensor.dims) > SMALL_TENSOR_ELEMENTS and tensor.data_type in _FIXED_ITEMSIZE
+    }
+
+
+def _fixed_size(tensor: onnx.TensorProto) -> int | None:
+    itemsize = _FIXED_ITEMSIZE.get(tensor.data_type)
+    return None if itemsize is None else itemsize * math.prod(tensor.dims)
+
+
+def _point_at(tensor: onnx.TensorProto, ref: _ExternalRef) -> None:
+    """Leave the tensor's bytes in their file, pointed at by absolute path (see
+    :func:`load_model`)."""
+    del tensor.external_data[:]
+    for key, value in (("location", str(ref.file)), ("offset", ref.offset), ("length", ref.length)):
+        tensor.external_data.add(key=key, value=str(value))
+
+
 def _run_checker(model: onnx.ModelProto, path: Path) -> None:
     """``onnx.checker`` on the model's skeleton (nodes, types, attributes, small tensors) and our
     own check of what the skeleton leaves out: each large tensor holds the bytes its shape needs.
@@ -407,7 +468,7 @@ def _estimated_size(model: onnx.ModelProto) -> int:
 
 def _initializer_size(tensor: onnx.TensorProto) -> int:
     itemsize = _FIXED_ITEMSIZE.get(tensor.data_type)
-    if itemsize is None or not tensor.HasField("raw_data"):
+    if itemsize is None or not (tensor.HasField("raw_data") or mapped_location(tensor)):
         return _tensor_size(tensor)
     return math.prod(tensor.dims) * itemsize
 
@@ -445,24 +506,90 @@ def check_output_path(path: str | os.PathLike) -> None:
 
 
 def _refuse_external_references(model: onnx.ModelProto, path: Path) -> None:
-    """A tensor still pointing at a data file would point at the wrong folder once saved."""
-    if any(uses_external_data(tensor) for tensor in _all_tensors(model)):
+    """A tensor still pointing at a data file would point at the wrong folder once saved
+    (a tensor :func:`load_model` left in its data file is copied from there)."""
+    if any(
+        uses_external_data(tensor) and mapped_location(tensor) is None
+        for tensor in _all_tensors(model)
+    ):
         raise ModelSaveError(
             f"{path}: the model refers to external data that is not in memory; "
             "load it with repvgg_onnx.io.load_model before saving."
         )
 
 
-def _move_tensor_data(data_file: BinaryIO, *, model: onnx.ModelProto, location: str) -> None:
-    """Append each tensor's ``raw_data`` of at least 1 KiB to ``data_file``; point it there."""
-    for tensor in _all_tensors(model):
-        size = len(tensor.raw_data)
-        if size < _MIN_EXTERNAL_TENSOR_BYTES:
+def _copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` but its main graph's initializers, field by field (a whole copy
+    would hold every weight a second time: protobuf frees a message's bytes only with it)."""
+    copy = onnx.ModelProto()
+    _copy_fields(model, copy, skip="graph")
+    _copy_fields(model.graph, copy.graph, skip="initializer")
+    return copy
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    """Copy every set field of the message ``source`` but ``skip`` into ``target``."""
+    for field, value in source.ListFields():
+        if field.name == skip:
             continue
-        offset = data_file.tell()
-        data_file.write(tensor.raw_data)
-        set_external_data(tensor, location, offset, size)
+        current = getattr(target, field.name)
+        if hasattr(current, "extend"):  # a repeated field
+            current.extend(value)
+        elif hasattr(current, "CopyFrom"):  # a message
+            current.CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def _write_tensor_data(
+    data_file: BinaryIO, *, source: onnx.ModelProto, copy: onnx.ModelProto, location: str
+) -> None:
+    """Give ``copy`` the initializers of ``source``, one at a time, each of at least 1 KiB
+    pointing at its bytes appended to ``data_file``; then move the bytes of ``copy``'s other
+    tensors (Constant nodes, subgraphs, functions) there too."""
+    for tensor in source.graph.initializer:
+        standalone = onnx.TensorProto()  # its own memory, freed once appended without data
+        standalone.CopyFrom(tensor)
+        _move_tensor_data(standalone, data_file, location)
+        copy.graph.initializer.append(standalone)
+        del standalone
+    for tensor in _tensors_beside_initializers(copy):
+        _move_tensor_data(tensor, data_file, location)
+
+
+def _move_tensor_data(tensor: onnx.TensorProto, data_file: BinaryIO, location: str) -> None:
+    """Append the tensor's bytes (its ``raw_data`` if at least 1 KiB, or the bytes it was left
+    with in its data file) to ``data_file`` and point it there."""
+    offset = data_file.tell()
+    if mapped_location(tensor) is not None:
+        size = _copy_mapped_bytes(tensor, data_file)
+    else:
+        raw = tensor.raw_data  # a copy: read once
+        size = len(raw)
+        if size < _MIN_EXTERNAL_TENSOR_BYTES:
+            return
+        data_file.write(raw)
+        del raw
         tensor.ClearField("raw_data")
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", offset), ("length", size)):
+        tensor.external_data.add(key=key, value=str(value))
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
+def _copy_mapped_bytes(tensor: onnx.TensorProto, data_file: BinaryIO) -> int:
+    """Copy a mapped tensor's bytes from its file in pieces (none of it stays in memory)."""
+    source, offset, length = mapped_location(tensor)
+    with open(source, "rb") as file:
+        file.seek(offset)
+        left = length
+        while left:
+            piece = file.read(min(left, _COPY_CHUNK_BYTES))
+            if not piece:
+                raise OSError(f"{source} ended before the bytes of tensor {tensor.name}")
+            data_file.write(piece)
+            left -= len(piece)
+    return length
 
 
 def _write_model(file: BinaryIO, *, model: onnx.ModelProto, path: Path) -> None:

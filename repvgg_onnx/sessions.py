@@ -38,9 +38,8 @@ def create_session(model: onnx.ModelProto, role: str) -> ort.InferenceSession:
     options.enable_mem_pattern = False  # halves session creation on graphs of 10^4 nodes
     try:
         if not io.needs_external_data(model):
-            return ort.InferenceSession(
-                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-            )
+            content = io.self_contained(model).SerializeToString()
+            return ort.InferenceSession(content, options, providers=["CPUExecutionProvider"])
         with tempfile.TemporaryDirectory(prefix="repvgg-onnx-") as folder:
             path = Path(folder) / f"{role}.onnx"
             io.save_model(model, path, external_data=True)

@@ -81,7 +81,7 @@ def serialized_size(model: onnx.ModelProto, census: TensorCensus | None = None) 
     :func:`tensor_census` of ``model``, when the caller already has it.
     """
     census = census or tensor_census(model)
-    if census.payload_bytes < _DIRECT_SIZE_BYTES:  # cheaper to count as is than to copy
+    if census.payload_bytes < _DIRECT_SIZE_BYTES and not census.in_files:  # cheaper as is
         with contextlib.suppress(Exception):  # a model too large for one protobuf
             return model.ByteSize()
     return model_skeleton(model).ByteSize() + census.payload_bytes
@@ -89,21 +89,24 @@ def serialized_size(model: onnx.ModelProto, census: TensorCensus | None = None) 
 
 @dataclass(frozen=True)
 class TensorCensus:
-    """Elements of all initializers, and the bytes of those the skeleton leaves out."""
+    """Elements of all initializers, the bytes of those the skeleton leaves out, and how many
+    of those are still in a data file (whose ``ByteSize`` would count the reference only)."""
 
     elements: int
     payload_bytes: int
+    in_files: int = 0
 
 
 def tensor_census(model: onnx.ModelProto) -> TensorCensus:
     """One walk over the initializers (each ``dims`` read costs a protobuf wrapper)."""
-    elements = payload = 0
+    elements = payload = in_files = 0
     for tensor in model.graph.initializer:
         count = math.prod(tensor.dims)
         elements += count
         if count > SMALL_TENSOR_ELEMENTS:
             payload += _payload_bytes(tensor, count)
-    return TensorCensus(elements, payload)
+            in_files += tensor.data_location == onnx.TensorProto.EXTERNAL
+    return TensorCensus(elements, payload, in_files)
 
 
 def _payload_bytes(tensor: onnx.TensorProto, elements: int) -> int:

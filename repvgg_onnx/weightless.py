@@ -20,7 +20,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from repvgg_onnx.passes.graph_utils import tensor_map
+from repvgg_onnx.passes.graph_utils import forget_values, tensor_map
 from repvgg_onnx.skeleton import SMALL_TENSOR_ELEMENTS
 
 
@@ -44,6 +44,7 @@ def detach_weights(graph: gs.Graph) -> dict[str, np.ndarray | LazyValues]:
             )
             detached[tensor.name] = values
         tensor._values = LazyValues(stub)
+        forget_values(tensor)
     return detached
 
 
