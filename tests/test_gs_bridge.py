@@ -121,3 +121,22 @@ def test_a_dismantled_graph_is_freed_without_the_cyclic_collector() -> None:
         assert not [ref for ref in objects if ref() is not None]
     finally:
         gc.enable()
+
+
+def test_nodes_dropped_from_the_graph_are_freed_with_it() -> None:
+    import gc
+    import weakref
+
+    from repvgg_onnx.gs_bridge import dismantle, graph_objects
+
+    graph, _ = import_graph(block_model(REPVGG_BRANCHES, cin=4, cout=4, seed=1))
+    imported = graph_objects(graph)
+    objects = [weakref.ref(o) for o in imported]
+    gc.disable()
+    try:
+        del graph.nodes[: len(graph.nodes) // 2]  # as a pass drops a merged branch
+        dismantle(graph, imported)
+        del graph, imported
+        assert not [ref for ref in objects if ref() is not None]
+    finally:
+        gc.enable()
