@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from repvgg_onnx.errors import UnsupportedModelError, first_line
+from repvgg_onnx.gs_import import import_onnx
 
 #: A sparse tensor is made dense only up to this many elements (4 GiB of float32).
 MAX_DENSE_ELEMENTS = 1 << 30
@@ -33,7 +34,7 @@ def import_graph(model: onnx.ModelProto) -> tuple[gs.Graph, dict[_NodeKey, list]
     model = _densified(model)
     empty = _empty_list_attributes(model.graph)
     try:
-        graph = gs.import_onnx(model)
+        graph = import_onnx(model)
     except Exception as error:  # graphsurgeon raises assorted types on odd models
         raise UnsupportedModelError(
             f"onnx-graphsurgeon cannot read this model ({first_line(error)}); please report it."

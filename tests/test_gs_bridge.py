@@ -90,10 +90,13 @@ def test_a_model_without_outputs_is_refused_with_a_reason() -> None:
 def test_a_graphsurgeon_failure_is_an_unsupported_model_error(monkeypatch) -> None:
     import onnx_graphsurgeon as gs
 
+    from repvgg_onnx import gs_import
+
     def broken(model):
         raise KeyError("something graphsurgeon did not expect")
 
     monkeypatch.setattr(gs, "import_onnx", broken)
+    monkeypatch.setattr(gs_import, "_import_directly", broken)
     with pytest.raises(UnsupportedModelError, match="onnx-graphsurgeon cannot read"):
         import_graph(block_model(REPVGG_BRANCHES))
 
