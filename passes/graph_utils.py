@@ -9,7 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
-from .mapped_weights import mapped_view
+from .mapped_weights import RAW_DTYPES, mapped_view
 
 #: Op domains whose ops have the standard ONNX meaning; ops of any other domain (a custom
 #: ``Conv`` of a model-local function, say) are never read as linear ops or folded.
@@ -71,7 +71,7 @@ def _raw_view(proto: onnx.TensorProto) -> np.ndarray | None:
     """The tensor's elements as a read-only view of its little-endian ``raw_data`` (or of the
     bytes it was left with in its data file, see :mod:`.mapped_weights`), for the whole-byte
     numeric types numpy and onnx agree on; ``None`` otherwise."""
-    dtype = _RAW_DTYPES.get(proto.data_type)
+    dtype = RAW_DTYPES.get(proto.data_type)
     if dtype is None:
         return None
     if proto.data_location == onnx.TensorProto.EXTERNAL:
@@ -83,24 +83,6 @@ def _raw_view(proto: onnx.TensorProto) -> np.ndarray | None:
     if len(raw) != dtype.itemsize * math.prod(shape):
         return None
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
-
-
-_RAW_DTYPES = {
-    data_type: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).newbyteorder("<")
-    for data_type in (
-        onnx.TensorProto.FLOAT,
-        onnx.TensorProto.DOUBLE,
-        onnx.TensorProto.FLOAT16,
-        onnx.TensorProto.INT8,
-        onnx.TensorProto.UINT8,
-        onnx.TensorProto.INT16,
-        onnx.TensorProto.UINT16,
-        onnx.TensorProto.INT32,
-        onnx.TensorProto.UINT32,
-        onnx.TensorProto.INT64,
-        onnx.TensorProto.UINT64,
-    )
-}
 
 
 def is_omitted(tensor: gs.Tensor) -> bool:

@@ -27,6 +27,24 @@ import weakref
 import numpy as np
 import onnx
 
+#: The whole-byte numeric types whose little-endian bytes numpy reads as they are.
+RAW_DTYPES = {
+    data_type: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).newbyteorder("<")
+    for data_type in (
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.INT16,
+        onnx.TensorProto.UINT16,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.UINT32,
+        onnx.TensorProto.INT64,
+        onnx.TensorProto.UINT64,
+    )
+}
+
 _LIVE_MAPS: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
 
 

@@ -38,7 +38,7 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx.external_data_helper import uses_external_data
 
 from repvgg_onnx.errors import ModelLoadError, ModelSaveError
-from repvgg_onnx.passes.mapped_weights import mapped_location, read_mapped_bytes
+from repvgg_onnx.passes.mapped_weights import RAW_DTYPES, mapped_location, read_mapped_bytes
 from repvgg_onnx.skeleton import SMALL_TENSOR_ELEMENTS, model_skeleton
 
 # Protobuf cannot serialize a message of 2 GiB or more; stay well below it, since the estimate
@@ -129,7 +129,7 @@ def load_model(path: str | os.PathLike, *, map_external_data: bool = False) -> o
     mappable = _mappable_initializers(model) if map_external_data else set()
     for tensor, ref in refs:
         if tensor.name in mappable and ref.length == _fixed_size(tensor):
-            _point_at(tensor, ref)
+            _point_at(tensor, str(ref.file), ref.offset, ref.length)  # absolute: see above
         else:
             _load_tensor_data(tensor, ref)
     _run_checker(model, model_path)
@@ -323,12 +323,12 @@ def _load_tensor_data(tensor: onnx.TensorProto, ref: _ExternalRef) -> None:
 
 def _mappable_initializers(model: onnx.ModelProto) -> set[str]:
     """Names of the main graph's initializers of more than ``SMALL_TENSOR_ELEMENTS`` elements
-    of a fixed-size type: the weights. Small ones stay in memory, where the checker and shape
-    inference can read them."""
+    of a type numpy reads as it is (``RAW_DTYPES``): the weights. Small ones stay in memory,
+    where the checker and shape inference can read them."""
     return {
         tensor.name
         for tensor in model.graph.initializer
-        if math.prod(tensor.dims) > SMALL_TENSOR_ELEMENTS and tensor.data_type in _FIXED_ITEMSIZE
+        if math.prod(tensor.dims) > SMALL_TENSOR_ELEMENTS and tensor.data_type in RAW_DTYPES
     }
 
 
@@ -337,12 +337,12 @@ def _fixed_size(tensor: onnx.TensorProto) -> int | None:
     return None if itemsize is None else itemsize * math.prod(tensor.dims)
 
 
-def _point_at(tensor: onnx.TensorProto, ref: _ExternalRef) -> None:
-    """Leave the tensor's bytes in their file, pointed at by absolute path (see
-    :func:`load_model`)."""
+def _point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Make the tensor refer to ``length`` bytes at ``offset`` of the file at ``location``."""
     del tensor.external_data[:]
-    for key, value in (("location", str(ref.file)), ("offset", ref.offset), ("length", ref.length)):
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
         tensor.external_data.add(key=key, value=str(value))
+    tensor.data_location = onnx.TensorProto.EXTERNAL
 
 
 def _run_checker(model: onnx.ModelProto, path: Path) -> None:
@@ -571,10 +571,7 @@ def _move_tensor_data(tensor: onnx.TensorProto, data_file: BinaryIO, location: s
         data_file.write(raw)
         del raw
         tensor.ClearField("raw_data")
-    del tensor.external_data[:]
-    for key, value in (("location", location), ("offset", offset), ("length", size)):
-        tensor.external_data.add(key=key, value=str(value))
-    tensor.data_location = onnx.TensorProto.EXTERNAL
+    _point_at(tensor, location, offset, size)
 
 
 def _copy_mapped_bytes(tensor: onnx.TensorProto, data_file: BinaryIO) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from helpers import assert_same_function, random_feeds, repvgg_chain, run
 from repvgg_onnx import api, io
@@ -225,3 +225,16 @@ def test_a_file_that_cannot_be_mapped_is_read(tmp_path: Path, monkeypatch) -> No
         if mapped_weights.mapped_location(tensor) is not None:
             view = mapped_weights.mapped_view(tensor, np.dtype("<f4"))
             np.testing.assert_array_equal(view, numpy_helper.to_array(original))
+
+
+def test_only_types_numpy_reads_as_they_are_stay_in_their_file(tmp_path: Path) -> None:
+    """bfloat16 has no numpy type: such a weight is loaded, to be read as it was before."""
+    model = training_chain()
+    head = next(t for t in model.graph.initializer if t.name == "head.w")
+    head.CopyFrom(
+        helper.make_tensor("head.w", TensorProto.BFLOAT16, head.dims, np.ones(2304, np.float32))
+    )
+    _, path = exported(tmp_path, model)
+    loaded = io.load_model(path, map_external_data=True)
+    assert "head.w" not in external_tensors(loaded)
+    assert "w1" in external_tensors(loaded)
