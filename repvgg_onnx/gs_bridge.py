@@ -13,6 +13,7 @@ Invariant: ``export_graph(import_graph(model))`` computes what ``model`` compute
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -57,18 +58,28 @@ def graph_objects(graph: gs.Graph) -> list[gs.Node | gs.Tensor]:
     return [*graph.nodes, *tensors.values()]
 
 
-def dismantle(graph: gs.Graph, former: Sequence[gs.Node | gs.Tensor] = ()) -> None:
+def watch(graph: gs.Graph) -> list[weakref.ref]:
+    """Weak references to the graph's objects now, for :func:`dismantle`: weak, so what the
+    passes drop can still be collected (with the weights it holds) before the export."""
+    return [weakref.ref(item) for item in graph_objects(graph)]
+
+
+def dismantle(graph: gs.Graph, former: Sequence[weakref.ref] = ()) -> None:
     """Free a spent graph now, by reference counting, instead of at some later collection.
 
     Every graphsurgeon node and tensor is a reference cycle (its ``inputs``/``outputs`` lists
     point back to it to stay in sync), so a dropped graph waits for the cyclic collector, which
     walks every object of the process: 0.6 s on a graph of 32,000 nodes, run at whatever
     allocation comes next. Emptying each object's ``__dict__`` breaks the cycles. ``former``:
-    the graph's objects before the passes (:func:`graph_objects`), for the nodes they dropped
-    are cycles too (on a RepVGG chain, 7 nodes of 8). The graph and everything in it is
-    unusable afterwards (subgraphs are left to the collector).
+    :func:`watch` of the graph before the passes, for the nodes they dropped are cycles too
+    (on a RepVGG chain, 7 nodes of 8). The graph and everything in it is unusable afterwards
+    (subgraphs are left to the collector).
     """
-    objects = {id(o): o for o in (*graph_objects(graph), *former)}
+    objects = {id(o): o for o in graph_objects(graph)}
+    for ref in former:
+        item = ref()
+        if item is not None:
+            objects[id(item)] = item
     for item in objects.values():
         item.__dict__.clear()
     graph.__dict__.clear()

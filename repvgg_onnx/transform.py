@@ -13,7 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from repvgg_onnx.errors import UnsupportedModelError
-from repvgg_onnx.gs_bridge import dismantle, export_graph, graph_objects, import_graph
+from repvgg_onnx.gs_bridge import dismantle, export_graph, import_graph, watch
 from repvgg_onnx.memory import (
     collection_paused,
     return_free_memory,
@@ -44,7 +44,7 @@ def fuse_graph(
         )
     with collection_paused():
         graph, empty_lists = import_graph(model)
-        imported = graph_objects(graph)
+        imported = watch(graph)
         _mark_overridable_initializers(graph, model)
         _annotate_shapes(graph, model)
         outcome = run_passes(graph, passes, progress)
@@ -53,7 +53,6 @@ def fuse_graph(
             return_free_memory()  # what the passes dropped (graphsurgeon objects are cyclic)
         fused = export_like(graph, model, outcome.fused, empty_lists)
         dismantle(graph, imported)  # freed now, before a save allocates; no collection walks it
-        del imported
     if large:
         trim_free_heap()
     return fused, outcome

@@ -126,20 +126,36 @@ def test_a_dismantled_graph_is_freed_without_the_cyclic_collector() -> None:
         gc.enable()
 
 
+def test_watching_a_graph_keeps_nothing_alive() -> None:
+    """What the passes drop stays collectable: a collection before the export frees it."""
+    import gc
+    import weakref
+
+    from repvgg_onnx.gs_bridge import graph_objects, watch
+
+    graph, _ = import_graph(block_model(REPVGG_BRANCHES, cin=4, cout=4, seed=1))
+    objects = [weakref.ref(o) for o in graph_objects(graph)]
+    imported = watch(graph)
+    del graph
+    gc.collect()
+    assert not [ref for ref in objects if ref() is not None]
+    assert len(imported) == len(objects)
+
+
 def test_nodes_dropped_from_the_graph_are_freed_with_it() -> None:
     import gc
     import weakref
 
-    from repvgg_onnx.gs_bridge import dismantle, graph_objects
+    from repvgg_onnx.gs_bridge import dismantle, graph_objects, watch
 
     graph, _ = import_graph(block_model(REPVGG_BRANCHES, cin=4, cout=4, seed=1))
-    imported = graph_objects(graph)
-    objects = [weakref.ref(o) for o in imported]
+    objects = [weakref.ref(o) for o in graph_objects(graph)]
+    imported = watch(graph)
     gc.disable()
     try:
         del graph.nodes[: len(graph.nodes) // 2]  # as a pass drops a merged branch
         dismantle(graph, imported)
-        del graph, imported
+        del graph
         assert not [ref for ref in objects if ref() is not None]
     finally:
         gc.enable()
