@@ -68,22 +68,11 @@ _SCAN_CHUNK_BYTES = 16 * 2**20
 _COPY_CHUNK_BYTES = 16 * 2**20
 
 #: Bytes per element of the fixed-width, whole-byte tensor types (sub-byte and string types are
-#: left to onnxruntime).
-_FIXED_ITEMSIZE = {
+#: left to onnxruntime): those numpy reads as they are, and those it has no type for.
+_FIXED_ITEMSIZE = {data_type: dtype.itemsize for data_type, dtype in RAW_DTYPES.items()} | {
     data_type: onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize
     for data_type in (
-        onnx.TensorProto.FLOAT,
-        onnx.TensorProto.DOUBLE,
-        onnx.TensorProto.FLOAT16,
         onnx.TensorProto.BFLOAT16,
-        onnx.TensorProto.INT8,
-        onnx.TensorProto.UINT8,
-        onnx.TensorProto.INT16,
-        onnx.TensorProto.UINT16,
-        onnx.TensorProto.INT32,
-        onnx.TensorProto.UINT32,
-        onnx.TensorProto.INT64,
-        onnx.TensorProto.UINT64,
         onnx.TensorProto.BOOL,
         onnx.TensorProto.COMPLEX64,
         onnx.TensorProto.COMPLEX128,
