@@ -1012,7 +1012,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--big",
         action="store_true",
         help="run the scaling section (after the models, unless --scaling) with a 2.5 GB "
-        "external-data chain added (~9 GB RAM, ~3 min more)",
+        "external-data chain added (~7 GB RAM, ~2 min more)",
     )
     parser.add_argument(
         "--plot",
