@@ -22,7 +22,9 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import sys
 import weakref
+from collections.abc import Iterator
 
 import numpy as np
 import onnx
@@ -115,13 +117,24 @@ def _resident_file_bytes() -> int | None:
 
 def read_mapped_bytes(tensor: onnx.TensorProto) -> bytes:
     """The bytes of a mapped tensor, read from its file (no map: nothing stays resident)."""
+    return b"".join(mapped_pieces(tensor, _WHOLE))
+
+
+def mapped_pieces(tensor: onnx.TensorProto, piece_bytes: int) -> Iterator[bytes]:
+    """The bytes of a mapped tensor read from its file in pieces of at most ``piece_bytes``;
+    ``OSError`` if the file ends before them."""
     found = mapped_location(tensor)
     if found is None:
         raise ValueError(f"tensor {tensor.name} is not left in a data file")
-    path, offset, length = found
+    path, offset, left = found
     with open(path, "rb") as file:
         file.seek(offset)
-        data = file.read(length)
-    if len(data) != length:
-        raise OSError(f"{path} ended before the {length} bytes of tensor {tensor.name}")
-    return data
+        while left:
+            piece = file.read(min(left, piece_bytes))
+            if not piece:
+                raise OSError(f"{path} ended before the bytes of tensor {tensor.name}")
+            left -= len(piece)
+            yield piece
+
+
+_WHOLE = sys.maxsize  # a piece size that reads a tensor at once

@@ -2,7 +2,7 @@
 
 graphsurgeon's importer makes every node and tensor through constructors that route each
 field through ``__setattr__`` and fill synchronized lists one element at a time (half a
-million such calls on a graph of 32,000 nodes: 4 s, four times a load and save of the file).
+million such calls on a graph of 32,000 nodes: 2.7 s of CPU, where this takes 1.2 s).
 Here the main graph's nodes and tensors are made with their ``__dict__`` filled at once and
 their links appended on both sides, as ``SynchronizedList.extend`` would append them; all the
 rest (attributes and their subgraphs, value infos, sparse initializers, local functions, the

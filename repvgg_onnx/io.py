@@ -38,7 +38,12 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx.external_data_helper import uses_external_data
 
 from repvgg_onnx.errors import ModelLoadError, ModelSaveError
-from repvgg_onnx.passes.mapped_weights import RAW_DTYPES, mapped_location, read_mapped_bytes
+from repvgg_onnx.passes.mapped_weights import (
+    RAW_DTYPES,
+    mapped_location,
+    mapped_pieces,
+    read_mapped_bytes,
+)
 from repvgg_onnx.skeleton import SMALL_TENSOR_ELEMENTS, model_skeleton
 
 # Protobuf cannot serialize a message of 2 GiB or more; stay well below it, since the estimate
@@ -550,8 +555,10 @@ def _move_tensor_data(tensor: onnx.TensorProto, data_file: BinaryIO, location: s
     """Append the tensor's bytes (its ``raw_data`` if at least 1 KiB, or the bytes it was left
     with in its data file) to ``data_file`` and point it there."""
     offset = data_file.tell()
-    if mapped_location(tensor) is not None:
-        size = _copy_mapped_bytes(tensor, data_file)
+    if mapped_location(tensor) is not None:  # copied in pieces: none of it stays in memory
+        for piece in mapped_pieces(tensor, _COPY_CHUNK_BYTES):
+            data_file.write(piece)
+        size = data_file.tell() - offset
     else:
         raw = tensor.raw_data  # a copy: read once
         size = len(raw)
@@ -561,21 +568,6 @@ def _move_tensor_data(tensor: onnx.TensorProto, data_file: BinaryIO, location: s
         del raw
         tensor.ClearField("raw_data")
     _point_at(tensor, location, offset, size)
-
-
-def _copy_mapped_bytes(tensor: onnx.TensorProto, data_file: BinaryIO) -> int:
-    """Copy a mapped tensor's bytes from its file in pieces (none of it stays in memory)."""
-    source, offset, length = mapped_location(tensor)
-    with open(source, "rb") as file:
-        file.seek(offset)
-        left = length
-        while left:
-            piece = file.read(min(left, _COPY_CHUNK_BYTES))
-            if not piece:
-                raise OSError(f"{source} ended before the bytes of tensor {tensor.name}")
-            data_file.write(piece)
-            left -= len(piece)
-    return length
 
 
 def _write_model(file: BinaryIO, *, model: onnx.ModelProto, path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import itertools
 import os
 import sys
 import weakref
@@ -238,3 +239,13 @@ def test_only_types_numpy_reads_as_they_are_stay_in_their_file(tmp_path: Path) -
     loaded = io.load_model(path, map_external_data=True)
     assert "head.w" not in external_tensors(loaded)
     assert "w1" in external_tensors(loaded)
+
+
+def test_a_data_file_cut_short_after_loading_is_an_error(tmp_path: Path) -> None:
+    _, path = exported(tmp_path)
+    loaded = io.load_model(path, map_external_data=True)
+    data = tmp_path / "model.onnx.data"
+    data.write_bytes(data.read_bytes()[:100])
+    tensor = next(t for t in loaded.graph.initializer if mapped_weights.mapped_location(t))
+    with pytest.raises(OSError, match="ended before the bytes"):
+        list(itertools.islice(mapped_weights.mapped_pieces(tensor, 2**20), 100))  # bounded
