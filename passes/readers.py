@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from repvgg_onnx.algebra import AffineConv, affine_conv, batchnorm_scale_shift
 from repvgg_onnx.linear_forms import (
+    ChannelAffine,
     Form,
     TransposedConv,
     average_pool_conv,
@@ -116,8 +117,11 @@ def read_node(node: gs.Node) -> Reading:
     return reader(node)
 
 
-def _constant_input(node: gs.Node, index: int, what: str) -> np.ndarray | str:
-    """A constant, finite, floating input of ``node``, or why it is not one."""
+def _constant_input(
+    node: gs.Node, index: int, what: str, *, check_finite: bool = True
+) -> np.ndarray | str:
+    """A constant, finite, floating input of ``node``, or why it is not one (with
+    ``check_finite=False``, the caller checks finiteness itself, with :func:`_non_finite`)."""
     if index >= len(node.inputs) or is_omitted(node.inputs[index]):
         return f"{node.op} '{node.name}' has no {what}"
     tensor = node.inputs[index]
@@ -131,9 +135,13 @@ def _constant_input(node: gs.Node, index: int, what: str) -> np.ndarray | str:
         return f"{node.op} '{node.name}' has a {what} that is not constant ('{tensor.name}')"
     if values.dtype.kind != "f":
         return f"{node.op} '{node.name}' has a {values.dtype} {what}, not floating point"
-    if not np.isfinite(values).all():
-        return f"{node.op} '{node.name}' has a {what} holding inf or NaN ('{tensor.name}')"
+    if check_finite and not np.isfinite(values).all():
+        return _non_finite(node, index, what)
     return values
+
+
+def _non_finite(node: gs.Node, index: int, what: str) -> str:
+    return f"{node.op} '{node.name}' has a {what} holding inf or NaN ('{node.inputs[index].name}')"
 
 
 def _conv_geometry(node: gs.Node, kernel_shape) -> dict | str:
@@ -228,23 +236,45 @@ def read_batchnorm(node: gs.Node) -> Reading:
         return Refusal(node, f"BatchNormalization '{node.name}' runs in training mode")
     if attribute(node, "spatial", 1) == 0:
         return Refusal(node, f"BatchNormalization '{node.name}' has spatial=0")
-    names = ("scale", "bias", "mean", "variance")
-    values = [_constant_input(node, index, name) for index, name in enumerate(names, start=1)]
-    for value in values:
-        if isinstance(value, str):
-            return Refusal(node, value)
+    values = []
+    for index, name in enumerate(_BATCHNORM_PARAMETERS, start=1):
+        value = _constant_input(node, index, name, check_finite=False)
+        if isinstance(value, str):  # a parameter before it that is not finite is named first
+            return Refusal(node, _first_non_finite(node, values) or value)
+        values.append(value)
     if any(v.ndim != 1 for v in values) or len({v.size for v in values}) != 1:
-        return Refusal(node, f"BatchNormalization '{node.name}' has parameters of unequal shape")
-    gamma, beta, mean, var = values
+        return Refusal(
+            node,
+            _first_non_finite(node, values)
+            or f"BatchNormalization '{node.name}' has parameters of unequal shape",
+        )
+    parameters = np.array(values, dtype=np.float64)  # [4, C]: one conversion, one check
+    if not np.isfinite(parameters).all():
+        return Refusal(node, _first_non_finite(node, values))
+    gamma, beta, mean, var = parameters
     eps = float(attribute(node, "epsilon", 1e-5))
-    if np.any(var.astype(np.float64) + eps <= 0):
+    if (var + eps <= 0).any():
         return Refusal(node, f"BatchNormalization '{node.name}' has var + epsilon <= 0")
     scale, shift = batchnorm_scale_shift(gamma, beta, mean, var, eps)
     layout = Layout.ANY if rank(node.inputs[0]) == 2 else Layout.CHANNELS_FIRST
     return LinearOp(
-        node, Kind.BATCHNORM, (node.inputs[0],), channel_affine(scale, shift), "BN", layout,
-        dtype=gamma.dtype,
+        node, Kind.BATCHNORM, (node.inputs[0],), ChannelAffine(scale, shift), "BN", layout,
+        dtype=values[0].dtype,
     )  # fmt: skip
+
+
+_BATCHNORM_PARAMETERS = ("scale", "bias", "mean", "variance")
+
+
+def _first_non_finite(node: gs.Node, values: list[np.ndarray]) -> str | None:
+    """Why the first of the BatchNormalization parameters read so far that holds inf or NaN
+    is refused, as :func:`_constant_input` would say it; ``None`` if all are finite."""
+    for index, (value, name) in enumerate(
+        zip(values, _BATCHNORM_PARAMETERS, strict=False), start=1
+    ):
+        if not np.isfinite(value).all():
+            return _non_finite(node, index, name)
+    return None
 
 
 def is_training_batchnorm(node: gs.Node) -> bool:
