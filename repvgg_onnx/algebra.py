@@ -68,7 +68,7 @@ class AffineConv:
 
     @property
     def kernel_shape(self) -> tuple[int, ...]:
-        return tuple(int(k) for k in self.kernel.shape[2:])
+        return self.kernel.shape[2:]  # numpy shapes are tuples of Python ints
 
     @property
     def out_channels(self) -> int:

@@ -60,7 +60,7 @@ class ChannelAffine:
 
     @property
     def is_identity(self) -> bool:
-        return bool(np.all(self.scale == 1.0) and np.all(self.shift == 0.0))
+        return self is IDENTITY or bool((self.scale == 1.0).all() and not self.shift.any())
 
 
 def channel_affine(scale=1.0, shift=0.0) -> ChannelAffine:
