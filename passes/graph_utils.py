@@ -173,8 +173,11 @@ def attribute(node: gs.Node, name: str, default):
 def static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
     """The tensor's shape if every dim is a known integer, else ``None``."""
     shape = tensor.shape
-    if shape is None or not all(isinstance(d, int | np.integer) and d >= 0 for d in shape):
+    if shape is None:
         return None
+    for d in shape:  # a loop: a generator costs more than the check on a shape of rank 4
+        if not isinstance(d, int | np.integer) or d < 0:
+            return None
     return tuple(int(d) for d in shape)
 
 
@@ -188,6 +191,8 @@ def dim(tensor: gs.Tensor, axis: int) -> int | None:
     if shape is None or not -len(shape) <= axis < len(shape):
         return None
     value = shape[axis]
+    if type(value) is int:
+        return value if value >= 0 else None
     return int(value) if isinstance(value, int | np.integer) and value >= 0 else None
 
 

@@ -20,11 +20,12 @@ Planning never touches the graph; :mod:`.rewrite` applies the plans.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import onnx_graphsurgeon as gs
 
 from repvgg_onnx.algebra import AffineConv, IncompatibleBranchesError
+from repvgg_onnx.frozen import evolve
 from repvgg_onnx.linear_forms import (
     IDENTITY,
     ChannelAffine,
@@ -81,6 +82,7 @@ class RegionFinder:
     anchors: set[int] = field(default_factory=set)
     unreadable: set[int] = field(default_factory=set)
     _linked: dict[int, bool] = field(default_factory=dict)
+    _costs: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.readings = {id(node): read_node(node) for node in self.graph.nodes}
@@ -156,13 +158,21 @@ class RegionFinder:
             return plan, attempt.cuts, attempt.skipped
         return None, attempt.cuts, attempt.skipped
 
+    def cost(self, op: LinearOp) -> float:
+        """``cost_of(op)`` at its output's channel count, computed once per op (nothing the
+        cost depends on changes while planning)."""
+        known = self._costs.get(id(op))
+        if known is None:
+            known = self._costs[id(op)] = cost_of(op, channels_of(op.output))
+        return known
+
     def region_cost(self, op: LinearOp) -> float:
         """Multiply-adds per output position of every op of the region rooted at ``op``: no
         composition that costs more can ever pay off, so none is computed."""
         root, total, stack = op.output, 0.0, [op]
         while stack:
             current = stack.pop()
-            cost = cost_of(current, channels_of(current.output))
+            cost = self.cost(current)
             total += cost * positions_ratio(current.output, root)
             stack.extend(self.op_of(t) for t in current.inputs if self.is_interior(t))
         return total
@@ -201,7 +211,7 @@ class _Attempt:
     def _expand_sum(self, op: LinearOp) -> Expression:
         terms: list[Term] = []
         nodes: tuple[gs.Node, ...] = (op.node,)
-        cost = cost_of(op, channels_of(op.output))
+        cost = self.finder.cost(op)
         for tensor, sign in zip(op.inputs, op.signs, strict=True):
             part = self.express(tensor)
             nodes += part.nodes
@@ -219,7 +229,7 @@ class _Attempt:
         self.cuts.extend(op.inputs)
         terms = [Term(t, IDENTITY) for t in op.inputs]
         terms = [t if s > 0 else negate(t) for t, s in zip(terms, op.signs, strict=True)]
-        return Expression(tuple(terms), (op.node,), cost_of(op, channels_of(op.output)))
+        return Expression(tuple(terms), (op.node,), self.finder.cost(op))
 
     def _expand_reshape(self, op: LinearOp, root: bool) -> Expression:
         """A Reshape that keeps the last axis is the identity on ``[..., C]`` maps. At the root,
@@ -228,7 +238,7 @@ class _Attempt:
             inner = self.express(op.input)
             if any(term.is_raw for term in inner.terms):
                 return self._cut(op, op.input, None)
-            return replace(inner, final=op.node)
+            return evolve(inner, final=op.node)
         if not keeps_channels(op):
             return self._cut(op, op.input, None)
         inner = self.express(op.input)
@@ -238,10 +248,10 @@ class _Attempt:
             channels_first = term.layout is Layout.CHANNELS_FIRST
             if term.is_raw or spatial or isinstance(form, TransposedConv) or channels_first:
                 return self._cut(op, op.input, None)
-        terms = [replace(t, layout=Layout.CHANNELS_LAST, reshaped=True) for t in inner.terms]
-        terms[0] = replace(terms[0], nodes=(*terms[0].nodes, op.node))
+        terms = [evolve(t, layout=Layout.CHANNELS_LAST, reshaped=True) for t in inner.terms]
+        terms[0] = evolve(terms[0], nodes=(*terms[0].nodes, op.node))
         if root and not all(same_leading_dims(t.source, op.output) for t in terms):
-            return replace(inner, final=op.node)
+            return evolve(inner, final=op.node)
         return Expression(tuple(terms), inner.nodes, inner.cost)
 
     def _data_movement_chain(self, op: LinearOp) -> list[LinearOp] | None:
@@ -287,7 +297,7 @@ class _Attempt:
     ) -> Expression:
         """``form(inner)``: distributed over the terms if per-channel, else composed with
         the terms merged (one source only)."""
-        op_cost = cost_of(op, channels_of(op.output))
+        op_cost = self.finder.cost(op)
         if isinstance(form, ChannelAffine):
             return self._apply_channel_affine(op, form, inner, nodes, label, input_tensor)
         groups = inner.by_source()
@@ -357,9 +367,9 @@ class _Attempt:
                 composed = compose(step, term.form)
             except NotComposableError:
                 return self._cut(op, input_tensor, None, form, nodes, label)
-            terms.append(replace(term, form=composed, labels=(*term.labels, label), layout=layout))
-        cost = inner.cost + cost_of(op, channels_of(op.output))
-        terms[0] = replace(terms[0], nodes=terms[0].nodes + nodes)
+            terms.append(evolve(term, form=composed, labels=(*term.labels, label), layout=layout))
+        cost = inner.cost + self.finder.cost(op)
+        terms[0] = evolve(terms[0], nodes=terms[0].nodes + nodes)
         return Expression(tuple(terms), inner.nodes, cost)
 
     def _merge(self, inner: Expression) -> Term | str:
@@ -367,7 +377,7 @@ class _Attempt:
         terms = inner.terms
         if len(terms) == 1:
             term = terms[0]
-            return replace(term, nodes=term.nodes + inner.nodes, cost=inner.total_cost)
+            return evolve(term, nodes=term.nodes + inner.nodes, cost=inner.total_cost)
         source = terms[0].source
         layout = Layout.ANY
         for term in terms:
@@ -411,7 +421,7 @@ class _Attempt:
             form,
             (label or op.label,),
             nodes or (op.node,),
-            cost_of(op, channels_of(op.output)),
+            self.finder.cost(op),
             op.layout,
             weighted=op.kind in WEIGHTED,
         )

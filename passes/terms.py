@@ -5,12 +5,13 @@ planner reads off tensors. No graph edits here."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from repvgg_onnx.algebra import AffineConv
+from repvgg_onnx.frozen import evolve
 from repvgg_onnx.linear_forms import (
     ChannelAffine,
     Form,
@@ -127,7 +128,7 @@ def meet(a: Layout, b: Layout) -> Layout | None:
 
 
 def negate(term: Term) -> Term:
-    return replace(term, form=compose(channel_affine(-1.0), term.form), negative=not term.negative)
+    return evolve(term, form=compose(channel_affine(-1.0), term.form), negative=not term.negative)
 
 
 def node_text(op: LinearOp) -> str:

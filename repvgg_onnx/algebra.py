@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
+
+from repvgg_onnx.frozen import evolve
 
 
 class IncompatibleBranchesError(ValueError):
@@ -160,7 +162,7 @@ def scale_and_shift(conv: AffineConv, scale: np.ndarray, shift: np.ndarray) -> A
     """
     scale = per_channel(scale, conv.out_channels, "channel scales")
     shift = per_channel(shift, conv.out_channels, "channel shifts")
-    return replace(
+    return evolve(
         conv,
         bias=np.multiply(conv.bias, scale, dtype=np.float64) + shift,
         scale=scale if conv.scale is None else conv.scale * scale,
@@ -249,7 +251,7 @@ def materialize(conv: AffineConv, dtype: np.dtype = np.float64) -> AffineConv:
     kernel = np.empty(conv.kernel.shape, dtype)
     for rows in _row_chunks(conv.kernel.shape):
         kernel[rows] = _scaled_rows(conv, rows)
-    return replace(conv, kernel=kernel, scale=None)
+    return evolve(conv, kernel=kernel, scale=None)
 
 
 def _scaled_rows(conv: AffineConv, rows: slice) -> np.ndarray:

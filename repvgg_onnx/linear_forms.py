@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from repvgg_onnx.algebra import (
     regroup_kernel,
     scale_and_shift,
 )
+from repvgg_onnx.frozen import evolve
 
 
 class NotComposableError(ValueError):
@@ -140,7 +141,7 @@ def _scale_outputs(outer: ChannelAffine, inner: Form) -> Form:
     if isinstance(inner, TransposedConv):
         channels = inner.out_channels
         scale = per_channel(outer.scale, channels, "channel scales")
-        return replace(
+        return evolve(
             inner,
             bias=inner.bias * scale + per_channel(outer.shift, channels, "channel shifts"),
             scale=scale if inner.scale is None else inner.scale * scale,
@@ -167,7 +168,7 @@ def _scale_inputs(outer: AffineConv, inner: ChannelAffine, rtol: float) -> Affin
     kernel = conv.kernel * scale[in_index].reshape(in_index.shape + spatial)
     taps = conv.kernel.reshape((*conv.kernel.shape[:2], -1)).sum(axis=2)
     bias = conv.bias + np.sum(taps * shift[in_index], axis=1)
-    return replace(conv, kernel=kernel, bias=bias, pad_value=None)
+    return evolve(conv, kernel=kernel, bias=bias, pad_value=None)
 
 
 def _is_constant_shift(affine: ChannelAffine, value: float) -> bool:
@@ -399,7 +400,7 @@ def pad_conv(channels: int, pads: Sequence[int], value: np.ndarray | float) -> A
     rank = len(pads) // 2
     identity = affine_conv(np.ones((channels, 1) + (1,) * rank), pads=pads, groups=channels)
     values = per_channel(value, channels, "pad values")
-    return replace(identity, pad_value=values if np.any(values) else None)
+    return evolve(identity, pad_value=values if np.any(values) else None)
 
 
 def emittable_reason(form: Form) -> str | None:
