@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -20,9 +19,6 @@ from repvgg_onnx.errors import InputSpecError
 from repvgg_onnx.inputs import check_feeds, model_inputs, resolve_input_shapes, synthesize_inputs
 from repvgg_onnx.report import OutputComparison, Verification
 from repvgg_onnx.sessions import create_session, run_session
-
-if TYPE_CHECKING:
-    import onnxruntime as ort
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL_SCALE = 1e-5
@@ -149,20 +145,10 @@ def verify_models(
         shapes = resolve_input_shapes(reference, input_shapes)
         batch_feeds = [synthesize_inputs(reference, shapes, seed + i) for i in range(batches)]
     candidate_feeds = _candidate_feed_names(reference, candidate, warnings)
-    a_session = create_session(reference, roles[0])
-    b_session = create_session(candidate, roles[1])
-    pairs = _output_pairs(a_session, b_session, warnings)
-    expected: dict[str, list[np.ndarray]] = {a: [] for a, _ in pairs}
-    actual: dict[str, list[np.ndarray]] = {b: [] for _, b in pairs}
-    for index, batch in enumerate(batch_feeds, start=1):
-        if progress is not None:
-            progress(f"batch {index}/{len(batch_feeds)}")
-        for name, value in run_session(a_session, batch, roles[0]).items():
-            expected[name].append(value)
-        renamed = {candidate_feeds[name]: value for name, value in batch.items()}
-        for name, value in run_session(b_session, renamed, roles[1], reference_ran=True).items():
-            if name in actual:
-                actual[name].append(value)
+    pairs = _output_pairs(reference, candidate, warnings)
+    expected = _outputs_of(reference, roles[0], batch_feeds, progress)
+    renamed = [{candidate_feeds[k]: v for k, v in batch.items()} for batch in batch_feeds]
+    actual = _outputs_of(candidate, roles[1], renamed, progress, reference_ran=True)
     comparisons = [
         replace(
             compare_output(a, _joined(expected[a]), _joined(actual[b]), atol, rtol),
@@ -191,12 +177,32 @@ def _joined(values: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(values, axis=0)
 
 
+def _outputs_of(
+    model: onnx.ModelProto,
+    role: str,
+    batches: list[dict[str, np.ndarray]],
+    progress: Callable[[str], None] | None,
+    reference_ran: bool = False,
+) -> dict[str, list[np.ndarray]]:
+    """Every output of ``model`` on each batch, by name. Its session is gone on return, so
+    the two models' sessions never coexist: verifying a model of several GB holds one copy
+    of its weights in onnxruntime at a time, not two."""
+    session = create_session(model, role)
+    outputs: dict[str, list[np.ndarray]] = {}
+    for index, batch in enumerate(batches, start=1):
+        if progress is not None:
+            progress(f"{role} model, batch {index}/{len(batches)}")
+        for name, value in run_session(session, batch, role, reference_ran).items():
+            outputs.setdefault(name, []).append(value)
+    return outputs
+
+
 def _output_pairs(
-    a: ort.InferenceSession, b: ort.InferenceSession, warnings: list[str]
+    a: onnx.ModelProto, b: onnx.ModelProto, warnings: list[str]
 ) -> list[tuple[str, str]]:
     """``(A name, B name)`` of the outputs to compare: by name, else by position."""
-    a_names = [o.name for o in a.get_outputs()]
-    b_names = [o.name for o in b.get_outputs()]
+    a_names = [output.name for output in a.graph.output]
+    b_names = [output.name for output in b.graph.output]
     return _matched_names("outputs", a_names, b_names, "compared", warnings)
 
 

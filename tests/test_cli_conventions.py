@@ -119,7 +119,7 @@ def test_a_terminal_sees_the_phases_move(block_path, tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["fuse", str(block_path), str(tmp_path / "o.onnx")])
     assert result.exit_code == 0
     phases = " | ".join(seen)
-    for phase in ("loading", "passes, round 1", "verifying, batch 1/1", "saving"):
+    for phase in ("loading", "passes, round 1", "verifying, fused model, batch 1/1", "saving"):
         assert phase in phases
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -83,4 +85,34 @@ def test_progress_hears_about_every_batch():
     fused, _ = fuse_model(model)
     heard: list[str] = []
     result = verify_models(model, fused, batches=3, progress=heard.append)
-    assert result.batches == 3 and heard == ["batch 1/3", "batch 2/3", "batch 3/3"]
+    roles = ("original", "fused")
+    assert result.batches == 3
+    assert heard == [f"{role} model, batch {i}/3" for role in roles for i in (1, 2, 3)]
+
+
+def test_the_two_sessions_never_coexist(monkeypatch):
+    """A model of several GB is held in onnxruntime once at a time: the reference's session
+    is gone before the candidate's is made."""
+    verify = importlib.import_module("repvgg_onnx.verify")  # the package's `verify` is api's
+    live: list[str] = []
+    most = []
+
+    class Tracked:
+        def __init__(self, session, role):
+            self._session, self._role = session, role
+            live.append(role)
+            most.append(len(live))
+
+        def __getattr__(self, name):
+            return getattr(self._session, name)
+
+        def __del__(self):
+            live.remove(self._role)
+
+    create = verify.create_session
+    monkeypatch.setattr(verify, "create_session", lambda m, role: Tracked(create(m, role), role))
+    model = block_model(REPVGG_BRANCHES, batch="N")
+    fused, _ = fuse_model(model)
+    result = verify_models(model, fused, batches=2)
+    assert result.passed and result.batches == 2
+    assert most == [1, 1] and live == []
