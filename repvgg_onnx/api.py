@@ -76,7 +76,7 @@ def verify(
     inputs (``inputs``: an ``.npz`` path or arrays by input name; else ``batches`` seeded
     random batches) and compares every output. With ``localize``, a failure also names the
     first shared intermediate tensor that diverges. Neither model is modified."""
-    model_a, model_b = load(a), load(b)
+    model_a, model_b = load(a, map_external_data=True), load(b, map_external_data=True)
     feeds = load_feeds(inputs, model_a) if isinstance(inputs, str | os.PathLike) else inputs
     result = isolated(
         verify_models,

@@ -176,7 +176,7 @@ def save_model(
         superseded = _data_files_named_by(target)
         if external_data:
             data_name = _fresh_data_name(target)
-            copy = _copy_without_initializers(model)
+            copy = copy_without_initializers(model)
             write_data = partial(_write_tensor_data, source=model, copy=copy, location=data_name)
             write_model = partial(_write_model, model=copy, path=target)
             _write_atomically(target, write_model, [(data_name, write_data)])
@@ -512,7 +512,7 @@ def _refuse_external_references(model: onnx.ModelProto, path: Path) -> None:
         )
 
 
-def _copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+def copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` but its main graph's initializers, field by field (a whole copy
     would hold every weight a second time: protobuf frees a message's bytes only with it)."""
     copy = onnx.ModelProto()

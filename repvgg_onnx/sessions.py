@@ -7,6 +7,7 @@ sentence naming which model (``role``) failed.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ import onnx
 from repvgg_onnx import io
 from repvgg_onnx.errors import ModelRunError, first_line
 from repvgg_onnx.isolation import note
+from repvgg_onnx.passes.mapped_weights import mapped_location
 
 if TYPE_CHECKING:  # onnxruntime is imported when a session is made: fuse --no-verify skips it
     import onnxruntime as ort
@@ -26,7 +28,9 @@ if TYPE_CHECKING:  # onnxruntime is imported when a session is made: fuse --no-v
 def create_session(model: onnx.ModelProto, role: str) -> ort.InferenceSession:
     """A CPU session with graph optimizations off; ``role`` names the model in errors.
 
-    A model too large for one protobuf goes through a temporary file with external data.
+    Weights the loader left in their data file are read by onnxruntime from that file itself
+    (:func:`_session_on_data_files`); otherwise a model too large for one protobuf goes through
+    a temporary file with external data.
     """
     import onnxruntime as ort
 
@@ -37,6 +41,10 @@ def create_session(model: onnx.ModelProto, role: str) -> ort.InferenceSession:
     options.log_severity_level = 4
     options.enable_mem_pattern = False  # halves session creation on graphs of 10^4 nodes
     try:
+        if any(mapped_location(tensor) for tensor in model.graph.initializer):
+            session = _session_on_data_files(model, options)
+            if session is not None:
+                return session
         if not io.needs_external_data(model):
             content = io.self_contained(model).SerializeToString()
             return ort.InferenceSession(content, options, providers=["CPUExecutionProvider"])
@@ -50,6 +58,42 @@ def create_session(model: onnx.ModelProto, role: str) -> ort.InferenceSession:
             role,
             hint="--no-verify to skip verification" if role == "original" else None,
         ) from error
+
+
+def _session_on_data_files(model: onnx.ModelProto, options) -> ort.InferenceSession | None:
+    """A session whose weights left in their data files are read from those very files, each
+    hard-linked into a temporary folder beside a model naming them by relative path (what
+    onnxruntime accepts): onnxruntime maps them, so no weight is copied, in memory or on disk.
+    The links go with the folder; the files themselves are only read.
+
+    ``None`` if a data file cannot be linked there (another file system, no permission), or if
+    the rest of the model is still too large for one protobuf.
+    """
+    import onnxruntime as ort
+
+    copy = io.copy_without_initializers(model)
+    links: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="repvgg-onnx-") as folder:
+        for tensor in model.graph.initializer:
+            found = mapped_location(tensor)
+            copy.graph.initializer.append(tensor)
+            if found is None:
+                continue
+            if found[0] not in links:
+                links[found[0]] = f"weights{len(links)}.data"
+                try:
+                    os.link(found[0], Path(folder) / links[found[0]])
+                except OSError:
+                    return None
+            location = next(
+                e for e in copy.graph.initializer[-1].external_data if e.key == "location"
+            )
+            location.value = links[found[0]]
+        if io.needs_external_data(copy):
+            return None
+        path = Path(folder) / "model.onnx"
+        path.write_bytes(copy.SerializeToString())
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def run_session(
