@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from repvgg_onnx.errors import UnsupportedModelError, first_line
+from repvgg_onnx.gs_export import export_onnx
 from repvgg_onnx.gs_import import import_onnx
 
 #: A sparse tensor is made dense only up to this many elements (4 GiB of float32).
@@ -88,7 +89,7 @@ def dismantle(graph: gs.Graph, former: Sequence[weakref.ref] = ()) -> None:
 def export_graph(graph: gs.Graph, empty: dict[_NodeKey, list]) -> onnx.ModelProto:
     """``graph`` as a model, each surviving node with its empty list attributes back."""
     try:
-        model = gs.export_onnx(graph, do_type_check=False)
+        model = export_onnx(graph)
     except Exception as error:  # graphsurgeon raises assorted types on odd models
         raise UnsupportedModelError(
             f"onnx-graphsurgeon cannot write this model back ({first_line(error)}); "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
+from repvgg_onnx.gs_export import export_onnx
 from repvgg_onnx.passes.graph_utils import tensor_map
 from repvgg_onnx.skeleton import inferred_value_info
 from repvgg_onnx.weightless import weights_detached
@@ -39,7 +40,7 @@ def reinfer_shapes(graph: gs.Graph) -> None:
     folded, tensors whose shape depended on them get one)."""
     try:
         with weights_detached(graph):
-            model = gs.export_onnx(graph, do_type_check=False)
+            model = export_onnx(graph)
     except Exception:  # graphsurgeon raises assorted types; shapes are a help, not a need
         return
     annotate_shapes(graph, inferred_value_info(model))
