@@ -249,3 +249,29 @@ def data_file_locations(path) -> set[str]:
 def use_named_temporaries(monkeypatch) -> None:
     """Saves take the fallback of systems without ``O_TMPFILE``: named hidden temporaries."""
     monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+
+
+def if_reading_outer_tensors(then_nodes: list[onnx.NodeProto], then_output: str) -> list:
+    """Nodes ``picked = If(s > 2, then: then_nodes, else: x - b)`` and ``later = Clip(picked,
+    max=2)`` (its ``min`` omitted): subgraphs that read the outer ``x``, ``w`` and ``b``, for
+    models that cross into and out of onnx-graphsurgeon."""
+    then_branch = helper.make_graph(
+        then_nodes,
+        "then",
+        [],
+        [helper.make_tensor_value_info(then_output, TensorProto.FLOAT, [2, 2])],
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Sub", ["x", "b"], ["else_y"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_y", TensorProto.FLOAT, ["n", 2])],
+    )
+    return [
+        helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.float32(2))),
+        helper.make_node("Greater", ["s", "c"], ["cond"]),
+        helper.make_node(
+            "If", ["cond"], ["picked"], then_branch=then_branch, else_branch=else_branch
+        ),
+        helper.make_node("Clip", ["picked", "", "c"], ["later"]),
+    ]

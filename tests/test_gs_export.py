@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, if_reading_outer_tensors
 from repvgg_onnx import gs_export
 from repvgg_onnx.gs_import import import_onnx
 from repvgg_onnx.pipeline import run_passes
@@ -117,21 +117,6 @@ def odd_model() -> onnx.ModelProto:
         numpy_helper.from_array(np.array([1], np.int64), ""),
         [2],
     )
-    branch = helper.make_graph(
-        [
-            helper.make_node("Add", ["x", "w"], ["then_mid"]),
-            helper.make_node("Custom", ["then_mid"], ["then_y"], domain="sub.only", alpha=2),
-        ],
-        "then",
-        [],
-        [helper.make_tensor_value_info("then_y", TensorProto.FLOAT, [2, 2])],
-    )
-    other = helper.make_graph(
-        [helper.make_node("Sub", ["x", "b"], ["else_y"])],
-        "else",
-        [],
-        [helper.make_tensor_value_info("else_y", TensorProto.FLOAT, ["n", 2])],
-    )
     leaky = helper.make_node("LeakyRelu", ["a"], ["b"])
     leaky.attribute.append(helper.make_attribute_ref("alpha", onnx.AttributeProto.FLOAT))
     function = helper.make_function(
@@ -143,11 +128,12 @@ def odd_model() -> onnx.ModelProto:
         [helper.make_opsetid("", 17)],
         attributes=["alpha"],
     )
+    then_nodes = [
+        helper.make_node("Add", ["x", "w"], ["then_mid"]),
+        helper.make_node("Custom", ["then_mid"], ["then_y"], domain="sub.only", alpha=2),
+    ]
     nodes = [
-        helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.float32(2))),
-        helper.make_node("Greater", ["s", "c"], ["cond"]),
-        helper.make_node("If", ["cond"], ["picked"], then_branch=branch, else_branch=other),
-        helper.make_node("Clip", ["picked", "", "c"], ["later"]),
+        *if_reading_outer_tensors(then_nodes, "then_y"),
         helper.make_node("Scaled", ["later"], ["scaled"], domain="local", alpha=0.5),
         helper.make_node("Add", ["scaled", "b"], ["sum"], name="add", doc_string="dropped"),
         helper.make_node("Add", ["sum", "sp"], ["y"], name="final"),
