@@ -124,3 +124,21 @@ def test_weights_in_several_data_files_each_read_from_their_own(
     forbid_copies()
     session = sessions.create_session(mapped, "original")
     np.testing.assert_array_equal(session.run(None, feeds)[0], expected)
+
+
+def test_localize_reads_models_with_external_data_from_their_files(tmp_path: Path, forbid_copies):
+    """The models ``--localize`` runs with every tensor exposed keep pointing at their data."""
+    model = wide_block()
+    changed = onnx.ModelProto()
+    changed.CopyFrom(model)
+    for tensor in changed.graph.initializer:
+        values = onnx.numpy_helper.to_array(tensor)
+        if values.ndim == 4 and values.shape[2:] == (3, 3):
+            tensor.CopyFrom(onnx.numpy_helper.from_array(values * 1.5, tensor.name))
+    a = saved_with_external_data(model, tmp_path / "a" / "m.onnx")
+    b = saved_with_external_data(changed, tmp_path / "b" / "m.onnx")
+    forbid_copies()
+    result = repvgg_onnx.verify(a, b, localize=True)
+    assert not result.passed
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    assert result.localization.tensor == conv.output[0]
