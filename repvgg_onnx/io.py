@@ -123,7 +123,7 @@ def load_model(path: str | os.PathLike, *, map_external_data: bool = False) -> o
     mappable = _mappable_initializers(model) if map_external_data else set()
     for tensor, ref in refs:
         if tensor.name in mappable and ref.length == _fixed_size(tensor):
-            _point_at(tensor, str(ref.file), ref.offset, ref.length)  # absolute: see above
+            point_at(tensor, str(ref.file), ref.offset, ref.length)  # absolute: see above
         else:
             _load_tensor_data(tensor, ref)
     _run_checker(model, model_path)
@@ -331,7 +331,7 @@ def _fixed_size(tensor: onnx.TensorProto) -> int | None:
     return None if itemsize is None else itemsize * math.prod(tensor.dims)
 
 
-def _point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+def point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
     """Make the tensor refer to ``length`` bytes at ``offset`` of the file at ``location``."""
     del tensor.external_data[:]
     for key, value in (("location", location), ("offset", offset), ("length", length)):
@@ -567,7 +567,7 @@ def _move_tensor_data(tensor: onnx.TensorProto, data_file: BinaryIO, location: s
         data_file.write(raw)
         del raw
         tensor.ClearField("raw_data")
-    _point_at(tensor, location, offset, size)
+    point_at(tensor, location, offset, size)
 
 
 def _write_model(file: BinaryIO, *, model: onnx.ModelProto, path: Path) -> None:

@@ -75,20 +75,18 @@ def _session_on_data_files(model: onnx.ModelProto, options) -> ort.InferenceSess
     links: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="repvgg-onnx-") as folder:
         for tensor in model.graph.initializer:
-            found = mapped_location(tensor)
             copy.graph.initializer.append(tensor)
+            found = mapped_location(tensor)
             if found is None:
                 continue
-            if found[0] not in links:
-                links[found[0]] = f"weights{len(links)}.data"
+            path, offset, length = found
+            if path not in links:
+                links[path] = f"weights{len(links)}.data"
                 try:
-                    os.link(found[0], Path(folder) / links[found[0]])
+                    os.link(path, Path(folder) / links[path])
                 except OSError:
                     return None
-            location = next(
-                e for e in copy.graph.initializer[-1].external_data if e.key == "location"
-            )
-            location.value = links[found[0]]
+            io.point_at(copy.graph.initializer[-1], links[path], offset, length)
         if io.needs_external_data(copy):
             return None
         path = Path(folder) / "model.onnx"

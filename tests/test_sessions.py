@@ -21,8 +21,9 @@ def saved_with_external_data(model: onnx.ModelProto, path: Path) -> Path:
 
 
 def wide_block() -> onnx.ModelProto:
-    """A block whose 3x3 kernel (16·16·9 elements) is left in its data file when mapped."""
-    return block_model(REPVGG_BRANCHES, cin=16, cout=16, batch=2)
+    """A block with two 3x3 kernels (16·16·9 elements each), both left in one data file when
+    mapped, the second at a non-zero offset."""
+    return block_model(REPVGG_BRANCHES + REPVGG_BRANCHES[:1], cin=16, cout=16, batch=2)
 
 
 @pytest.fixture
@@ -60,7 +61,8 @@ def test_mapped_weights_are_read_from_their_own_file(tmp_path: Path, feeds, forb
     path = saved_with_external_data(model, tmp_path / "m.onnx")
     before = data_files(tmp_path)
     mapped = io.load_model(path, map_external_data=True)
-    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in mapped.graph.initializer)
+    offsets = [int(t.external_data[1].value) for t in mapped.graph.initializer if t.external_data]
+    assert len(offsets) == 2 and max(offsets) > 0
     forbid_copies()
     session = sessions.create_session(mapped, "original")
     np.testing.assert_array_equal(session.run(None, feeds)[0], expected)
