@@ -64,6 +64,7 @@ from .terms import (
     positions_ratio,
     same_leading_dims,
     shape_facts,
+    spatial_size,
 )
 
 RULE = "affine_region"
@@ -391,6 +392,7 @@ class _Attempt:
                 [t.describe() for t in terms],
                 spatial_rank=shape[0],
                 channels=shape[1],
+                input_size=spatial_size(source, shape[0]),
             )
         except (IncompatibleBranchesError, ValueError) as error:
             return str(error)

@@ -177,6 +177,14 @@ def shape_facts(terms, source: gs.Tensor, layout: Layout) -> tuple[int, int] | s
     return spatial, channels
 
 
+def spatial_size(source: gs.Tensor, spatial_rank: int) -> tuple[int | None, ...]:
+    """The static sizes of ``source``'s last ``spatial_rank`` dims (``None`` where unknown)."""
+    source_rank = rank(source)
+    if not spatial_rank or source_rank is None or source_rank < spatial_rank:
+        return (None,) * spatial_rank
+    return tuple(dim(source, axis) for axis in range(source_rank - spatial_rank, source_rank))
+
+
 def same_leading_dims(source: gs.Tensor, root: gs.Tensor) -> bool:
     a, b = source.shape, root.shape
     if a is None or b is None or len(a) != len(b):

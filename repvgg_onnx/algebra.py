@@ -136,6 +136,17 @@ def affine_conv(
     )
 
 
+def same_pads(size: int, kernel: int, stride: int, dilation: int, auto_pad: str) -> tuple[int, int]:
+    """ONNX's ``(begin, end)`` pads of ``auto_pad=SAME_UPPER/SAME_LOWER`` on an input of
+    ``size``: ``ceil(size / stride)`` outputs, total ``max((out − 1)·s + d·(k − 1) + 1 − n, 0)``,
+    the odd one at the end (``SAME_UPPER``, TF's ``SAME``) or at the beginning
+    (``SAME_LOWER``)."""
+    outputs = -(-size // stride)
+    total = max((outputs - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
+    small, large = total // 2, total - total // 2
+    return (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+
+
 def _as_floating(values) -> np.ndarray:
     """``values`` as a floating-point array: floating input as is, anything else as float64."""
     array = np.asarray(values)
@@ -288,31 +299,42 @@ def merge_affine_convs(
     branches: Sequence[AffineConv],
     labels: Sequence[str] | None = None,
     dtype: np.dtype = np.float64,
+    input_size: Sequence[int | None] | None = None,
 ) -> AffineConv:
     """The one affine conv equal to the sum of ``branches`` applied to the same input.
 
-    Legal when all branches have equal strides, input and output channels and spatial rank;
-    when every kernel with more than one tap along a dim uses the same dilation there; when
-    the branches' taps lie on one lattice and give the same output size (``pads_begin +
-    pads_end − dilation·(k − 1)`` equal per dim), so that padding a smaller kernel with zeros
-    at its offset reproduces it exactly; and when the grouping of the branch with the most taps
-    (the fused conv's grouping) divides every other branch's grouping, so no kernel is
-    densified beyond the main branch. Otherwise raises :class:`IncompatibleBranchesError`.
+    Each branch is placed by its begin pads, not by its centre: along a dim, output ``o`` of a
+    branch reads input ``o·s − p_begin + d·t`` for its taps ``t < k``, so a branch's taps are
+    the input offsets ``−p_begin + d·t`` and the merged kernel holds every branch's taps at
+    their offsets (zeros elsewhere). That sum is exact — equal to the sum of the branches at
+    every output — iff all branches share strides, input and output channels and spatial rank;
+    every kernel with more than one tap along a dim uses the same dilation there; every
+    branch's first tap lies a whole number of dilations from the merged kernel's first tap
+    (all taps on one grid); and every branch has the same number of outputs. A branch with
+    ``auto_pad=SAME_*`` is placed by the pads it has on the static ``input_size``. The last holds
+    for every input size when ``p_begin + p_end − d·(k − 1)`` is equal per dim; otherwise it
+    is checked for the static ``input_size`` (one entry per spatial dim, ``None`` if unknown):
+    ``⌊(n + p_begin + p_end − d·(k − 1) − 1) / s⌋ + 1`` equal — TF's ``SAME`` padding on an even
+    input with stride 2 pads a 3x3 by ``(0, 1)`` and a 1x1 by ``(0, 0)``, so the 1x1 lands on
+    the 3x3's first tap, and both give ``n/2`` outputs. Centred branches (the usual RepVGG
+    case) put every smaller kernel at the centre of the largest. Also, the grouping of the
+    branch with the most taps (the fused conv's grouping) must divide every other branch's
+    grouping, so no kernel is densified beyond the main branch. Otherwise raises
+    :class:`IncompatibleBranchesError`.
 
-    The merged kernel spans the union of all taps: for centred branches this is the largest
-    kernel, with every smaller kernel at its centre. It is summed in float64, a chunk of
-    output channels at a time, and stored as ``dtype``.
+    The merged kernel is summed in float64, a chunk of output channels at a time, and stored
+    as ``dtype``.
     """
     if not branches:
         raise ValueError("nothing to merge")
     names = list(labels) if labels is not None else [f"branch {i}" for i in range(len(branches))]
     first = branches[0]
+    sizes = tuple(input_size) if input_size is not None else (None,) * first.spatial_rank
+    branches = [
+        _with_explicit_pads(branch, sizes, name)
+        for branch, name in zip(branches, names, strict=True)
+    ]
     for branch, name in zip(branches, names, strict=True):
-        if not branch.has_explicit_pads:
-            raise IncompatibleBranchesError(
-                f"{name} uses auto_pad={branch.auto_pad} with strides "
-                f"{_show(branch.strides)}, whose padding depends on the input size"
-            )
         if branch.pad_value is not None and any(branch.pads) and np.any(branch.pad_value):
             raise IncompatibleBranchesError(
                 f"{name} pads with a non-zero value, which a merged conv cannot do"
@@ -323,7 +345,7 @@ def merge_affine_convs(
     _require_equal(branches, names, lambda b: b.strides, "strides")
     groups = _merged_groups(branches, names)
     dilations = _merged_dilations(branches, names)
-    begin, spatial_shape, end, offsets = _merged_window(branches, names, dilations)
+    begin, spatial_shape, end, offsets = _merged_window(branches, names, dilations, sizes)
     shape = (first.out_channels, first.in_channels // groups, *spatial_shape)
     kernel = np.empty(shape, dtype)
     for rows in _row_chunks(shape):
@@ -336,6 +358,28 @@ def merge_affine_convs(
         kernel[rows] = chunk
     bias = np.sum([branch.bias for branch in branches], axis=0, dtype=np.float64)
     return AffineConv(kernel, bias, first.strides, dilations, begin + end, groups)
+
+
+def _with_explicit_pads(
+    branch: AffineConv, input_size: tuple[int | None, ...], name: str
+) -> AffineConv:
+    """``branch`` with its ``auto_pad=SAME_*`` written as the explicit pads it has on an input
+    of the static ``input_size`` (:func:`same_pads`), or itself if its pads are explicit."""
+    if branch.has_explicit_pads:
+        return branch
+    if None in input_size:
+        raise IncompatibleBranchesError(
+            f"{name} uses auto_pad={branch.auto_pad} with strides {_show(branch.strides)}, "
+            "whose padding depends on the input size, which is not static here"
+        )
+    pairs = [
+        same_pads(size, k, s, d, branch.auto_pad)
+        for size, k, s, d in zip(
+            input_size, branch.kernel_shape, branch.strides, branch.dilations, strict=True
+        )
+    ]
+    pads = tuple(p[0] for p in pairs) + tuple(p[1] for p in pairs)
+    return evolve(branch, pads=pads, auto_pad="NOTSET")
 
 
 def _require_equal(branches, names, key, what: str) -> None:
@@ -391,36 +435,27 @@ def _merged_dilations(branches: Sequence[AffineConv], names: Sequence[str]) -> t
 
 
 def _merged_window(
-    branches: Sequence[AffineConv], names: Sequence[str], dilations: tuple[int, ...]
+    branches: Sequence[AffineConv],
+    names: Sequence[str],
+    dilations: tuple[int, ...],
+    input_size: tuple[int | None, ...],
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], list[tuple[int, ...]]]:
     """Pads and kernel shape of the union of all taps, and each branch's offset inside it.
 
     Along one dim a branch reads input ``o·s − p_begin + d·t`` for taps ``t < k``. The merged
     kernel starts at the smallest first tap and ends at the largest last tap; a branch fits
-    if its first tap is a whole number of dilations from the start, and it yields the same
-    output size if ``p_begin + p_end − d·(k − 1)`` is the same for every branch.
+    if its first tap is a whole number of dilations from the start. The merged end pad keeps
+    the branches' output count: when ``p_begin + p_end − d·(k − 1)`` is the same for every
+    branch, the same expression for every input size; else, for the static input size, the
+    smallest end pad (at least 0) whose last output reads the largest last tap.
     """
-    rank = branches[0].spatial_rank
     begin, shape, end = [], [], []
     offsets: list[list[int]] = [[] for _ in branches]
-    for dim in range(rank):
-        dilation = dilations[dim]
+    for dim, (dilation, size_in) in enumerate(zip(dilations, input_size, strict=True)):
         firsts = [-b.pads_begin[dim] for b in branches]
         lasts = [
             f + dilation * (b.kernel_shape[dim] - 1) for f, b in zip(firsts, branches, strict=True)
         ]
-        spans = [
-            b.pads_begin[dim] + b.pads_end[dim] - (last - first)
-            for b, first, last in zip(branches, firsts, lasts, strict=True)
-        ]
-        for span, name, branch in zip(spans, names, branches, strict=True):
-            if span != spans[0]:
-                raise IncompatibleBranchesError(
-                    f"pads do not align along dim {dim}: {names[0]} has pads "
-                    f"{_show(branches[0].pads)} and kernel {describe_kernel(branches[0])}, "
-                    f"{name} has pads {_show(branch.pads)} and kernel {describe_kernel(branch)}, "
-                    "so their outputs differ in size or position"
-                )
         start = min(firsts)
         for index, (first, name) in enumerate(zip(firsts, names, strict=True)):
             if (first - start) % dilation:
@@ -432,5 +467,46 @@ def _merged_window(
         size = (max(lasts) - start) // dilation + 1
         begin.append(-start)
         shape.append(size)
-        end.append(spans[0] + dilation * (size - 1) + start)
+        end.append(_merged_end_pad(branches, names, dim, lasts, size_in))
     return tuple(begin), tuple(shape), tuple(end), [tuple(o) for o in offsets]
+
+
+def _merged_end_pad(
+    branches: Sequence[AffineConv],
+    names: Sequence[str],
+    dim: int,
+    lasts: Sequence[int],
+    size_in: int | None,
+) -> int:
+    """The end pad along ``dim`` that gives the merged kernel (last tap ``max(lasts)``) the
+    branches' output count, or :class:`IncompatibleBranchesError` if their counts differ.
+
+    A branch with last tap offset ``l`` and end pad ``p_end`` has
+    ``⌊(n − 1 + p_end − l) / s⌋ + 1`` outputs, so ``p_end − l`` equal for all branches means
+    equal counts for every ``n``; otherwise only the static ``n`` can decide.
+    """
+    reaches = [b.pads_end[dim] - last for b, last in zip(branches, lasts, strict=True)]
+    if len(set(reaches)) == 1:
+        return reaches[0] + max(lasts)
+    stride = branches[0].strides[dim]
+    if size_in is None:
+        raise IncompatibleBranchesError(
+            f"pads do not align along dim {dim}: {_pads_text(branches, names)}; their output "
+            "sizes agree only for some input sizes, and this input's size is not static"
+        )
+    counts = [(size_in - 1 + reach) // stride + 1 for reach in reaches]
+    if len(set(counts)) > 1:
+        raise IncompatibleBranchesError(
+            f"pads do not align along dim {dim}: {_pads_text(branches, names)}, so on an input "
+            f"of size {size_in} their outputs differ in size ("
+            + ", ".join(f"{name} {count}" for name, count in zip(names, counts, strict=True))
+            + ")"
+        )
+    return max(0, (counts[0] - 1) * stride + max(lasts) - (size_in - 1))
+
+
+def _pads_text(branches: Sequence[AffineConv], names: Sequence[str]) -> str:
+    return ", ".join(
+        f"{name} has pads {_show(b.pads)} and kernel {describe_kernel(b)}"
+        for b, name in zip(branches, names, strict=True)
+    )

@@ -351,12 +351,14 @@ def sum_forms(
     spatial_rank: int,
     channels: int,
     dtype: np.dtype = np.float64,
+    input_size: Sequence[int | None] | None = None,
 ) -> Form:
     """The one form equal to ``Σ forms(x)``; raises ``IncompatibleBranchesError`` if none is.
 
     Per-channel maps sum as such; with any convolution among them each becomes a depthwise
-    ``1x1`` conv and :func:`~repvgg_onnx.algebra.merge_affine_convs` aligns and sums kernels,
-    storing the result as ``dtype``.
+    ``1x1`` conv and :func:`~repvgg_onnx.algebra.merge_affine_convs` places kernels by their
+    begin pads (``input_size``, the static spatial size of ``x`` where known, decides output
+    sizes that depend on it) and sums them, storing the result as ``dtype``.
     """
     if all(isinstance(form, ChannelAffine) for form in forms):
         return channel_affine(
@@ -372,7 +374,7 @@ def sum_forms(
         channel_conv(form, channels, spatial_rank) if isinstance(form, ChannelAffine) else form
         for form in forms
     ]
-    return merge_affine_convs(convs, labels, dtype)
+    return merge_affine_convs(convs, labels, dtype, input_size)
 
 
 def channel_conv(affine: ChannelAffine, channels: int, spatial_rank: int) -> AffineConv:

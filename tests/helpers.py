@@ -41,6 +41,7 @@ class BranchSpec:
     dilation: int = 1
     groups: int = 1
     pads: tuple[int, ...] | None = None  # default: centred ("same") pads
+    auto_pad: str | None = None  # SAME_UPPER / SAME_LOWER / VALID instead of pads
 
 
 class GraphBuilder:
@@ -72,6 +73,7 @@ class GraphBuilder:
         if pads is None:
             begin = [spec.dilation * (k - 1) // 2 for k in kernel]
             pads = tuple(begin + begin)
+        padding = {"auto_pad": spec.auto_pad} if spec.auto_pad else {"pads": list(pads)}
         out = self.name("conv_out")
         self.nodes.append(
             helper.make_node(
@@ -82,8 +84,8 @@ class GraphBuilder:
                 kernel_shape=list(kernel),
                 strides=[spec.stride] * len(kernel),
                 dilations=[spec.dilation] * len(kernel),
-                pads=list(pads),
                 group=spec.groups,
+                **padding,
             )
         )
         return out
@@ -138,7 +140,7 @@ def block_model(
     branches: list[BranchSpec],
     cin: int = 4,
     cout: int = 4,
-    size: int = 8,
+    size: int | str = 8,
     seed: int = 0,
     relu: bool = True,
     batch: int | str = 1,

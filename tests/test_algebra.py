@@ -17,6 +17,7 @@ from repvgg_onnx.algebra import (
     materialize,
     merge_affine_convs,
     regroup_kernel,
+    same_pads,
 )
 
 
@@ -130,9 +131,9 @@ def centred(kernel, dilation=1, stride=1, groups=1, cin=8, cout=8, bias=True):
     )
 
 
-def assert_merge_exact(branches, size=9):
+def assert_merge_exact(branches, size=9, input_size=None):
     x = RNG.normal(size=(2, branches[0].in_channels, size, size))
-    merged = merge_affine_convs(branches)
+    merged = merge_affine_convs(branches, input_size=input_size)
     expected = sum(convolve(x, b) for b in branches)
     np.testing.assert_allclose(convolve(x, merged), expected, rtol=1e-10, atol=1e-10)
     return merged
@@ -193,6 +194,116 @@ def test_merge_refuses_misaligned_pads():
     odd = affine_conv(RNG.normal(size=(8, 8, 1, 1)), strides=[2, 2], pads=[1, 1, 0, 0])
     with pytest.raises(IncompatibleBranchesError, match="pads do not align"):
         merge_affine_convs([centred((3, 3), stride=2), odd])
+
+
+def test_merge_places_a_tf_same_1x1_on_the_first_tap_of_a_stride_2_3x3():
+    """TF's ``SAME`` on an even input with stride 2 pads a 3x3 by ``(0, 1)`` and a 1x1 by
+    ``(0, 0)``: both give ``n/2`` outputs and the 1x1 reads the 3x3's top-left tap."""
+    size = 8
+    main = affine_conv(RNG.normal(size=(8, 8, 3, 3)), strides=[2, 2], pads=[0, 0, 1, 1])
+    point = affine_conv(RNG.normal(size=(8, 8, 1, 1)), RNG.normal(size=8), strides=[2, 2])
+    merged = assert_merge_exact([main, point], size=size, input_size=(size, size))
+    assert merged.pads == (0, 0, 1, 1)
+    np.testing.assert_allclose(
+        merged.kernel[:, :, 0, 0], main.kernel[..., 0, 0] + point.kernel[..., 0, 0]
+    )
+    np.testing.assert_allclose(merged.kernel[:, :, 1:, 1:], main.kernel[:, :, 1:, 1:])
+    with pytest.raises(IncompatibleBranchesError, match="not static"):
+        merge_affine_convs([main, point])
+    with pytest.raises(IncompatibleBranchesError, match="outputs differ in size"):
+        merge_affine_convs([main, point], input_size=(9, 9))
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize("size", [7, 8, 9, 10])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "dilation"),
+    [(3, 2, 1), (1, 2, 1), (4, 2, 1), (3, 3, 1), (5, 1, 1), (2, 1, 1)],
+)
+def test_same_pads_match_onnxruntime(auto_pad, size, kernel, stride, dilation):
+    """``same_pads`` gives the explicit pads with which onnxruntime computes what it computes
+    for the ``auto_pad`` conv (the spec's formula, checked against the runtime)."""
+    from helpers import run
+
+    weight = RNG.normal(size=(2, 2, kernel, kernel)).astype(np.float32)
+    x = RNG.normal(size=(1, 2, size, size)).astype(np.float32)
+    begin, end = same_pads(size, kernel, stride, dilation, auto_pad)
+    explicit = affine_conv(
+        weight, strides=[stride] * 2, dilations=[dilation] * 2, pads=[begin, begin, end, end]
+    )
+    (actual,) = run(_conv_model(weight, stride, dilation, auto_pad, size), {"x": x})
+    np.testing.assert_allclose(
+        actual, convolve(x.astype(np.float64), explicit), rtol=1e-4, atol=1e-4
+    )
+
+
+def _conv_model(weight, stride, dilation, auto_pad, size):
+    import onnx
+    from onnx import helper
+
+    node = helper.make_node(
+        "Conv",
+        ["x", "w"],
+        ["y"],
+        strides=[stride] * 2,
+        dilations=[dilation] * 2,
+        auto_pad=auto_pad,
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, size, size])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(weight, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@st.composite
+def placed_branches(draw):
+    """Branches of one input with random kernels and asymmetric explicit pads (stride 1 or
+    2, dilation 1 so every tap is on the grid), and an input size (even or odd)."""
+    stride = draw(st.sampled_from([1, 2]))
+    size = draw(st.integers(5, 10))
+    branches = []
+    for _ in range(draw(st.integers(2, 4))):
+        kh, kw = draw(st.sampled_from([(1, 1), (3, 3), (1, 3), (3, 1), (2, 2), (5, 5)]))
+        pads = [draw(st.integers(0, k)) for k in (kh, kw, kh, kw)]
+        branches.append(
+            affine_conv(
+                RNG.normal(size=(4, 4, kh, kw)), RNG.normal(size=4), strides=[stride] * 2, pads=pads
+            )
+        )
+    return branches, size
+
+
+@settings(max_examples=150, deadline=None)
+@given(placed_branches())
+def test_merge_by_begin_pads_is_exact_iff_output_sizes_agree(case):
+    """Placement by begin pads: with the static input size, the merge succeeds exactly when
+    every branch gives the same output size, and then equals the branches' sum; without it,
+    exactly when the sizes agree for every input size."""
+    branches, size = case
+    x = RNG.normal(size=(1, 4, size, size))
+    outputs = [convolve(x, b) for b in branches]
+    same_size = len({o.shape for o in outputs}) == 1 and outputs[0].size > 0
+    try:
+        merged = merge_affine_convs(branches, input_size=(size, size))
+    except IncompatibleBranchesError as error:
+        assert not same_size, str(error)
+        assert "differ in size" in str(error)
+        return
+    assert same_size
+    np.testing.assert_allclose(convolve(x, merged), sum(outputs), rtol=1e-10, atol=1e-10)
+    reaches = {
+        tuple(b.pads_end[d] + b.pads_begin[d] - (b.kernel_shape[d] - 1) for d in (0, 1))
+        for b in branches
+    }
+    if len(reaches) == 1:
+        assert merge_affine_convs(branches).pads == merged.pads
+    else:
+        with pytest.raises(IncompatibleBranchesError, match="not static"):
+            merge_affine_convs(branches)
 
 
 def test_merge_refuses_taps_between_dilated_taps():

@@ -69,6 +69,54 @@ def test_block_families_fuse_exactly(branches):
     assert_same_function(model, fused)
 
 
+def _tf_same(kernel, stride=2, auto_pad="SAME_UPPER"):
+    return BranchSpec("conv_bn", kernel=kernel, stride=stride, auto_pad=auto_pad)
+
+
+def _explicit_tf_same(kernel, size, stride=2):
+    """TF's ``SAME`` as tf2onnx writes it: explicit pads, the odd one at the end."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return BranchSpec(
+        "conv_bn", (kernel, kernel), stride, pads=(total // 2,) * 2 + (total - total // 2,) * 2
+    )
+
+
+@pytest.mark.parametrize("size", [8, 9])
+@pytest.mark.parametrize(
+    "branches",
+    [
+        lambda size: [_explicit_tf_same(3, size), _explicit_tf_same(1, size)],
+        lambda size: [_tf_same((3, 3)), _tf_same((1, 1))],
+        lambda size: [
+            _tf_same((3, 3), auto_pad="SAME_LOWER"),
+            _tf_same((1, 1), auto_pad="SAME_LOWER"),
+        ],
+        lambda size: [_tf_same((3, 3)), _tf_same((1, 3)), _tf_same((3, 1))],
+        lambda size: [
+            BranchSpec("conv", stride=2, pads=(2, 2, 1, 1) if size % 2 == 0 else (1, 1, 2, 2)),
+            BranchSpec("conv", (1, 1), 2, pads=(2, 2, 0, 0) if size % 2 == 0 else (1, 1, 0, 0)),
+        ],
+    ],
+    ids=["tf-explicit", "same-upper", "same-lower", "acnet-same", "asymmetric"],
+)
+def test_stride_2_branches_are_placed_by_their_begin_pads(branches, size):
+    """Kernels placed by begin pads (not centres) on a static input: a TF ``SAME`` 1x1 lands
+    on the 3x3's top-left tap on an even input and on its centre on an odd one; ``auto_pad``
+    is resolved for the static size; asymmetric explicit pads likewise."""
+    model = block_model(branches(size), cin=4, cout=4, size=size)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1, "Relu": 1}, outcome.skipped
+    assert_same_function(model, fused)
+
+
+def test_stride_2_auto_pad_on_an_input_of_unknown_size_is_refused():
+    model = block_model([_tf_same((3, 3)), _tf_same((1, 1))], size="h")
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused)["Conv"] == 2
+    assert any("auto_pad=SAME_UPPER" in skip.reason for skip in outcome.skipped), outcome.skipped
+    assert_same_function(model, fused)
+
+
 def test_add_tree_in_any_association():
     """``c + (a + b)`` with the nested Add as the second operand."""
     builder = GraphBuilder(3)
