@@ -40,6 +40,7 @@ from .graph_utils import (
 from .readers import Kind, LinearOp, read_node
 from .result import FusedBlock, PassResult, Skipped
 from .rewrite import NodeSpec, chain_nodes, node_specs
+from .runtime_patterns import fused_pattern_ending_at, kept_tail_reason
 
 RULE = "fold_forward"
 _MOVERS = ("Transpose", "Reshape", "Flatten")
@@ -84,8 +85,6 @@ def _plan(graph: gs.Graph, op: LinearOp) -> list[_Reader] | str | None:
     output = op.output
     if is_graph_output(graph, output) or not output.outputs:
         return None
-    if op.node.op != "BatchNormalization" and _reads_an_activation(op):
-        return None  # a GELU's "· 0.5" or a LayerNorm's "· γ + β": see regions._is_activation_tail
     axis, rank = _channel_axis(op)
     if axis is None:
         return None
@@ -93,6 +92,11 @@ def _plan(graph: gs.Graph, op: LinearOp) -> list[_Reader] | str | None:
     ends = [_follow(graph, node, axis, rank) for node in list(output.outputs)]
     if any(end is None for end in ends) or (len(direct) == 1 and len(ends) == 1):
         return None
+    if op.node.op != "BatchNormalization":
+        pattern = _runtime_fused_pattern_read(op)
+        if pattern is not None:
+            readers_text = ", ".join(f"{r.node.op} '{r.node.name}'" for end in ends for r in end)
+            return kept_tail_reason(op.node, pattern, readers_text)
     readers = []
     for reader in [op for end in ends for op in end]:
         try:
@@ -110,17 +114,18 @@ def _plan(graph: gs.Graph, op: LinearOp) -> list[_Reader] | str | None:
     return readers
 
 
-def _reads_an_activation(op: LinearOp) -> bool:
-    """Through a chain of per-channel Mul/Div/Add/Sub, the op reads a non-linear op."""
+def _runtime_fused_pattern_read(op: LinearOp) -> str | None:
+    """The pattern onnxruntime fuses whose tail ``op`` is (through a chain of per-channel
+    Mul/Div/Add/Sub, it reads a GELU or LayerNorm core; :mod:`runtime_patterns`), or ``None``."""
     tensor = op.input
     while len(tensor.inputs) == 1:
         reading = read_node(tensor.inputs[0])
         if not isinstance(reading, LinearOp):
-            return True
+            return fused_pattern_ending_at(tensor)
         if reading.node.op not in ("Mul", "Div", "Add", "Sub") or reading.kind is Kind.SUM:
-            return False
+            return None
         tensor = reading.input
-    return False
+    return None
 
 
 def _channel_axis(op: LinearOp) -> tuple[int | None, int | None]:

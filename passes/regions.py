@@ -46,6 +46,7 @@ from .mapped_weights import release_mapped_pages
 from .readers import Kind, Layout, LinearOp, Refusal, cost_of, keeps_channels, read_node
 from .result import Skipped
 from .rewrite import node_specs
+from .runtime_patterns import fused_pattern_ending_at, kept_tail_reason
 from .terms import (
     WEIGHTED,
     Emission,
@@ -308,7 +309,11 @@ class _Attempt:
         if isinstance(merged, str):
             return self._cut(op, input_tensor, merged, form, nodes, label)
         layout = meet(op.layout, merged.layout)
-        if layout is None or self._is_activation_tail(op, merged):
+        if layout is None:
+            return self._cut(op, input_tensor, None, form, nodes, label)
+        tail = self._runtime_fused_tail(op, merged)
+        if tail is not None:
+            self.skipped.append(Skipped(RULE, merged.nodes[-1].name, tail))
             return self._cut(op, input_tensor, None, form, nodes, label)
         cost = op_cost + merged.cost * positions_per_output(form)
         new_cost = composed_cost(form, merged.form, channels_of(op.output))
@@ -343,16 +348,21 @@ class _Attempt:
         )
         return Expression((term,))
 
-    def _is_activation_tail(self, op: LinearOp, merged: Term) -> bool:
-        """A weighted op reading bare Mul/Div/Add/Sub constants of a non-linear op's output:
-        the tail of a decomposed GELU (``· 0.5``) or LayerNorm (``· γ + β``). Folding it into
-        the next layer is exact but hides the pattern from runtimes that fuse it (onnxruntime
-        then runs the GELU as four ops: FastViT-T8 10% slower), so it stays."""
+    def _runtime_fused_tail(self, op: LinearOp, merged: Term) -> str | None:
+        """Why bare Mul/Div/Add/Sub constants read by a weighted op stay before it, or
+        ``None``: they end a non-linear pattern onnxruntime fuses (a GELU's ``· 0.5``, a
+        LayerNorm's ``· γ + β``; see :mod:`runtime_patterns`). After any other non-linear op
+        (YOLOv7's ``ImplicitA`` after a SiLU) they fold into the weighted op."""
         if op.kind not in WEIGHTED or not merged.nodes:
-            return False
+            return None
         if any(node.op not in _CONSTANT_ARITHMETIC for node in merged.nodes):
-            return False
-        return is_activation_output(self.finder, merged.source)
+            return None
+        if not is_activation_output(self.finder, merged.source):
+            return None
+        pattern = fused_pattern_ending_at(merged.source)
+        if pattern is None:
+            return None
+        return kept_tail_reason(merged.nodes[-1], pattern, node_text(op))
 
     def _apply_channel_affine(
         self, op, form: ChannelAffine, inner: Expression, nodes, label, input_tensor
@@ -451,6 +461,7 @@ class _Attempt:
         replaced = expression.all_nodes
         if new_nodes >= len(replaced) or new_nodes == 0:
             self._explain_kept_sum(op, expression)
+            self._explain_kept_channel_op(op, replaced)
             return None
         branches = tuple(t.describe() for t in expression.terms)
         result = " + ".join(e.label for e in emissions)
@@ -510,6 +521,23 @@ class _Attempt:
         if not specs:
             return Emission(term.source, (), f"'{term.source.name}'")
         return Emission(term.source, tuple(specs), describe_specs(form, specs))
+
+    def _explain_kept_channel_op(self, op: LinearOp, replaced: tuple[gs.Node, ...]) -> None:
+        """A per-channel op left alone right after a linear op says why: that op's output is
+        read by others too (a GELU's ``x / √2`` beside its ``x · …``), or is a graph output."""
+        if op.kind not in (Kind.SCALE, Kind.SHIFT, Kind.BATCHNORM) or len(replaced) != 1:
+            return
+        source = op.input
+        if self.finder.op_of(source) is None or self.finder.is_interior(source):
+            return
+        if has_single_use(self.finder.graph, source):
+            return
+        reason = _describe_source(self.finder, source, op.node)
+        self.skipped.append(
+            Skipped(
+                RULE, op.node.name, f"{node_text(op)} cannot fold into the op before it: {reason}"
+            )
+        )
 
     def _explain_kept_sum(self, op: LinearOp, expression: Expression) -> None:
         groups = expression.by_source()

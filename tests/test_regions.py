@@ -547,10 +547,53 @@ def test_a_gelu_tail_stays_so_onnxruntime_still_fuses_the_gelu(tmp_path):
     )
     y = builder.node("Conv", [gelu, builder.const(builder.rng.normal(size=(C, C, 1, 1)))])
     model = builder.model(y)
-    fused, _ = fuse_model(model)
+    fused, outcome = fuse_model(model)
     assert op_counts(fused) == op_counts(model)
     assert _optimized_op_counts(fused, tmp_path / "fused.onnx").get("Gelu") == 1
     assert_same_function(model, fused)
+    [skip] = outcome.skipped
+    assert skip.node == producer_name(model, gelu)
+    assert "ends a GELU, which onnxruntime fuses into one op" in skip.reason
+
+
+def producer_name(model: onnx.ModelProto, tensor: str) -> str:
+    return next(node.name for node in model.graph.node if tensor in node.output)
+
+
+def _silu_then(builder: Builder, op: str) -> str:
+    """``op(silu(conv(x)), a)`` with ``a`` of shape ``[1, C, 1, 1]`` (YOLOv7's ImplicitA/M)."""
+    hidden = builder.conv("x", (3, 3), "centre", 1, 1)
+    silu = builder.node("Mul", [hidden, builder.node("Sigmoid", [hidden])])
+    return builder.node(op, [silu, builder.const(builder.rng.normal(size=(1, C, 1, 1)))])
+
+
+@pytest.mark.parametrize("op", ["Add", "Mul", "Sub"])
+def test_implicit_per_channel_op_after_a_silu_folds_into_the_next_conv(op):
+    """YOLOv7's ``ImplicitA`` (``x + a``) after a SiLU, before a 1x1 conv: no runtime fuses
+    a SiLU's tail, and no padding sees the shift, so it folds into the conv's bias."""
+    builder = Builder(22)
+    implicit = _silu_then(builder, op)
+    y = builder.node("Conv", [implicit, builder.const(builder.rng.normal(size=(C, C, 1, 1)))])
+    model = builder.model(y)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 2, "Sigmoid": 1, "Mul": 1}, outcome.skipped
+    assert_same_function(model, fused)
+
+
+def test_implicit_add_before_a_padded_conv_stays_with_its_reason():
+    """The padded border of a 3x3 would see ``0``, not ``a``: not exact, so the Add stays
+    and the skip says why."""
+    builder = Builder(23)
+    implicit = _silu_then(builder, "Add")
+    y = builder.conv(implicit, (3, 3), "centre", 1, 1)
+    model = builder.model(y)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == op_counts(model)
+    assert_same_function(model, fused)
+    assert any(
+        producer_name(model, implicit) in s.reason or s.node == producer_name(model, implicit)
+        for s in outcome.skipped
+    ), outcome.skipped
 
 
 def test_a_layer_norm_tail_stays_before_a_matmul():
@@ -568,6 +611,7 @@ def test_a_layer_norm_tail_stays_before_a_matmul():
     q = builder.node("MatMul", [affine, builder.const(builder.rng.normal(size=(SIZE, SIZE)))])
     k = builder.node("MatMul", [affine, builder.const(builder.rng.normal(size=(SIZE, SIZE)))])
     model = builder.model(builder.node("Concat", [q, k], axis=1))
-    fused, _ = fuse_model(model)
+    fused, outcome = fuse_model(model)
     assert op_counts(fused) == op_counts(model)
     assert_same_function(model, fused)
+    assert any("ends a LayerNorm" in skip.reason for skip in outcome.skipped), outcome.skipped
