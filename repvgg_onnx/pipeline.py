@@ -13,6 +13,7 @@ from repvgg_onnx.passes.canonicalize import canonicalize
 from repvgg_onnx.passes.fold_constants import fold_constants
 from repvgg_onnx.passes.fold_forward import fold_forward
 from repvgg_onnx.passes.graph_utils import ensure_topological_order, tensor_map
+from repvgg_onnx.passes.matmul_add_to_gemm import fuse_matmul_add_into_gemm
 from repvgg_onnx.passes.readers import is_training_batchnorm
 from repvgg_onnx.passes.result import FusedBlock, PassResult, Skipped
 from repvgg_onnx.shapes import reinfer_shapes
@@ -22,12 +23,14 @@ Pass = Callable[[gs.Graph], PassResult]
 #: Canonicalize first so the region pass sees plain linear ops (no Identity, Constant or
 #: neutral nodes) and constant subexpressions as constants; then every affine region becomes
 #: one node per source it reads; last, a per-channel op read by several linear ops (or by one
-#: through Transpose/Reshape) folds forward into all of them.
+#: through Transpose/Reshape) folds forward into all of them; then what is left of
+#: ``MatMul + Add`` on matrices (a computed weight, a full-shape bias) becomes a Gemm.
 DEFAULT_PASSES: tuple[Pass, ...] = (
     canonicalize,
     fold_constants,
     fuse_affine_regions,
     fold_forward,
+    fuse_matmul_add_into_gemm,
 )
 
 MAX_ROUNDS = 16
