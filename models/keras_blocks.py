@@ -203,13 +203,14 @@ def build_keras(net: Net, keras_major: int, batch: int | None = 1) -> Any:
 
     ``keras_major`` 3 uses ``keras`` (BN written by tf2onnx as Mul/Add), 2 uses ``tf_keras``
     with ``BatchNormalization(fused=True)`` (``FusedBatchNormV3``). Layers get stable names
-    (``l1_b0_conv``, ``l1_identity``, …), so the ONNX tensor names do not depend on what was
-    built before in the process.
+    (``l1_b0_conv``, ``l1_identity``, …) and the Keras session is cleared first, so the ONNX
+    tensor names do not depend on what was built before in the process.
     """
     if keras_major == 3:
         import keras
     else:
         import tf_keras as keras
+    keras.backend.clear_session()
     builder = _KerasBuilder(keras, fused_bn=keras_major == 2)
     x = inputs = keras.Input(INPUT_SHAPE[1:], batch_size=batch, name="input")
     for index, layer in enumerate(net):

@@ -149,16 +149,17 @@ def export_onnx(model: Any, path: Path, form: TfForm) -> Path:
     proto, _ = tf2onnx.convert.from_function(
         forward, input_signature=[spec], opset=form.opset, **(layout if form.nchw else {})
     )
-    renumber_generated_names_(proto)
+    make_reproducible_(proto)
     onnx.checker.check_model(proto, full_check=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, path)
     return path
 
 
-def renumber_generated_names_(model: onnx.ModelProto) -> None:
-    """Number the names tf2onnx made (:data:`GENERATED_NAME`) 1, 2, … by first appearance, and
-    order the initializers by first use.
+def make_reproducible_(model: onnx.ModelProto) -> None:
+    """Number the names tf2onnx made (:data:`GENERATED_NAME`) 1, 2, … by first appearance,
+    order the initializers by first use, and drop the traced function's number from the graph's
+    doc string (``converted from b'__inference_forward_795'``: TensorFlow's count of traces).
 
     tf2onnx numbers them from a counter whose count varies from run to run (its constant
     folding visits nodes in no fixed order, and lists the folded constants in that order);
@@ -166,6 +167,7 @@ def renumber_generated_names_(model: onnx.ModelProto) -> None:
     renamed, so no new name meets an old one.
     """
     graph = model.graph
+    graph.doc_string = re.sub(r"_\d+'$", "'", graph.doc_string)
     numbers: dict[str, int] = {}
 
     def renamed(name: str) -> str:
