@@ -15,10 +15,8 @@ training model's ``predict`` (relative error ``max|onnx − keras| / max|keras|`
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-from models import keras_blocks, keras_reparam
+from models import keras_blocks, keras_reparam, onnx_files
 
 CHECK_INPUT_SEED = 1234
 RELATIVE_TOLERANCE = 1e-4
@@ -229,11 +227,6 @@ def check_export(path: Path, model: Any, form: TfForm) -> float:
     return max(errors)
 
 
-def op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """``{op_type: count}`` of the main graph's nodes, sorted by op type."""
-    return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
-
-
 def io_shape(value: onnx.ValueInfoProto) -> list[int | str]:
     """A graph input's or output's shape, a symbolic dim by its name."""
     dims = value.type.tensor_type.shape.dim
@@ -241,18 +234,12 @@ def io_shape(value: onnx.ValueInfoProto) -> list[int | str]:
 
 
 def file_summary(path: Path, root: Path) -> dict[str, Any]:
-    """Path (relative to ``root``), size, sha256, opset, shapes and op counts of one file."""
+    """:func:`models.onnx_files.file_summary`, with the file's input and output shapes."""
     model = onnx.load(path)
-    data = path.read_bytes()
     return {
-        "file": path.relative_to(root).as_posix(),
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "opset": next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")),
-        "initializers": len(model.graph.initializer),
+        **onnx_files.file_summary(path, root),
         "input_shape": io_shape(model.graph.input[0]),
         "output_shape": io_shape(model.graph.output[0]),
-        "op_counts": op_counts(model),
     }
 
 

@@ -13,7 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+
+CLOSE_RTOL = 1e-4
+"""Tolerance of :func:`assert_close_to_scale`, relative to the expected output's scale."""
 
 FIXTURES = Path(__file__).resolve().parent.parent / "models" / "fixtures"
 MANIFEST_DIRS = (FIXTURES / "families", FIXTURES / "keras")
@@ -65,3 +69,15 @@ def reference_of(name: str, form: str) -> str:
     has one (tf2onnx: the same layout and settings), else the family's reference form."""
     own = f"{form}_reference"
     return own if own in FAMILIES[name]["forms"] else FAMILIES[name]["reference_form"]
+
+
+def case_id(case: tuple[str, str]) -> str:
+    """``family-form``, a test id."""
+    return "-".join(case)
+
+
+def assert_close_to_scale(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
+    """``|actual − expected| ≤ CLOSE_RTOL·max|expected|`` everywhere, shapes equal."""
+    assert actual.shape == expected.shape, what
+    scale = max(float(np.abs(expected).max()), 1e-6)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=CLOSE_RTOL * scale, err_msg=what)

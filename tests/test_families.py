@@ -21,8 +21,10 @@ from family_manifests import (
     MANIFESTS,
     TRAINING_CASES,
     form_path,
-    load_form,
     nothing_to_fuse,
+)
+from family_manifests import (
+    load_form as load,
 )
 from helpers import op_counts, random_feeds, run
 from repvgg_onnx.cli import main
@@ -37,10 +39,6 @@ KERAS_CASES = [
     for name, info in MANIFESTS[FIXTURES / "keras"]["families"].items()
     for form in info["training_forms"]
 ]
-
-
-def load(name: str, form: str) -> onnx.ModelProto:
-    return load_form(name, form)
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +83,8 @@ def test_inspect_and_diff_count_the_blocks_fuse_fused(name, form, fused_models):
 
 
 def test_fusing_a_reference_merges_no_layer():
-    """A PyTorch deploy export has no layer left to merge (fuse may still fold a GELU's 0.5
-    into the next conv, which PyTorch's conversion does not)."""
+    """A deploy export (PyTorch's conversion, or our numpy one for Keras) has no layer left to
+    merge (fuse may still fold a GELU's 0.5 into the next conv, which PyTorch's does not)."""
     for name, info in FAMILIES.items():
         for form in set(info["forms"]) - set(info["training_forms"]):
             reference = load(name, form)

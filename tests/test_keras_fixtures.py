@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import pytest
 
-from family_manifests import FIXTURES, MANIFESTS
+from family_manifests import FIXTURES, MANIFESTS, assert_close_to_scale, case_id
 from helpers import op_counts, random_feeds, repository_module, run
 
 KERAS_DIR = FIXTURES / "keras"
@@ -31,7 +31,6 @@ MANIFEST = MANIFESTS[KERAS_DIR]
 FAMILIES: dict[str, Any] = MANIFEST["families"]
 SUFFIX = "_reference"
 INPUT_SEEDS = (1, 2, 3)
-RTOL = 1e-4
 MAX_FILE_BYTES = 60_000
 MAX_TOTAL_BYTES = 600_000
 
@@ -42,19 +41,8 @@ TRAINING_CASES = [
 NEGATIVE = "keras_relu_in_branch"
 
 
-def case_id(case: tuple[str, str]) -> str:
-    return "-".join(case)
-
-
 def load(name: str, form: str) -> onnx.ModelProto:
     return onnx.load(KERAS_DIR / FAMILIES[name]["forms"][form]["file"])
-
-
-def assert_close_to_scale(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
-    """``|actual − expected| ≤ RTOL·max|expected|`` everywhere, shapes equal."""
-    assert actual.shape == expected.shape, what
-    scale = max(float(np.abs(expected).max()), 1e-6)
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=RTOL * scale, err_msg=what)
 
 
 def test_manifest_lists_the_four_families():
