@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import warnings
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from models import blocks
+from models import blocks, onnx_files
+from models.onnx_files import file_summary
 
 SEED = 0
 """Seed of :func:`models.blocks.randomize_batchnorm_` for every exported model."""
@@ -234,23 +233,8 @@ def check_pytorch_reference(model: nn.Module, input_shape: Sequence[int]) -> flo
 
 
 def op_counts(path: Path) -> dict[str, int]:
-    """``{op_type: count}`` of the main graph's nodes, sorted by op type."""
-    counts = Counter(node.op_type for node in onnx.load(path).graph.node)
-    return dict(sorted(counts.items()))
-
-
-def file_summary(path: Path, root: Path) -> dict[str, Any]:
-    """Path (relative to ``root``), size, sha256, opset and op counts of one exported file."""
-    model = onnx.load(path)
-    data = path.read_bytes()
-    return {
-        "file": path.relative_to(root).as_posix(),
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "opset": next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")),
-        "initializers": len(model.graph.initializer),
-        "op_counts": op_counts(path),
-    }
+    """``{op_type: count}`` of the main graph's nodes of the file ``path``, sorted by op type."""
+    return onnx_files.op_counts(onnx.load(path))
 
 
 def block_summary(model: nn.Module) -> dict[str, int]:

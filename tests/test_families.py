@@ -1,13 +1,13 @@
-"""Generality: every re-parameterizable family of ``models/fixtures/families`` (our own PyTorch
-definitions, their PyTorch deploy conversions as references) reaches its deploy form in every
-exporter form, computes the same function (compared here in onnxruntime), and ``inspect``
-agrees: the training form is fusable, the fused output is not."""
+"""Generality: every re-parameterizable family of the committed family manifests (our own
+PyTorch definitions with their PyTorch deploy conversions, and our own Keras blocks exported with
+tf2onnx with their numpy deploy conversions, see tests/family_manifests.py) reaches its deploy
+form in every exporter form, computes the same function (compared here in onnxruntime), and
+``inspect`` agrees: the training form is fusable, the fused output is not. A negative family
+(every training form already has its reference's ops) is left as it is, with the reason."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,21 +15,30 @@ import pytest
 from click.testing import CliRunner
 
 import repvgg_onnx
-from helpers import random_feeds, run
+from family_manifests import (
+    FAMILIES,
+    FIXTURES,
+    MANIFESTS,
+    TRAINING_CASES,
+    form_path,
+    nothing_to_fuse,
+)
+from family_manifests import (
+    load_form as load,
+)
+from helpers import op_counts, random_feeds, run
 from repvgg_onnx.cli import main
 
-FAMILIES = Path(__file__).resolve().parent.parent / "models" / "fixtures" / "families"
-# test_family_fixtures.py checks that the manifest lists all sixteen families.
-MANIFEST = json.loads((FAMILIES / "manifest.json").read_text())["families"]
-CASES = [(name, form) for name, info in MANIFEST.items() for form in info["training_forms"]]
+CASES = TRAINING_CASES
 #: Families whose deploy form keeps a BatchNormalization (a BN before a zero-padded conv).
 KEEPS_BATCHNORM = {
-    n for n, info in MANIFEST.items() if "BatchNormalization" in info["reference_op_counts"]
+    n for n, info in FAMILIES.items() if "BatchNormalization" in info["reference_op_counts"]
 }
-
-
-def load(name: str, form: str) -> onnx.ModelProto:
-    return onnx.load(FAMILIES / MANIFEST[name]["forms"][form]["file"])
+KERAS_CASES = [
+    (name, form)
+    for name, info in MANIFESTS[FIXTURES / "keras"]["families"].items()
+    for form in info["training_forms"]
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +52,7 @@ def test_family_reaches_its_deploy_form(name, form, fused_models):
     is allowed: e.g. GELU's 0.5 folds into the next conv), and the function is the same."""
     training = load(name, form)
     fused = fused_models[(name, form)].model
-    deploy = Counter(MANIFEST[name]["forms"][form]["deploy_op_counts"])
+    deploy = Counter(FAMILIES[name]["forms"][form]["deploy_op_counts"])
     counts = Counter(node.op_type for node in fused.graph.node)
     assert {op: n for op, n in counts.items() if n > deploy[op]} == {}, counts
     for op in ("Conv", "Gemm", "MatMul", "BatchNormalization"):
@@ -64,28 +73,41 @@ def test_inspect_and_diff_count_the_blocks_fuse_fused(name, form, fused_models):
     assert after.fusable == []
     if name in KEEPS_BATCHNORM:
         assert not after.deploy_form and all(bn.reason for bn in after.batchnorms)
+    elif nothing_to_fuse(name):
+        assert blocks == 0 and before.deploy_form and after.deploy_form
+        assert before.skipped and all(skip.reason for skip in before.skipped)
+        assert op_counts(fused.model) == op_counts(training)
     else:
         assert before.fusable and not before.deploy_form
         assert after.deploy_form
 
 
 def test_fusing_a_reference_merges_no_layer():
-    """A PyTorch deploy export has no layer left to merge (fuse may still fold a GELU's 0.5
-    into the next conv, which PyTorch's conversion does not)."""
-    for name, info in MANIFEST.items():
-        reference = load(name, info["reference_form"])
-        fused = repvgg_onnx.fuse(reference, verify=False).model
-        before = Counter(node.op_type for node in reference.graph.node)
-        after = Counter(node.op_type for node in fused.graph.node)
-        for op in ("Conv", "Gemm", "MatMul", "BatchNormalization"):
-            assert after[op] == before[op], (name, op)
+    """A deploy export (PyTorch's conversion, or our numpy one for Keras) has no layer left to
+    merge (fuse may still fold a GELU's 0.5 into the next conv, which PyTorch's does not)."""
+    for name, info in FAMILIES.items():
+        for form in set(info["forms"]) - set(info["training_forms"]):
+            reference = load(name, form)
+            fused = repvgg_onnx.fuse(reference, verify=False).model
+            before = Counter(node.op_type for node in reference.graph.node)
+            after = Counter(node.op_type for node in fused.graph.node)
+            for op in ("Conv", "Gemm", "MatMul", "BatchNormalization"):
+                assert after[op] == before[op], (name, form, op)
 
 
-@pytest.mark.parametrize("name", ["dbb", "fastvit_repmixer", "levit_linearnorm", "repghost"])
-def test_fail_if_fusable_gate_on_training_and_fused_forms(name, tmp_path):
-    training = FAMILIES / MANIFEST[name]["forms"]["ts17_nofold"]["file"]
+GATE_CASES = [
+    (name, "ts17_nofold") for name in ("dbb", "fastvit_repmixer", "levit_linearnorm", "repghost")
+] + KERAS_CASES
+
+
+@pytest.mark.parametrize(("name", "form"), GATE_CASES, ids=[f"{n}-{f}" for n, f in GATE_CASES])
+def test_fail_if_fusable_gate_on_training_and_fused_forms(name, form, tmp_path):
+    """Exit 1 on a training form with something to fuse (0 on a negative family's), 0 on the
+    fused output."""
+    training = form_path(name, form)
     fused = tmp_path / "fused.onnx"
     runner = CliRunner()
     assert runner.invoke(main, ["fuse", str(training), str(fused), "-q"]).exit_code == 0
-    assert runner.invoke(main, ["inspect", str(training), "--fail-if-fusable", "-q"]).exit_code == 1
+    gate = runner.invoke(main, ["inspect", str(training), "--fail-if-fusable", "-q"])
+    assert gate.exit_code == (0 if nothing_to_fuse(name) else 1)
     assert runner.invoke(main, ["inspect", str(fused), "--fail-if-fusable", "-q"]).exit_code == 0

@@ -20,10 +20,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import onnx
 import pytest
 
+from family_manifests import assert_close_to_scale, case_id
 from helpers import op_counts, random_feeds, run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,6 @@ FAMILIES: dict[str, Any] = MANIFEST["families"]
 FORMS = {"ts13", "ts17", "ts17_nofold", "dynamo18", "reference"}
 TRAINING_FORMS = FORMS - {"reference"}
 INPUT_SEEDS = (1, 2, 3)
-RTOL = 1e-4
 MAX_TOTAL_BYTES = 2_000_000
 
 FORM_CASES = [(name, form) for name, family in FAMILIES.items() for form in family["forms"]]
@@ -42,19 +41,8 @@ TRAINING_CASES = [
 ]
 
 
-def case_id(case: tuple[str, str]) -> str:
-    return "-".join(case)
-
-
 def load(name: str, form: str) -> onnx.ModelProto:
     return onnx.load(FAMILIES_DIR / FAMILIES[name]["forms"][form]["file"])
-
-
-def assert_close_to_scale(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
-    """``|actual − expected| ≤ RTOL·max|expected|`` everywhere, shapes equal."""
-    assert actual.shape == expected.shape, what
-    scale = max(float(np.abs(expected).max()), 1e-6)
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=RTOL * scale, err_msg=what)
 
 
 def test_manifest_lists_the_sixteen_families():

@@ -1,0 +1,83 @@
+"""The committed family fixtures of every exporter, read from their manifests.
+
+Each directory of :data:`MANIFEST_DIRS` holds ``manifest.json`` (written by its export script:
+``python -m models.families`` for PyTorch, ``python -m models.keras_export`` for tf2onnx) with
+one schema: ``families: {name: {training_forms, reference_form, reference_op_counts, forms:
+{form: {file, op_counts, deploy_op_counts (training forms), ...}}}}``. Family names are unique
+across the manifests, so a family is found by its name alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+CLOSE_RTOL = 1e-4
+"""Tolerance of :func:`assert_close_to_scale`, relative to the expected output's scale."""
+
+FIXTURES = Path(__file__).resolve().parent.parent / "models" / "fixtures"
+MANIFEST_DIRS = (FIXTURES / "families", FIXTURES / "keras")
+"""Directories of the family manifests: PyTorch (TorchScript, dynamo), Keras (tf2onnx)."""
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The ``manifest.json`` of ``directory``."""
+    return json.loads((directory / "manifest.json").read_text())
+
+
+MANIFESTS = {directory: read_manifest(directory) for directory in MANIFEST_DIRS}
+FAMILY_DIRS: dict[str, Path] = {
+    name: directory for directory, manifest in MANIFESTS.items() for name in manifest["families"]
+}
+"""Every family, by name, with the directory its files are relative to."""
+assert len(FAMILY_DIRS) == sum(len(m["families"]) for m in MANIFESTS.values()), "name clash"
+
+FAMILIES: dict[str, dict[str, Any]] = {
+    name: MANIFESTS[directory]["families"][name] for name, directory in FAMILY_DIRS.items()
+}
+"""Every family's manifest entry, by name."""
+
+TRAINING_CASES = [
+    (name, form) for name, info in FAMILIES.items() for form in info["training_forms"]
+]
+"""Every ``(family, training form)``."""
+
+
+def form_path(name: str, form: str) -> Path:
+    """The file of ``form`` of family ``name``."""
+    return FAMILY_DIRS[name] / FAMILIES[name]["forms"][form]["file"]
+
+
+def load_form(name: str, form: str) -> onnx.ModelProto:
+    """The model of ``form`` of family ``name``."""
+    return onnx.load(form_path(name, form))
+
+
+def nothing_to_fuse(name: str) -> bool:
+    """True for a negative family: every training form already has its reference's ops."""
+    forms = FAMILIES[name]["forms"]
+    training = FAMILIES[name]["training_forms"]
+    return all(forms[form]["op_counts"] == forms[form]["deploy_op_counts"] for form in training)
+
+
+def reference_of(name: str, form: str) -> str:
+    """The form a training form is compared with: its own ``<form>_reference`` when the family
+    has one (tf2onnx: the same layout and settings), else the family's reference form."""
+    own = f"{form}_reference"
+    return own if own in FAMILIES[name]["forms"] else FAMILIES[name]["reference_form"]
+
+
+def case_id(case: tuple[str, str]) -> str:
+    """``family-form``, a test id."""
+    return "-".join(case)
+
+
+def assert_close_to_scale(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
+    """``|actual − expected| ≤ CLOSE_RTOL·max|expected|`` everywhere, shapes equal."""
+    assert actual.shape == expected.shape, what
+    scale = max(float(np.abs(expected).max()), 1e-6)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=CLOSE_RTOL * scale, err_msg=what)
