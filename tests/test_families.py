@@ -81,9 +81,18 @@ def test_fusing_a_reference_merges_no_layer():
             assert after[op] == before[op], (name, op)
 
 
-@pytest.mark.parametrize("name", ["dbb", "fastvit_repmixer", "levit_linearnorm", "repghost"])
-def test_fail_if_fusable_gate_on_training_and_fused_forms(name, tmp_path):
-    training = FAMILIES / MANIFEST[name]["forms"]["ts17_nofold"]["file"]
+GATE_CASES = [
+    *(
+        (name, "ts17_nofold")
+        for name in ("dbb", "fastvit_repmixer", "levit_linearnorm", "repghost")
+    ),
+    *((name, "ts17_functions") for name in MANIFEST if "ts17_functions" in MANIFEST[name]["forms"]),
+]
+
+
+@pytest.mark.parametrize(("name", "form"), GATE_CASES, ids=[f"{n}-{f}" for n, f in GATE_CASES])
+def test_fail_if_fusable_gate_on_training_and_fused_forms(name, form, tmp_path):
+    training = FAMILIES / MANIFEST[name]["forms"][form]["file"]
     fused = tmp_path / "fused.onnx"
     runner = CliRunner()
     assert runner.invoke(main, ["fuse", str(training), str(fused), "-q"]).exit_code == 0
