@@ -365,9 +365,12 @@ FUNCTION_MODULES: dict[str, tuple[type[nn.Module], ...]] = {
     "repvit": (RepViTBlock,),
     "acnet": (ACBlock,),
     "repconv_silu": (RepConvSiLU,),
+    "fastvit_repmixer": (fastvit.RepMixerBlock, fastvit.RepMixer, fastvit.DepthwiseMobileOne),
 }
 """The families also exported in :data:`FUNCTIONS_FORM`, and their block classes (the
-functions); the others are left out for size."""
+functions; FastViT's are nested three deep, and TorchScript writes one function per distinct
+body, e.g. ``DepthwiseMobileOne`` and ``DepthwiseMobileOne.1``); the others are left out for
+size."""
 
 
 def forms_of(name: str) -> tuple[str, ...]:

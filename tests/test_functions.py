@@ -318,6 +318,32 @@ def test_tiny_repvgg_block_as_a_function_fuses_like_its_torchscript_twin():
     assert_same_outputs(training, result.model)
 
 
+FAMILY_DIR = MODELS / "fixtures" / "families"
+FAMILIES = json.loads((FAMILY_DIR / "manifest.json").read_text())["families"]
+WITH_FUNCTIONS = [name for name, info in FAMILIES.items() if "ts17_functions" in info["forms"]]
+
+
+@pytest.mark.parametrize("name", WITH_FUNCTIONS)
+def test_family_as_functions_fuses_like_its_torchscript_twin(name):
+    forms = FAMILIES[name]["forms"]
+    training = onnx.load(FAMILY_DIR / forms["ts17_functions"]["file"])
+    twin = onnx.load(FAMILY_DIR / forms["ts17"]["file"])
+    result = repvgg_onnx.fuse(training, verify=False)
+    assert counts(result.model) == counts(repvgg_onnx.fuse(twin, verify=False).model)
+    assert list(result.model.functions) == []
+    assert_same_outputs(training, result.model)
+
+
+def test_nested_torchscript_functions_are_all_inlined():
+    """FastViT's RepMixerBlock calls RepMixer, which calls two DepthwiseMobileOne bodies."""
+    path = FAMILY_DIR / FAMILIES["fastvit_repmixer"]["forms"]["ts17_functions"]["file"]
+    inlining = repvgg_onnx.fuse(onnx.load(path), verify=False).report.inlining
+    assert inlining.describe() == (
+        "inlined 8 calls of 4 functions: RepMixerBlock, RepMixer, DepthwiseMobileOne.1, "
+        "DepthwiseMobileOne"
+    )
+
+
 def test_relu_in_branch_block_as_a_function_is_not_merged():
     forms = TINY["tiny_relu_in_branch"]["forms"]
     training = onnx.load(MODELS / forms["ts17_functions"]["file"])
