@@ -287,7 +287,9 @@ def _inspect_text(report: dict) -> str:
         )
     else:
         lines.append("No fusable block and no BatchNormalization: the model is in deploy form.")
-    lines += [f"  {finding['message']}" for finding in in_subgraphs]
+    if in_subgraphs:
+        lines.append("In control-flow bodies (fuse does not rewrite them):")
+        lines += [f"  {finding['message']}" for finding in in_subgraphs]
     if batchnorms:
         lines.append(f"{plural(len(batchnorms), 'BatchNormalization')} would remain:")
         lines += [f"  {bn['node']}: {bn['reason']}" for bn in batchnorms]
