@@ -136,6 +136,8 @@ def fuse(
     seconds["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    if original.functions:
+        tell("choosing the local functions to inline")
     prepared, inlining = inline_for_passes(original, passes)
     fused_model, outcome = fuse_graph(prepared, passes, tell)
     io.read_mapped_data(fused_model)  # what passed through untouched: the result stands alone

@@ -520,3 +520,55 @@ def test_tiny_functions_exports_are_up_to_date(tmp_path):
             expected = model(x).numpy()
         (actual,) = run(onnx.load(MODELS / entry["file"]), {"input": x.numpy()})
         export.check_close(name, actual, expected)
+
+
+def test_findings_name_nested_bodies_and_ignore_non_linear_sums():
+    """A BN in an If inside a Loop body is found and placed; ``x + x`` and a sum with a ReLU
+    in one branch are not sums of linear branches."""
+    weights = Weights()
+    w3, b3, _, _ = weights.repvgg("0")
+    inner_nodes = [
+        helper.make_node("Conv", ["x", w3, b3], ["ca"], pads=[1, 1, 1, 1], name="inner_conv"),
+        helper.make_node("Relu", ["ca"], ["cr"], name="inner_relu"),
+        helper.make_node("Add", ["cr", "x"], ["cs"], name="inner_relu_sum"),
+        helper.make_node("Add", ["x", "x"], ["cd"], name="inner_double"),
+        helper.make_node("BatchNormalization", ["cd", *weights.batchnorm("0")], ["io"], name="bn"),
+    ]
+    out = helper.make_tensor_value_info("io", TensorProto.FLOAT, [1, C, SIZE, SIZE])
+    inner = helper.make_graph(inner_nodes, "inner_then", [], [out])
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["eo"], name="inner_else")],
+        "inner_else",
+        [],
+        [helper.make_tensor_value_info("eo", TensorProto.FLOAT, [1, C, SIZE, SIZE])],
+    )
+    weights.tensors.append(numpy_helper.from_array(np.array(True), "flag"))
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["c"], ["c_out"], name="cond"),
+            helper.make_node(
+                "If", ["flag"], ["bo"], then_branch=inner, else_branch=other, name="inner_if"
+            ),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("bo", TensorProto.FLOAT, [1, C, SIZE, SIZE]),
+        ],
+    )
+    weights.tensors += [
+        numpy_helper.from_array(np.array(1, np.int64), "trips"),
+        numpy_helper.from_array(np.array(True), "go"),
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+    ]
+    nodes = [
+        helper.make_node("Loop", ["trips", "go"], ["stacked"], body=body, name="loop_0"),
+        helper.make_node("Gather", ["stacked", "zero"], ["y"], axis=0, name="first"),
+    ]
+    (finding,) = repvgg_onnx.inspect(model_of(nodes, [], weights)).in_subgraphs
+    assert (finding.batchnorms, finding.branch_sums) == (1, 0)
+    assert finding.place == "the then_branch of If 'inner_if' (in the body of Loop 'loop_0')"
