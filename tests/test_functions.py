@@ -385,24 +385,39 @@ def if_model() -> onnx.ModelProto:
     return model_of([node], [], weights)
 
 
+def one_trip_loop(
+    body_nodes: list[onnx.NodeProto], body_output: str, weights: Weights
+) -> list[onnx.NodeProto]:
+    """Main-graph nodes: ``loop_0``, one trip of a body running ``body_nodes`` (which write
+    ``body_output`` from the outer ``x``), then ``y``, the one scan output."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c"], ["c_out"], name="cond"), *body_nodes],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info(body_output, TensorProto.FLOAT, [1, C, SIZE, SIZE]),
+        ],
+    )
+    weights.tensors += [
+        numpy_helper.from_array(np.array(1, np.int64), "trips"),
+        numpy_helper.from_array(np.array(True), "go"),
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+    ]
+    return [
+        helper.make_node("Loop", ["trips", "go"], ["stacked"], body=body, name="loop_0"),
+        helper.make_node("Gather", ["stacked", "zero"], ["y"], axis=0, name="first"),
+    ]
+
+
 def loop_model() -> onnx.ModelProto:
-    """A Loop of two iterations whose body computes ``bn(conv3x3(x) + conv1x1(x))``."""
+    """A Loop whose body computes ``bn(conv3x3(x) + conv1x1(x))``."""
     weights = Weights()
     body = body_with_batchnorm_and_branches(weights)
-    iteration = helper.make_tensor_value_info("i", TensorProto.INT64, [])
-    condition = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
-    condition_out = helper.make_tensor_value_info("c_out", TensorProto.BOOL, [])
-    body.input.extend([iteration, condition])
-    body.node.append(helper.make_node("Identity", ["c"], ["c_out"], name="body_cond"))
-    body.output.insert(0, condition_out)
-    weights.tensors += [
-        numpy_helper.from_array(np.array(2, np.int64), "trips"),
-        numpy_helper.from_array(np.array(True), "go"),
-    ]
-    loop = helper.make_node("Loop", ["trips", "go"], ["stacked"], body=body, name="loop_0")
-    last = helper.make_node("Gather", ["stacked", "one"], ["y"], axis=0, name="last")
-    weights.tensors.append(numpy_helper.from_array(np.array(1, np.int64), "one"))
-    return model_of([loop, last], [], weights)
+    return model_of(one_trip_loop(list(body.node), "bo", weights), [], weights)
 
 
 @pytest.mark.parametrize(
@@ -437,27 +452,7 @@ def test_a_function_called_inside_a_loop_body_is_looked_into():
     body_call = helper.make_node(
         "RepVGGBlock", ["x", w3, b3, w1, b1], ["bo"], domain=DOMAIN, name="body_call"
     )
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["c"], ["c_out"], name="cond"), body_call],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
-        ],
-        [
-            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("bo", TensorProto.FLOAT, [1, C, SIZE, SIZE]),
-        ],
-    )
-    weights.tensors += [
-        numpy_helper.from_array(np.array(1, np.int64), "trips"),
-        numpy_helper.from_array(np.array(True), "go"),
-        numpy_helper.from_array(np.array(0, np.int64), "zero"),
-    ]
-    nodes = [
-        helper.make_node("Loop", ["trips", "go"], ["stacked"], body=body, name="loop_0"),
-        helper.make_node("Gather", ["stacked", "zero"], ["y"], axis=0, name="first"),
-    ]
+    nodes = one_trip_loop([body_call], "bo", weights)
     model = model_of(nodes, [repvgg_function()], weights)
     inspection = repvgg_onnx.inspect(model)
     assert not inspection.deploy_form
@@ -543,32 +538,10 @@ def test_findings_name_nested_bodies_and_ignore_non_linear_sums():
         [helper.make_tensor_value_info("eo", TensorProto.FLOAT, [1, C, SIZE, SIZE])],
     )
     weights.tensors.append(numpy_helper.from_array(np.array(True), "flag"))
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["c"], ["c_out"], name="cond"),
-            helper.make_node(
-                "If", ["flag"], ["bo"], then_branch=inner, else_branch=other, name="inner_if"
-            ),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
-        ],
-        [
-            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("bo", TensorProto.FLOAT, [1, C, SIZE, SIZE]),
-        ],
+    inner_if = helper.make_node(
+        "If", ["flag"], ["bo"], then_branch=inner, else_branch=other, name="inner_if"
     )
-    weights.tensors += [
-        numpy_helper.from_array(np.array(1, np.int64), "trips"),
-        numpy_helper.from_array(np.array(True), "go"),
-        numpy_helper.from_array(np.array(0, np.int64), "zero"),
-    ]
-    nodes = [
-        helper.make_node("Loop", ["trips", "go"], ["stacked"], body=body, name="loop_0"),
-        helper.make_node("Gather", ["stacked", "zero"], ["y"], axis=0, name="first"),
-    ]
+    nodes = one_trip_loop([inner_if], "bo", weights)
     (finding,) = repvgg_onnx.inspect(model_of(nodes, [], weights)).in_subgraphs
     assert (finding.batchnorms, finding.branch_sums) == (1, 0)
     assert finding.place == "the then_branch of If 'inner_if' (in the body of Loop 'loop_0')"
