@@ -125,8 +125,8 @@ def fuse(
     inputs unless ``verify=False``); graph inputs, outputs, opsets, IR version, producer and
     metadata are kept. A failed verification raises :class:`CheckFailedError`. ``progress``
     hears each phase (loading, each round of passes, each verification batch). Local functions
-    whose bodies hold something the passes change are inlined first (the report says which);
-    the others stay functions.
+    whose calls hold a block to fuse (or a skipped candidate, or a BN) are inlined first (the
+    report says which); the others stay functions.
     """
     tell = progress or (lambda message: None)
     seconds: dict[str, float] = {}

@@ -3,14 +3,16 @@
 An exporter may write each block as a call of an ONNX local function (PyTorch's
 ``export_modules_as_functions``): every Conv, BN and Add then sits in ``model.functions``,
 out of the passes' reach. :func:`inline_for_passes` inlines, with onnx's own inliner, exactly
-the functions whose calls hold a node the passes would change, a candidate they would skip
-or a BatchNormalization, so that ``fuse`` fuses it and ``inspect`` reports it; every other
-function stays a function.
+the functions whose calls hold a node of a block the passes would fuse, a candidate they would
+skip or a BatchNormalization, so that ``fuse`` fuses it and ``inspect`` reports it; every
+other function stays a function, also one the passes would only tidy (a Constant node made an
+initializer, a no-op removed).
 
 The choice is made on a scratch copy: each call of a function from another function's body
 is given its own copy of the callee (the calls form a tree), every body node is tagged with
-its call path, everything is inlined, and the passes run there. A changed, skipped or
-remaining-BN node names the functions on its call path; those are inlined in the real model
+its call path, everything is inlined, and the passes run there. A node of a fused block's
+region (:func:`replaced_nodes`), a skipped candidate's anchor or a remaining BN names the
+functions on its call path; those are inlined in the real model
 (by function id, so every call of a chosen function is inlined).
 """
 
@@ -41,9 +43,10 @@ def inline_for_passes(
     model: onnx.ModelProto,
     passes: Sequence[Pass] = DEFAULT_PASSES,
 ) -> tuple[onnx.ModelProto, Inlining]:
-    """``model`` with the local functions inlined whose calls hold a node ``passes`` would
-    change, skip or leave as a BatchNormalization (see the module docstring), and the record
-    of it. Without such a function, ``model`` itself (unchanged) and an empty record."""
+    """``model`` with the local functions inlined whose calls hold a node of a block
+    ``passes`` would fuse, of a candidate they would skip, or a BatchNormalization they would
+    leave (see the module docstring), and the record of it. Without such a function,
+    ``model`` itself (unchanged) and an empty record."""
     if not model.functions:
         return model, Inlining()
     chosen = functions_to_inline(model, passes)
@@ -58,8 +61,9 @@ def inline_for_passes(
 
 
 def functions_to_inline(model: onnx.ModelProto, passes: Sequence[Pass]) -> set[FunctionId]:
-    """The ids of the functions on the call path of a node the passes would change, skip or
-    leave as a BatchNormalization, found on a fully inlined, path-tagged scratch copy."""
+    """The ids of the functions on the call path of a node of a block the passes would fuse,
+    of a candidate they would skip, or of a BatchNormalization they would leave, found on a
+    fully inlined, path-tagged scratch copy."""
     scratch, paths = _call_tree_copy(model)
     inlined = inline_functions(scratch, [function_id(f) for f in scratch.functions])
     origin = {
@@ -71,8 +75,8 @@ def functions_to_inline(model: onnx.ModelProto, passes: Sequence[Pass]) -> set[F
     if not origin:
         return set()
     fused, outcome = fuse_graph(inlined, passes)
-    surviving = {_key(node) for node in fused.graph.node}
-    touched = [key for key in origin if key not in surviving]
+    outputs = [block.output for block in outcome.fused]
+    touched = [_key(node) for node in replaced_nodes(inlined.graph, fused.graph, outputs)]
     by_name = {key[0]: key for key in origin}
     touched += [by_name[s.node] for s in outcome.skipped if s.node in by_name]
     touched += [
@@ -80,7 +84,27 @@ def functions_to_inline(model: onnx.ModelProto, passes: Sequence[Pass]) -> set[F
         for node in fused.graph.node
         if node.op_type == "BatchNormalization" and _key(node) in origin
     ]
-    return {function for key in touched for function in origin[key]}
+    return {function for key in touched if key in origin for function in origin[key]}
+
+
+def replaced_nodes(
+    before: onnx.GraphProto, after: onnx.GraphProto, outputs: Sequence[str]
+) -> list[onnx.NodeProto]:
+    """The nodes of ``before`` that computed ``outputs`` (tensors a fused block writes again
+    under their names) back from the tensors ``after`` still has: the blocks' regions, with
+    the constant subexpressions and no-ops inside them, and nothing that was only tidied."""
+    producer = {name: node for node in before.node for name in node.output if name}
+    kept = {value.name for value in after.input} | {t.name for t in after.initializer}
+    kept |= {name for node in after.node for name in node.output}
+    found: dict[int, onnx.NodeProto] = {}
+    pending = list(outputs)
+    while pending:
+        node = producer.get(pending.pop())
+        if node is None or id(node) in found:
+            continue
+        found[id(node)] = node
+        pending += [name for name in node.input if name and name not in kept]
+    return list(found.values())
 
 
 def _call_tree_copy(

@@ -545,3 +545,49 @@ def test_findings_name_nested_bodies_and_ignore_non_linear_sums():
     (finding,) = repvgg_onnx.inspect(model_of(nodes, [], weights)).in_subgraphs
     assert (finding.batchnorms, finding.branch_sums) == (1, 0)
     assert finding.place == "the then_branch of If 'inner_if' (in the body of Loop 'loop_0')"
+
+
+def tidy_only_function(name: str = "Tidy") -> onnx.FunctionProto:
+    """``relu(identity(reshape(x, own shape)))``: the passes would only tidy it (a Constant,
+    a Reshape to its own shape, an Identity), nothing to fuse."""
+    shape = numpy_helper.from_array(np.array([1, C, SIZE, SIZE], np.int64), "shape")
+    nodes = [
+        helper.make_node("Constant", [], ["shape"], value=shape, name="shape"),
+        helper.make_node("Reshape", ["x", "shape"], ["r"], name="reshape"),
+        helper.make_node("Identity", ["r"], ["i"], name="identity"),
+        helper.make_node("Relu", ["i"], ["y"], name="relu"),
+    ]
+    return function(name, ["x"], ["y"], nodes)
+
+
+def test_a_function_the_passes_would_only_tidy_stays_a_function():
+    weights = Weights()
+    nodes = [
+        call("RepVGGBlock", ["x", *weights.repvgg("0")], "h"),
+        call("Tidy", ["h"], "y"),
+    ]
+    model = model_of(nodes, [repvgg_function(), tidy_only_function()], weights)
+    result = repvgg_onnx.fuse(model, verify=False)
+    assert result.report.inlining.functions == ("RepVGGBlock",)
+    assert [f.name for f in result.model.functions] == ["Tidy"]
+    assert_same_outputs(model, result.model)
+
+
+def test_a_function_between_a_conv_and_its_batchnorm_is_inlined():
+    """``bn(Pass(conv(x)))`` with ``Pass`` an Identity function: the BN folds into the conv
+    through it, so ``Pass`` is part of the block and is inlined."""
+    weights = Weights()
+    passthrough = function(
+        "Pass", ["x"], ["y"], [helper.make_node("Identity", ["x"], ["y"], name="identity")]
+    )
+    w3, b3, _, _ = weights.repvgg("0")
+    nodes = [
+        helper.make_node("Conv", ["x", w3, b3], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        call("Pass", ["c"], "p"),
+        helper.make_node("BatchNormalization", ["p", *weights.batchnorm("0")], ["y"], name="bn"),
+    ]
+    model = model_of(nodes, [passthrough], weights)
+    result = repvgg_onnx.fuse(model, verify=False)
+    assert result.report.inlining.functions == ("Pass",)
+    assert counts(result.model) == {"Conv": 1}
+    assert_same_outputs(model, result.model)
