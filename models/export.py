@@ -65,16 +65,22 @@ class ExportForm:
     constant_folding: bool = True
     dynamic_batch: bool = False
     reparameterize: bool = False
+    functions: bool = False
+    """Export the block modules as ONNX local functions (TorchScript's
+    ``export_modules_as_functions``; the caller names the block classes)."""
 
-    def settings(self) -> dict[str, Any]:
-        """The settings as a JSON-ready dict."""
-        return {
+    def settings(self, function_modules: Sequence[type] = ()) -> dict[str, Any]:
+        """The settings as a JSON-ready dict (``function_modules``: for a functions form)."""
+        settings: dict[str, Any] = {
             "exporter": "dynamo" if self.dynamo else "torchscript",
             "opset": self.opset,
             "do_constant_folding": self.constant_folding,
             "dynamic_batch": self.dynamic_batch,
             "pytorch_reparameterized": self.reparameterize,
         }
+        if self.functions:
+            settings["modules_as_functions"] = sorted(m.__name__ for m in function_modules)
+        return settings
 
 
 FORMS: dict[str, ExportForm] = {
@@ -83,6 +89,7 @@ FORMS: dict[str, ExportForm] = {
     "ts17": ExportForm(opset=17),
     "ts17_nofold": ExportForm(opset=17, constant_folding=False),
     "ts17_dynbatch": ExportForm(opset=17, dynamic_batch=True),
+    "ts17_functions": ExportForm(opset=17, functions=True),
     "dynamo18": ExportForm(opset=18, dynamo=True),
     "reference": ExportForm(opset=17, reparameterize=True),
 }
@@ -109,16 +116,21 @@ def export_onnx(
     input_shape: Sequence[int] = blocks.TINY_INPUT_SHAPE,
     *,
     dynamic_batch: bool | None = None,
+    function_modules: Sequence[type] = (),
 ) -> Path:
     """Write ``model`` (left unchanged) to ``path`` as ONNX ``form``, input ``input`` / ``output``.
 
     ``dynamic_batch`` overrides the form's choice of a symbolic dim 0 (``"batch"``) on the input
-    and output (TorchScript forms only). The file is self-contained (no external data).
+    and output (TorchScript forms only). ``function_modules``: the module classes a functions
+    form writes as ONNX local functions (required there, refused elsewhere). The file is
+    self-contained (no external data).
     """
     spec = FORMS[form]
     use_dynamic_batch = spec.dynamic_batch if dynamic_batch is None else dynamic_batch
     if spec.dynamo and use_dynamic_batch:
         raise ValueError(f"form {form!r}: a dynamic batch is only implemented for TorchScript")
+    if spec.functions != bool(function_modules):
+        raise ValueError(f"form {form!r}: function_modules is required iff it is a functions form")
     export_model = copy.deepcopy(model).eval()
     if spec.reparameterize:
         blocks.reparameterize_blocks_(export_model)
@@ -128,7 +140,9 @@ def export_onnx(
         if spec.dynamo:
             _export_dynamo(export_model, example, path, spec.opset)
         else:
-            _export_torchscript(export_model, example, path, spec, use_dynamic_batch)
+            _export_torchscript(
+                export_model, example, path, spec, use_dynamic_batch, function_modules
+            )
     onnx.checker.check_model(onnx.load(path), full_check=True)
     return path
 
@@ -139,7 +153,9 @@ def _export_torchscript(
     path: Path,
     spec: ExportForm,
     dynamic_batch: bool,
+    function_modules: Sequence[type] = (),
 ) -> None:
+    functions = {"export_modules_as_functions": set(function_modules)} if function_modules else {}
     batch_axes = {INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}}
     with warnings.catch_warnings():
         warnings.filterwarnings(
@@ -155,7 +171,27 @@ def _export_torchscript(
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes=batch_axes if dynamic_batch else None,
+            **functions,
         )
+    if function_modules:
+        name_the_output_(path)
+
+
+def name_the_output_(path: Path) -> None:
+    """Give the graph output the name :data:`OUTPUT_NAME`: with ``export_modules_as_functions``,
+    TorchScript ignores ``output_names`` when a function call writes the output (torch 2.13)."""
+    model = onnx.load(path)
+    (output,) = model.graph.output
+    old = output.name
+    if old == OUTPUT_NAME:
+        return
+    for node in model.graph.node:
+        for names in (node.input, node.output):
+            for index, name in enumerate(names):
+                if name == old:
+                    names[index] = OUTPUT_NAME
+    output.name = OUTPUT_NAME
+    onnx.save(model, path)
 
 
 def _export_dynamo(
@@ -255,18 +291,37 @@ def block_summary(model: nn.Module) -> dict[str, int]:
     }
 
 
+TINY_FUNCTION_MODULES: dict[str, tuple[type, ...]] = {
+    "tiny_block": (blocks.RepVGGBlock,),
+    "tiny_relu_in_branch": (blocks.ReluInBranchBlock,),
+}
+"""The tiny nets also written in the ``ts17_functions`` form, with the blocks as functions (the
+others are left out for size)."""
+
+
 def export_tiny_model(name: str, build: Callable[[], nn.Module], root: Path) -> dict[str, Any]:
-    """Export and check every form of one tiny net into ``root/fixtures/name``; return its entry."""
+    """Export and check every form of one tiny net into ``root/fixtures/name``; return its entry.
+
+    A functions form is written only for the nets of :data:`TINY_FUNCTION_MODULES`."""
     model = blocks.randomize_batchnorm_(build(), SEED).eval()
     input_shape = blocks.TINY_INPUT_SHAPE
     pytorch_error = check_pytorch_reference(model, input_shape)
+    modules = TINY_FUNCTION_MODULES.get(name, ())
     forms = {}
     for form, spec in FORMS.items():
-        path = export_onnx(model, root / "fixtures" / name / f"{form}.onnx", form, input_shape)
+        if spec.functions and not modules:
+            continue
+        path = export_onnx(
+            model,
+            root / "fixtures" / name / f"{form}.onnx",
+            form,
+            input_shape,
+            function_modules=modules if spec.functions else (),
+        )
         batch_sizes = (1, 2) if spec.dynamic_batch else (1,)
         error = check_export(path, model, input_shape, batch_sizes)
         print(f"  {name}/{form}: relative error {error:.2e}")
-        forms[form] = {**spec.settings(), **file_summary(path, root)}
+        forms[form] = {**spec.settings(modules), **file_summary(path, root)}
     print(f"  {name}: PyTorch reference relative error {pytorch_error:.2e}")
     return {
         "description": (build.__doc__ or "").strip(),

@@ -26,7 +26,8 @@ Families with a non-linearity before every block (see each module's docstring):
 (:mod:`models.heads`). ``prebn_padded`` is the negative case: its BNs cannot be folded, so its
 reference is its training form.
 
-Every family is exported in every form of :data:`FORMS` and each file is checked with onnxruntime
+Every family is exported in every form of :data:`FORMS` (and some in :data:`FUNCTIONS_FORM`,
+with each block an ONNX local function) and each file is checked with onnxruntime
 against the eval-mode training model (relative error ≤ ``export.RELATIVE_TOLERANCE``); the
 PyTorch deploy model is checked against it the same way. Run ``python -m models.families`` from
 the repository root to regenerate ``models/fixtures/families/<name>/<form>.onnx`` and
@@ -54,6 +55,10 @@ CHANNELS = 16
 INPUT_SHAPE = (1, 3, 32, 32)
 FORMS = ("ts13", "ts17", "ts17_nofold", "dynamo18", "reference")
 """Forms of :data:`models.export.FORMS` written for every family."""
+
+FUNCTIONS_FORM = "ts17_functions"
+"""Like ``ts17``, with each block written as an ONNX local function; only for the families of
+:data:`FUNCTION_MODULES`."""
 
 REFERENCE_FORM = "reference"
 """The form exported from the PyTorch deploy model: what fusing a training form must reach."""
@@ -355,6 +360,25 @@ NETS: dict[str, Callable[[], nn.Module]] = {
 }
 """Builders of every family's training net, by fixture directory name."""
 
+FUNCTION_MODULES: dict[str, tuple[type[nn.Module], ...]] = {
+    "mobileone": (MobileOneBlock,),
+    "repvit": (RepViTBlock,),
+    "acnet": (ACBlock,),
+    "repconv_silu": (RepConvSiLU,),
+    "fastvit_repmixer": (fastvit.RepMixerBlock, fastvit.RepMixer, fastvit.DepthwiseMobileOne),
+}
+"""The families also exported in :data:`FUNCTIONS_FORM`, and their block classes (the
+functions; FastViT's are nested three deep, and TorchScript writes one function per distinct
+body, e.g. ``DepthwiseMobileOne`` and ``DepthwiseMobileOne.1``); the others are left out for
+size."""
+
+
+def forms_of(name: str) -> tuple[str, ...]:
+    """The forms written for family ``name``: :data:`FORMS`, and the functions form for the
+    families of :data:`FUNCTION_MODULES`."""
+    return FORMS + ((FUNCTIONS_FORM,) if name in FUNCTION_MODULES else ())
+
+
 NOTES: dict[str, tuple[str, ...]] = {
     "fastvit_repmixer": (
         "RepMixer's norm is only its identity BN, as timm and apple/ml-fastvit build it "
@@ -443,23 +467,32 @@ def export_family(name: str, root: Path) -> dict[str, Any]:
 
     Each training form's entry also gets ``deploy_op_counts``: the op counts of the deploy model
     exported with that form's settings (to a temporary file), the exporter-matched target of
-    fusing that form.
+    fusing that form. (The deploy model has no block left, so the functions form's deploy export
+    has no function: its counts are the ``ts17`` deploy counts.)
     """
     model = build(name)
     deploy_model = deploy(model)
     deploy_error = check_deploy(model, deploy_model)
+    modules = FUNCTION_MODULES.get(name, ())
     forms: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for form in FORMS:
+        for form in forms_of(name):
             spec = export.FORMS[form]
             source = deploy_model if spec.reparameterize else model
-            path = export.export_onnx(source, root / name / f"{form}.onnx", form, INPUT_SHAPE)
+            functions = modules if spec.functions else ()
+            path = export.export_onnx(
+                source, root / name / f"{form}.onnx", form, INPUT_SHAPE, function_modules=functions
+            )
             error = export.check_export(path, model, INPUT_SHAPE, batch_sizes=(1,))
             print(f"  {name}/{form}: relative error {error:.2e}")
-            forms[form] = {**spec.settings(), **export.file_summary(path, root)}
+            forms[form] = {**spec.settings(functions), **export.file_summary(path, root)}
             if not spec.reparameterize:
                 deployed = export.export_onnx(
-                    deploy_model, Path(scratch) / f"{form}.onnx", form, INPUT_SHAPE
+                    deploy_model,
+                    Path(scratch) / f"{form}.onnx",
+                    form,
+                    INPUT_SHAPE,
+                    function_modules=functions,
                 )
                 export.check_export(deployed, model, INPUT_SHAPE, batch_sizes=(1,))
                 forms[form]["deploy_op_counts"] = export.op_counts(deployed)
@@ -470,7 +503,9 @@ def export_family(name: str, root: Path) -> dict[str, Any]:
         "description": (NETS[name].__doc__ or "").strip(),
         "input": {"name": export.INPUT_NAME, "shape": list(INPUT_SHAPE)},
         "output": {"name": export.OUTPUT_NAME, "shape": output_shape},
-        "training_forms": [form for form in FORMS if not export.FORMS[form].reparameterize],
+        "training_forms": [
+            form for form in forms_of(name) if not export.FORMS[form].reparameterize
+        ],
         "reference_form": REFERENCE_FORM,
         "reference_op_counts": forms[REFERENCE_FORM]["op_counts"],
         "notes": list(NOTES.get(name, ())),

@@ -16,6 +16,7 @@ import onnx
 from repvgg_onnx import io
 from repvgg_onnx.diff import GraphDiff, diff_models
 from repvgg_onnx.errors import CheckFailedError, ModelRunError, first_line
+from repvgg_onnx.inlining import inline_for_passes
 from repvgg_onnx.inputs import load_feeds
 from repvgg_onnx.inspection import Inspection, inspect_model
 from repvgg_onnx.isolation import isolated
@@ -123,7 +124,9 @@ def fuse(
     The returned model computes the same function as ``model`` (verified on seeded random
     inputs unless ``verify=False``); graph inputs, outputs, opsets, IR version, producer and
     metadata are kept. A failed verification raises :class:`CheckFailedError`. ``progress``
-    hears each phase (loading, each round of passes, each verification batch).
+    hears each phase (loading, each round of passes, each verification batch). Local functions
+    whose calls hold a block to fuse (or a skipped candidate, or a BN) are inlined first (the
+    report says which); the others stay functions.
     """
     tell = progress or (lambda message: None)
     seconds: dict[str, float] = {}
@@ -133,7 +136,10 @@ def fuse(
     seconds["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    fused_model, outcome = fuse_graph(original, passes, tell)
+    if original.functions:
+        tell("choosing the local functions to inline")
+    prepared, inlining = inline_for_passes(original, passes)
+    fused_model, outcome = fuse_graph(prepared, passes, tell)
     io.read_mapped_data(fused_model)  # what passed through untouched: the result stands alone
     check_fused_model(fused_model, original)
     seconds["fuse"] = time.perf_counter() - start
@@ -146,6 +152,7 @@ def fuse(
         rounds=outcome.rounds,
         seconds=seconds,
         canonicalized=outcome.canonicalized,
+        inlining=inlining,
     )
     if verify:
         start = time.perf_counter()

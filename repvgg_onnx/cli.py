@@ -420,7 +420,8 @@ def diff_command(
 @click.option(
     "--fail-if-fusable",
     is_flag=True,
-    help="Exit 1 if fuse would change the model: a training-form model must not ship.",
+    help="Exit 1 if fuse would change the model, or a control-flow body holds a "
+    "BatchNormalization or linear branches: a training-form model must not ship.",
 )
 @_format_option("text", "markdown", "json")
 @_report_option
@@ -446,6 +447,13 @@ def inspect_command(
         click.echo(
             f"error: {len(inspection.fusable)} fusable block(s) remain; run "
             f"repvgg-onnx fuse {model_path} <out>.onnx before shipping.",
+            err=True,
+        )
+        sys.exit(EXIT_CHECK_FAILED)
+    if fail_if_fusable and inspection.in_subgraphs:
+        click.echo(
+            f"error: {inspection.in_subgraphs[0].message}; re-parameterize these blocks "
+            "before export (fuse does not rewrite control-flow bodies).",
             err=True,
         )
         sys.exit(EXIT_CHECK_FAILED)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
+from repvgg_onnx.functions import FunctionId, function_id, inline_functions
 from repvgg_onnx.passes.readers import READERS
 from repvgg_onnx.render import SCHEMA_VERSION, Rendered, verdict
 from repvgg_onnx.summary import ModelSummary
@@ -86,8 +87,13 @@ class GraphDiff(Rendered):
 def diff_models(
     a: onnx.ModelProto, b: onnx.ModelProto, a_path: str | None = None, b_path: str | None = None
 ) -> GraphDiff:
-    """Compare two models: summaries, interface changes, nodes and weights, fused blocks."""
+    """Compare two models: summaries, interface changes, nodes and weights, fused blocks.
+
+    A local function one model has and the other has not (``fuse`` inlined it) is inlined
+    for the comparison, as ``fuse`` inlines it, so the blocks inside it are compared too."""
     summary_a, summary_b = ModelSummary.of(a, a_path), ModelSummary.of(b, b_path)
+    function_changes = _function_changes(a, b)
+    a, b = _inline_functions_gone(a, b), _inline_functions_gone(b, a)
     a_keys, b_keys = _node_keys(a), _node_keys(b)
     a_known, b_known = set(a_keys), set(b_keys)
     added = [node for node, key in zip(b.graph.node, b_keys, strict=True) if key not in a_known]
@@ -97,13 +103,28 @@ def diff_models(
     return GraphDiff(
         a=summary_a,
         b=summary_b,
-        changes=_interface_changes(summary_a, summary_b),
+        changes=_interface_changes(summary_a, summary_b) | {"functions": function_changes},
         nodes_added=[{"name": n.name, "op": n.op_type} for n in added],
         nodes_removed=[{"name": n.name, "op": n.op_type} for n in removed],
         initializers_added=sorted(b_inits - a_inits),
         initializers_removed=sorted(a_inits - b_inits),
         blocks=_blocks(a, b, added),
     )
+
+
+def _only_in(model: onnx.ModelProto, other: onnx.ModelProto) -> list[FunctionId]:
+    theirs = {function_id(f) for f in other.functions}
+    return [function_id(f) for f in model.functions if function_id(f) not in theirs]
+
+
+def _inline_functions_gone(model: onnx.ModelProto, other: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with the local functions ``other`` lacks inlined."""
+    return inline_functions(model, _only_in(model, other))
+
+
+def _function_changes(a: onnx.ModelProto, b: onnx.ModelProto) -> list[str]:
+    lines = [f"inlined function '{name}' (only A has it)" for _, name in _only_in(a, b)]
+    return lines + [f"added function '{name}' (only B has it)" for _, name in _only_in(b, a)]
 
 
 def _constants(model: onnx.ModelProto) -> set[str]:

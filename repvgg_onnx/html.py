@@ -18,7 +18,7 @@ from repvgg_onnx.html_picture import PictureNode, block_picture, common_scope
 from repvgg_onnx.html_picture import as_dict as _dict
 from repvgg_onnx.html_picture import as_list as _list
 from repvgg_onnx.html_picture import esc as _e
-from repvgg_onnx.render import report_verdict
+from repvgg_onnx.render import inlining_lines, report_verdict
 
 SCHEMA_VERSION = 1
 #: Blocks of a diff shown open; the rest start collapsed so a 200-block page stays short.
@@ -339,6 +339,7 @@ def _fuse_body(report: dict) -> tuple[str, str]:
         _facts_table([before, after], ["Before", "After"]),
         "</div></div>",
         _blocks_section("Fused blocks", fused),
+        *(f"<p>{_e(line)}</p>" for line in inlining_lines(report.get("inlining"))),
         _skipped_section(skipped),
     ]
     if isinstance(verification, dict):
@@ -373,8 +374,11 @@ def _inspect_body(report: dict) -> tuple[str, str]:
     path = str(report.get("path") or "model")
     summary = _dict(report.get("summary"))
     fusable = _list(report.get("fusable"))
+    in_subgraphs = [str(_dict(f).get("message")) for f in _list(report.get("in_subgraphs"))]
     if fusable:
         banner = _banner("info", _plural(len(fusable), "fusable block"), "Run fuse to fold them.")
+    elif in_subgraphs:
+        banner = _banner("warn", "Not deploy form", _e("; ".join(in_subgraphs)))
     else:
         banner = _banner("none", "No fusable block", "The model has no re-parameterizable block.")
     counts = {str(op): n for op, n in _dict(summary.get("op_counts")).items()}
@@ -390,6 +394,7 @@ def _inspect_body(report: dict) -> tuple[str, str]:
         _table(["Op", "Count"], op_rows, numeric=(1,)),
         "</div></div>",
         _blocks_section("Fusable blocks", fusable),
+        *(f"<p>{_e(line)}</p>" for line in inlining_lines(report.get("inlining"))),
         _skipped_section(_list(report.get("skipped"))),
     ]
     return f"inspect {path}", "\n".join(parts)

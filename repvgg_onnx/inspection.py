@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import onnx
 
+from repvgg_onnx.functions import inline_all
+from repvgg_onnx.inlining import inline_for_passes
 from repvgg_onnx.passes.result import FusedBlock, Skipped
 from repvgg_onnx.render import SCHEMA_VERSION, Rendered, verdict
+from repvgg_onnx.report import Inlining
+from repvgg_onnx.subgraphs import SubgraphFinding, subgraph_findings
 from repvgg_onnx.summary import ModelSummary
 from repvgg_onnx.transform import fuse_graph
 
@@ -24,15 +28,22 @@ class RemainingBatchNorm:
 @dataclass(frozen=True)
 class Inspection(Rendered):
     """``fusable``: the rewrites ``fuse`` would make; ``skipped``: candidates it would leave,
-    with reasons; ``batchnorms``: every BatchNormalization left after fusing, with its reason.
+    with reasons; ``batchnorms``: every BatchNormalization left after fusing, with its reason;
+    ``inlining``: the local functions ``fuse`` would inline first (the analysis looks inside
+    them); ``in_subgraphs``: BatchNormalization and linear-branch sums inside ``If``/``Loop``/
+    ``Scan`` bodies, which ``fuse`` does not rewrite.
 
-    A model is in deploy form iff nothing is fusable and no BatchNormalization remains.
+    A model is in deploy form iff nothing is fusable, no BatchNormalization remains in the
+    main graph or its functions, and no subgraph holds a BatchNormalization or a sum of linear
+    branches.
     """
 
     summary: ModelSummary
     fusable: list[FusedBlock]
     skipped: list[Skipped]
     batchnorms: list[RemainingBatchNorm]
+    inlining: Inlining = field(default_factory=Inlining)
+    in_subgraphs: tuple[SubgraphFinding, ...] = ()
 
     @property
     def path(self) -> str | None:
@@ -40,7 +51,7 @@ class Inspection(Rendered):
 
     @property
     def deploy_form(self) -> bool:
-        return not self.fusable and not self.batchnorms
+        return not self.fusable and not self.batchnorms and not self.in_subgraphs
 
     def to_dict(self) -> dict:
         return {
@@ -55,14 +66,21 @@ class Inspection(Rendered):
             ],
             "skipped": [asdict(skip) for skip in self.skipped],
             "batchnorms": [asdict(bn) for bn in self.batchnorms],
+            "inlining": self.inlining.to_dict(),
+            "in_subgraphs": [finding.to_dict() for finding in self.in_subgraphs],
         }
 
 
 def inspect_model(model: onnx.ModelProto, path: str | os.PathLike | None = None) -> Inspection:
-    """Summarize ``model`` and run the passes on a copy of its graph to list what would fuse."""
-    fused, outcome = fuse_graph(model)
+    """Summarize ``model`` and run the passes on a copy of its graph to list what would fuse,
+    with the local functions inlined as ``fuse`` would; count what control-flow bodies hold
+    (every function inlined there, so calls inside bodies are looked into too)."""
+    prepared, inlining = inline_for_passes(model)
+    fused, outcome = fuse_graph(prepared)
     remaining = remaining_batchnorms(fused, outcome.skipped)
-    return Inspection(ModelSummary.of(model, path), outcome.fused, outcome.skipped, remaining)
+    findings = tuple(subgraph_findings(inline_all(model).graph))
+    summary = ModelSummary.of(model, path)
+    return Inspection(summary, outcome.fused, outcome.skipped, remaining, inlining, findings)
 
 
 def remaining_batchnorms(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from repvgg_onnx.render import (
     change_text,
     comparison_line,
+    inlining_lines,
     interface_lines,
     number,
     plural,
@@ -86,6 +87,7 @@ def _fuse_markdown(report: dict, budget: Budget) -> str:
     lines += [f"**{markdown_verdict(report)}**", ""]
     lines += _op_table(before["op_counts"], after["op_counts"])
     lines += ["", _size_line(before, after), ""]
+    lines += [f"{_cell(line)}\n" for line in inlining_lines(report.get("inlining"))]
     if report.get("canonicalized"):
         lines += [f"Canonicalized: {plural(report['canonicalized'], 'node')} (not blocks)", ""]
     rows = [(b["output"], rewrite_text(b)) for b in report["fused"]]
@@ -158,16 +160,22 @@ def _diff_markdown(report: dict, budget: Budget) -> str:
 def _inspect_markdown(report: dict, budget: Budget) -> str:
     fusable = report["fusable"]
     batchnorms = report.get("batchnorms", [])
+    in_subgraphs = report.get("in_subgraphs", [])
     if fusable:
         verdict = f"❌ {plural(len(fusable), 'fusable block')} (training form)"
     elif batchnorms:
         verdict = f"⚠️ no fusable block, {plural(len(batchnorms), 'BatchNormalization')} left"
+    elif in_subgraphs:
+        verdict = "❌ training-form ops inside control-flow bodies (not deploy form)"
     else:
         verdict = "✅ no fusable block, no BatchNormalization (deploy form)"
     lines = [f"### repvgg-onnx inspect {_code(report.get('path') or 'model')}: {verdict}", ""]
     lines += [f"**{markdown_verdict(report)}**", ""]
     lines += [f"- {_cell(line)}" for line in interface_lines(report["summary"])]
     lines.append("")
+    lines += [f"{_cell(line)}\n" for line in inlining_lines(report.get("inlining"))]
+    lines += [f"- {_cell(finding['message'])}" for finding in in_subgraphs]
+    lines += [""] if in_subgraphs else []
     rows = [(b["output"], rewrite_text(b)) for b in fusable]
     lines += _blocks_table(rows, budget, "No fusable block.")
     if batchnorms:

@@ -171,6 +171,7 @@ def _fuse_text(report: dict) -> str:
     else:
         lines = ["Fused nothing: no re-parameterizable block found."]
     lines += [f"  {b['output']}: {rewrite_text(b)}" for b in fused]
+    lines += inlining_lines(report.get("inlining"))
     if report.get("canonicalized"):
         lines.append(
             f"Canonicalized: {plural(report['canonicalized'], 'node')} rewritten or removed "
@@ -189,6 +190,13 @@ def _fuse_text(report: dict) -> str:
         timing = ", ".join(f"{k} {v:.2f} s" for k, v in report["seconds"].items())
         lines.append(f"Time:       {timing}")
     return "\n".join(lines)
+
+
+def inlining_lines(inlining: dict | None) -> list[str]:
+    """``["Functions: inlined 7 calls of 2 functions: A, B"]`` when functions were inlined."""
+    if not inlining or not inlining.get("functions"):
+        return []
+    return [f"Functions:  {inlining['message']}"]
 
 
 def _op_changes(before: dict[str, int], after: dict[str, int]) -> str:
@@ -263,13 +271,25 @@ def _inspect_text(report: dict) -> str:
     lines += [f"  {line}" for line in interface_lines(report["summary"])]
     fusable = report["fusable"]
     batchnorms = report.get("batchnorms", [])
+    in_subgraphs = report.get("in_subgraphs", [])
+    lines += [
+        f"{line} (as fuse would, to look inside)" for line in inlining_lines(report.get("inlining"))
+    ]
     if fusable:
         lines.append(f"{plural(len(fusable), 'fusable block')} (repvgg-onnx fuse would fuse):")
         lines += [f"  {b['output']}: {rewrite_text(b)}" for b in fusable]
     elif batchnorms:
         lines.append("No fusable block, but BatchNormalization remains: not deploy form.")
+    elif in_subgraphs:
+        lines.append(
+            "No fusable block in the main graph, but control-flow bodies hold "
+            "training-form ops: not deploy form."
+        )
     else:
         lines.append("No fusable block and no BatchNormalization: the model is in deploy form.")
+    if in_subgraphs:
+        lines.append("In control-flow bodies (fuse does not rewrite them):")
+        lines += [f"  {finding['message']}" for finding in in_subgraphs]
     if batchnorms:
         lines.append(f"{plural(len(batchnorms), 'BatchNormalization')} would remain:")
         lines += [f"  {bn['node']}: {bn['reason']}" for bn in batchnorms]

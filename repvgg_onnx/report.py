@@ -155,6 +155,37 @@ class ModelStats:
         )
 
 
+@dataclass(frozen=True)
+class Inlining:
+    """The local functions inlined before the passes (``functions``, in the model's order),
+    how many calls of them disappeared (``calls``), and the functions kept as they were."""
+
+    functions: tuple[str, ...] = ()
+    calls: int = 0
+    kept: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.functions)
+
+    def describe(self) -> str:
+        """``"inlined 7 calls of 2 functions: RepVGGBlock, RepVGGBlock.1"``."""
+        calls = f"{self.calls} call{'s' if self.calls != 1 else ''}"
+        count = len(self.functions)
+        of = f"{count} function{'s' if count != 1 else ''}"
+        text = f"inlined {calls} of {of}: {', '.join(self.functions)}"
+        if self.kept:
+            text += f" (kept as functions: {', '.join(self.kept)})"
+        return text
+
+    def to_dict(self) -> dict:
+        return {
+            "functions": list(self.functions),
+            "calls": self.calls,
+            "kept": list(self.kept),
+            "message": self.describe() if self else "",
+        }
+
+
 @dataclass
 class FuseReport(Rendered):
     """What ``fuse`` did: blocks fused, candidates skipped (with reasons), sizes, verdict."""
@@ -170,6 +201,8 @@ class FuseReport(Rendered):
     """No-op, Constant and constant-subexpression nodes removed: never counted as blocks."""
     verification_skipped: str = "not requested (--no-verify)"
     """Why ``verification`` is ``None``: it was not requested, or it could not run."""
+    inlining: Inlining = field(default_factory=Inlining)
+    """The local functions inlined before the passes (none for a model without functions)."""
 
     def verdict(self) -> dict:
         """Passed, failed (naming the worst output) or skipped (with the reason)."""
@@ -191,6 +224,7 @@ class FuseReport(Rendered):
             ),
             "rounds": self.rounds,
             "canonicalized": self.canonicalized,
+            "inlining": self.inlining.to_dict(),
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
         }
 

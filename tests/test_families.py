@@ -96,8 +96,13 @@ def test_fusing_a_reference_merges_no_layer():
 
 
 GATE_CASES = [
-    (name, "ts17_nofold") for name in ("dbb", "fastvit_repmixer", "levit_linearnorm", "repghost")
-] + KERAS_CASES
+    *(
+        (name, "ts17_nofold")
+        for name in ("dbb", "fastvit_repmixer", "levit_linearnorm", "repghost")
+    ),
+    *((name, "ts17_functions") for name in FAMILIES if "ts17_functions" in FAMILIES[name]["forms"]),
+    *KERAS_CASES,
+]
 
 
 @pytest.mark.parametrize(("name", "form"), GATE_CASES, ids=[f"{n}-{f}" for n, f in GATE_CASES])

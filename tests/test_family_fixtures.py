@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 import onnx
+import onnx.inliner
 import pytest
 
 from family_manifests import assert_close_to_scale, case_id
@@ -31,7 +32,9 @@ FAMILIES_DIR = REPO_ROOT / "models" / "fixtures" / "families"
 MANIFEST = json.loads((FAMILIES_DIR / "manifest.json").read_text())
 FAMILIES: dict[str, Any] = MANIFEST["families"]
 FORMS = {"ts13", "ts17", "ts17_nofold", "dynamo18", "reference"}
-TRAINING_FORMS = FORMS - {"reference"}
+FUNCTIONS_FORM = "ts17_functions"
+#: The families also exported with their blocks as ONNX local functions.
+WITH_FUNCTIONS = {"mobileone", "repvit", "acnet", "repconv_silu", "fastvit_repmixer"}
 INPUT_SEEDS = (1, 2, 3)
 MAX_TOTAL_BYTES = 2_000_000
 
@@ -69,8 +72,9 @@ def test_manifest_lists_the_sixteen_families():
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_family_has_every_form(name):
     family = FAMILIES[name]
-    assert set(family["forms"]) == FORMS
-    assert set(family["training_forms"]) == TRAINING_FORMS
+    forms = FORMS | ({FUNCTIONS_FORM} if name in WITH_FUNCTIONS else set())
+    assert set(family["forms"]) == forms
+    assert set(family["training_forms"]) == forms - {"reference"}
     assert family["reference_form"] == "reference"
     for entry in family["forms"].values():
         assert (FAMILIES_DIR / entry["file"]).is_file()
@@ -106,6 +110,10 @@ def test_file_matches_its_manifest_entry(case):
     assert opset == entry["opset"]
     assert entry["dynamic_batch"] is False
     assert entry["pytorch_reparameterized"] is (form == "reference")
+    # TorchScript names a second body of one class "Class.1"
+    functions = {f.name.split(".")[0] for f in model.functions}
+    assert functions == set(entry.get("modules_as_functions", []))
+    assert bool(functions) is (form == FUNCTIONS_FORM)
 
 
 @pytest.mark.parametrize("case", FORM_CASES, ids=case_id)
@@ -143,10 +151,12 @@ def test_training_form_computes_the_reference(case):
 
 @pytest.mark.parametrize("case", TRAINING_CASES, ids=case_id)
 def test_fusion_leaves_fewer_ops(case):
-    """The deploy form has fewer nodes than the training form: there is something to fuse."""
+    """The deploy form has fewer nodes than the training form (its functions inlined): there is
+    something to fuse."""
     name, form = case
     entry = FAMILIES[name]["forms"][form]
-    deployed, training = sum(entry["deploy_op_counts"].values()), sum(entry["op_counts"].values())
+    inlined = onnx.inliner.inline_local_functions(load(name, form))
+    deployed, training = sum(entry["deploy_op_counts"].values()), len(inlined.graph.node)
     if name == "prebn_padded":
         assert entry["deploy_op_counts"] == entry["op_counts"]
     else:
@@ -224,7 +234,7 @@ def test_every_parameter_and_statistic_is_random(families, name):
         assert 1e-3 in {bn.eps for bn in batchnorms}
 
 
-@pytest.mark.parametrize("form", ["ts17", "reference"])
+@pytest.mark.parametrize("form", ["ts17", "reference", FUNCTIONS_FORM])
 def test_reexport_gives_the_manifest_op_counts(families, form, tmp_path):
     """Same torch as the manifest: exporting again gives the committed op counts."""
     import torch
@@ -233,10 +243,13 @@ def test_reexport_gives_the_manifest_op_counts(families, form, tmp_path):
         pytest.skip(f"fixtures written with torch {MANIFEST['versions']['torch']}")
     export = families.export
     for family_name, family in FAMILIES.items():
+        if form not in family["forms"]:
+            continue
         model = families.build(family_name)
         source = families.deploy(model) if form == "reference" else model
         path = tmp_path / f"{family_name}.onnx"
-        export.export_onnx(source, path, form, families.INPUT_SHAPE)
+        modules = families.FUNCTION_MODULES[family_name] if form == FUNCTIONS_FORM else ()
+        export.export_onnx(source, path, form, families.INPUT_SHAPE, function_modules=modules)
         assert export.op_counts(path) == family["forms"][form]["op_counts"], family_name
 
 
