@@ -211,13 +211,16 @@ class RepDepthwiseSeparable(nn.Layer):
 
 class BNAndPadLayer(nn.Layer):
     """``BN(x)`` padded by ``pad_pixels`` with the BN's shift ``β − μ·γ/σ`` (what BN gives a
-    zero input), so a conv after it sees a zero-padded ``x`` through the BN. The border is
-    built by concatenating strips of the shift around the BN output (width first)."""
+    zero input), so a conv after it sees a zero-padded ``x`` through the BN.
 
-    def __init__(self, pad_pixels: int, num_features: int) -> None:
+    ``border="concat"``: strips of the shift concatenated around the BN output (width first);
+    ``border="assign"``: ``F.pad`` with zeros, then four slice assignments of the shift (the
+    official DBB code, which paddle2onnx writes as Pad and ScatterElements)."""
+
+    def __init__(self, pad_pixels: int, num_features: int, border: str = "concat") -> None:
         super().__init__()
         self.bn = nn.BatchNorm2D(num_features)
-        self.pad_pixels = pad_pixels
+        self.pad_pixels, self.border = pad_pixels, border
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         output = self.bn(x)
@@ -226,8 +229,15 @@ class BNAndPadLayer(nn.Layer):
         bn = self.bn
         pad_values = bn.bias - bn._mean * bn.weight / paddle.sqrt(bn._variance + bn._epsilon)
         pad_values = pad_values.reshape([1, -1, 1, 1])
-        n, c, h, w = output.shape
         p = self.pad_pixels
+        if self.border == "assign":
+            output = F.pad(output, [p, p, p, p])
+            output[:, :, 0:p, :] = pad_values
+            output[:, :, -p:, :] = pad_values
+            output[:, :, :, 0:p] = pad_values
+            output[:, :, :, -p:] = pad_values
+            return output
+        n, c, h, w = output.shape
         side = paddle.expand(pad_values, [n, c, h, p])
         output = paddle.concat([side, output, side], axis=3)
         strip = paddle.expand(pad_values, [n, c, p, w + 2 * p])
@@ -253,7 +263,12 @@ class DiverseBranchBlock(nn.Layer):
     after :meth:`re_parameterize`, ``ReLU(conv_kxk(x))`` (the official ``transI``–``transVI``)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        border: str = "concat",
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -263,14 +278,14 @@ class DiverseBranchBlock(nn.Layer):
         self.dbb_origin = ConvBN(in_channels, out_channels, kernel_size, stride, padding)
         self.dbb_avg = nn.Sequential(
             ("conv", nn.Conv2D(in_channels, out_channels, 1, bias_attr=False)),
-            ("bn", BNAndPadLayer(padding, out_channels)),
+            ("bn", BNAndPadLayer(padding, out_channels, border)),
             ("avg", nn.AvgPool2D(kernel_size, stride, padding=0)),
         )
         self.dbb_avg_bn = nn.BatchNorm2D(out_channels)
         self.dbb_1x1 = ConvBN(in_channels, out_channels, 1, stride, 0)
         self.dbb_1x1_kxk = nn.Sequential(
             ("idconv1", IdentityBasedConv1x1(in_channels)),
-            ("bn1", BNAndPadLayer(padding, in_channels)),
+            ("bn1", BNAndPadLayer(padding, in_channels, border)),
             ("conv2", nn.Conv2D(in_channels, out_channels, kernel_size, stride, bias_attr=False)),
             ("bn2", nn.BatchNorm2D(out_channels)),
         )
@@ -357,10 +372,16 @@ def paddle_dbb() -> Net:
     return Net(DiverseBranchBlock(8, 16))
 
 
+def paddle_dbb_assign() -> Net:
+    """The same DBB with the official BN-then-pad: ``F.pad``, then slice assignments."""
+    return Net(DiverseBranchBlock(8, 16, border="assign"))
+
+
 BUILDERS = {
     "paddle_repvgg": paddle_repvgg,
     "paddle_lcnetv2": paddle_lcnetv2,
     "paddle_dbb": paddle_dbb,
+    "paddle_dbb_assign": paddle_dbb_assign,
 }
 
 

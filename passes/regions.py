@@ -68,6 +68,10 @@ from .terms import (
 
 RULE = "affine_region"
 
+_MOVING = (Kind.DATA_MOVEMENT, Kind.PAD)
+#: Ops that can add elements around the data: a chain holding one may be a pad.
+_BORDER_WRITERS = frozenset({"Pad", "Concat", "Expand", "Tile"})
+
 
 class _Costly(Exception):
     """The region as a whole would cost more than the nodes it replaces."""
@@ -199,11 +203,11 @@ class _Attempt:
             return self._expand_sum(op)
         if op.kind is Kind.RESHAPE:
             return self._expand_reshape(op, root)
-        chain = self._data_movement_chain(op)
+        chain = self._data_movement_chain(op, root)
         if chain is not None:
-            return self._expand_chain(op, chain)
+            return self._expand_chain(op, *chain)
         if op.kind is Kind.DATA_MOVEMENT:
-            self.cuts.append(op.input)
+            self.cuts.extend(op.inputs)
             return self._keep(op)
         inner = self.express(op.input)
         return self._apply(op, op.form, inner, (op.node,), op.label, op.input)
@@ -254,30 +258,51 @@ class _Attempt:
             return evolve(inner, final=op.node)
         return Expression(tuple(terms), inner.nodes, inner.cost)
 
-    def _data_movement_chain(self, op: LinearOp) -> list[LinearOp] | None:
-        """The element-moving ops ``op`` tops (bottom first), if it tops more than a Pad."""
-        if op.kind not in (Kind.DATA_MOVEMENT, Kind.PAD):
+    def _data_movement_chain(
+        self, op: LinearOp, root: bool
+    ) -> tuple[list[LinearOp], gs.Tensor] | None:
+        """The element-moving ops ``op`` tops (inputs before readers) and the one tensor they
+        all move, if they can write a border (a Pad, Concat, Expand or Tile; at the root of a
+        region, where no linear op reads the result, only a Pad) and are more than a lone Pad
+        (which its reader reads)."""
+        if op.kind not in _MOVING:
             return None
-        chain, tensor = [op], op.input
-        while self.finder.is_interior(tensor) and not any(c is tensor for c in self.cuts):
-            below = self.finder.op_of(tensor)
-            if below.kind not in (Kind.DATA_MOVEMENT, Kind.PAD):
-                break
-            chain.append(below)
-            tensor = below.input
-        if len(chain) == 1 and op.kind is Kind.PAD:
+        chain: list[LinearOp] = []
+        sources: dict[int, gs.Tensor] = {}
+        self._collect_movers(op, chain, sources, set())
+        if (len(chain) == 1 and op.kind is Kind.PAD) or len(sources) != 1:
             return None
-        return chain[::-1] if any(o.kind is Kind.PAD for o in chain) else None
+        writers = {"Pad"} if root else _BORDER_WRITERS
+        if not any(o.node.op in writers for o in chain):
+            return None
+        return chain, next(iter(sources.values()))
 
-    def _expand_chain(self, op: LinearOp, chain: list[LinearOp]) -> Expression:
-        source = chain[0].input
-        form = chain_as_pad([o.node for o in chain], source, opset_of(self.finder.graph))
+    def _collect_movers(
+        self, op: LinearOp, chain: list[LinearOp], sources: dict[int, gs.Tensor], seen: set[int]
+    ) -> None:
+        """Depth first below ``op``: moving ops read only by the next one go to ``chain``
+        (post-order, so each after the ops it reads), any other tensor read is a source."""
+        seen.add(id(op))
+        for tensor in op.inputs:
+            below = self.finder.op_of(tensor) if self._is_open(tensor) else None
+            if below is None or below.kind not in _MOVING:
+                sources[id(tensor)] = tensor
+            elif id(below) not in seen:
+                self._collect_movers(below, chain, sources, seen)
+        chain.append(op)
+
+    def _is_open(self, tensor: gs.Tensor) -> bool:
+        return self.finder.is_interior(tensor) and not any(c is tensor for c in self.cuts)
+
+    def _expand_chain(self, op: LinearOp, chain: list[LinearOp], source: gs.Tensor) -> Expression:
+        nodes = tuple(o.node for o in chain)
+        form = chain_as_pad(list(nodes), source, opset_of(self.finder.graph))
         if isinstance(form, str):
-            self.finder.unreadable.add(id(op.node))
-            self.cuts.extend(o.input for o in chain)
+            self.finder.unreadable.update(id(node) for node in nodes)
+            self.cuts.extend(t for o in chain for t in o.inputs)
+            self.skipped.append(Skipped(RULE, op.node.name, form))
             return self._keep(op)
         inner = self.express(source)
-        nodes = tuple(o.node for o in chain)
         return self._apply(op, form, inner, nodes, "Pad", source)
 
     def _keep(self, op: LinearOp) -> Expression:

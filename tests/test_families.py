@@ -18,9 +18,21 @@ import repvgg_onnx
 from helpers import random_feeds, run
 from repvgg_onnx.cli import main
 
-FAMILIES = Path(__file__).resolve().parent.parent / "models" / "fixtures" / "families"
-# test_family_fixtures.py checks that the manifest lists all sixteen families.
-MANIFEST = json.loads((FAMILIES / "manifest.json").read_text())["families"]
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Manifests (relative to the repository) whose families are all tested here; each form's
+#: file is relative to the directory of the manifest that lists it.
+MANIFEST_PATHS = [
+    "models/fixtures/families/manifest.json",
+    "models/fixtures/paddle/manifest.json",
+]
+# test_family_fixtures.py and test_paddle_fixtures.py check what each manifest lists.
+MANIFEST: dict = {}
+FAMILIES: dict[str, Path] = {}
+for _path in MANIFEST_PATHS:
+    _families = json.loads((REPO_ROOT / _path).read_text())["families"]
+    assert not set(_families) & set(MANIFEST), f"a family of {_path} is listed twice"
+    MANIFEST.update(_families)
+    FAMILIES.update(dict.fromkeys(_families, (REPO_ROOT / _path).parent))
 CASES = [(name, form) for name, info in MANIFEST.items() for form in info["training_forms"]]
 #: Families whose deploy form keeps a BatchNormalization (a BN before a zero-padded conv).
 KEEPS_BATCHNORM = {
@@ -28,8 +40,13 @@ KEEPS_BATCHNORM = {
 }
 
 
+def path_of(name: str, form: str) -> Path:
+    """The file of ``form``, relative to the manifest that lists family ``name``."""
+    return FAMILIES[name] / MANIFEST[name]["forms"][form]["file"]
+
+
 def load(name: str, form: str) -> onnx.ModelProto:
-    return onnx.load(FAMILIES / MANIFEST[name]["forms"][form]["file"])
+    return onnx.load(path_of(name, form))
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +98,22 @@ def test_fusing_a_reference_merges_no_layer():
             assert after[op] == before[op], (name, op)
 
 
-@pytest.mark.parametrize("name", ["dbb", "fastvit_repmixer", "levit_linearnorm", "repghost"])
-def test_fail_if_fusable_gate_on_training_and_fused_forms(name, tmp_path):
-    training = FAMILIES / MANIFEST[name]["forms"]["ts17_nofold"]["file"]
+@pytest.mark.parametrize(
+    ("name", "form"),
+    [
+        ("dbb", "ts17_nofold"),
+        ("fastvit_repmixer", "ts17_nofold"),
+        ("levit_linearnorm", "ts17_nofold"),
+        ("repghost", "ts17_nofold"),
+        ("paddle_repvgg", "opset11"),
+        ("paddle_lcnetv2", "opset17"),
+        ("paddle_dbb", "opset11"),
+        ("paddle_dbb", "opset17"),
+        ("paddle_dbb_assign", "opset17"),
+    ],
+)
+def test_fail_if_fusable_gate_on_training_and_fused_forms(name, form, tmp_path):
+    training = path_of(name, form)
     fused = tmp_path / "fused.onnx"
     runner = CliRunner()
     assert runner.invoke(main, ["fuse", str(training), str(fused), "-q"]).exit_code == 0

@@ -27,7 +27,8 @@ PADDLE_DIR = REPO_ROOT / "models" / "fixtures" / "paddle"
 MANIFEST = json.loads((PADDLE_DIR / "manifest.json").read_text())
 FAMILIES: dict[str, Any] = MANIFEST["families"]
 TRAINING_FORMS = {"opset11", "opset17"}
-FORMS = TRAINING_FORMS | {f"{form}_reference" for form in TRAINING_FORMS}
+#: paddle2onnx writes slice assignment (``set_value``) only from opset 17 on.
+FAMILY_TRAINING_FORMS = {"paddle_dbb_assign": {"opset17"}}
 INPUT_SEEDS = (1, 2, 3)
 RTOL = 1e-4
 MAX_TOTAL_BYTES = 300_000
@@ -53,17 +54,19 @@ def assert_close_to_scale(actual: np.ndarray, expected: np.ndarray, what: str) -
     np.testing.assert_allclose(actual, expected, rtol=0, atol=RTOL * scale, err_msg=what)
 
 
-def test_manifest_lists_the_three_families():
-    assert set(FAMILIES) == {"paddle_repvgg", "paddle_lcnetv2", "paddle_dbb"}
+def test_manifest_lists_the_four_families():
+    assert set(FAMILIES) == {"paddle_repvgg", "paddle_lcnetv2", "paddle_dbb", "paddle_dbb_assign"}
     assert set(MANIFEST["versions"]) >= {"paddlepaddle", "paddle2onnx", "onnx"}
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_family_has_every_form(name):
     family = FAMILIES[name]
-    assert set(family["forms"]) == FORMS
-    assert set(family["training_forms"]) == TRAINING_FORMS
-    assert family["reference_form"] in FORMS - TRAINING_FORMS
+    training_forms = FAMILY_TRAINING_FORMS.get(name, TRAINING_FORMS)
+    references = {f"{form}_reference" for form in training_forms}
+    assert set(family["forms"]) == training_forms | references
+    assert set(family["training_forms"]) == training_forms
+    assert family["reference_form"] in references
     for form in family["training_forms"]:
         entry = family["forms"][form]
         reference = family["forms"][entry["reference"]]
@@ -147,6 +150,13 @@ def test_dbb_border_is_built_with_concat_not_pad():
         counts = FAMILIES["paddle_dbb"]["forms"][form]["op_counts"]
         assert counts["Concat"] == 4
         assert "Pad" not in counts and "ScatterND" not in counts
+
+
+def test_dbb_slice_assignment_is_pad_and_scatter_elements():
+    counts = FAMILIES["paddle_dbb_assign"]["forms"]["opset17"]["op_counts"]
+    assert counts["ScatterElements"] == 8
+    assert counts["Pad"] == 2
+    assert "Concat" not in counts
 
 
 # ---- paddle-only: rebuild the nets from models/ ------------------------------------------------
