@@ -131,7 +131,7 @@ class RepVGGBlock(nn.Layer):
         set_conv(self.rbr_reparam, kernel, bias)
 
 
-class ConvBNLayer(nn.Layer):
+class ConvBNLayer(ConvBN):
     """``act(BN(Conv(x)))``, padding ``(k − 1)/2`` (PaddleClas PP-LCNetV2 ``ConvBNLayer``)."""
 
     def __init__(
@@ -143,20 +143,13 @@ class ConvBNLayer(nn.Layer):
         groups: int = 1,
         use_act: bool = True,
     ) -> None:
-        super().__init__()
-        self.conv = nn.Conv2D(
-            in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2,
-            groups=groups, bias_attr=False,
-        )  # fmt: skip
-        self.bn = nn.BatchNorm2D(out_channels)
+        padding = (kernel_size - 1) // 2
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, groups)
         self.act = nn.ReLU() if use_act else None
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        x = self.bn(self.conv(x))
+        x = super().forward(x)
         return x if self.act is None else self.act(x)
-
-    def equivalent_kernel_bias(self) -> tuple[np.ndarray, np.ndarray]:
-        return fuse_conv_bn(self.conv.weight.numpy().astype(np.float64), self.bn)
 
 
 class RepDepthwiseSeparable(nn.Layer):

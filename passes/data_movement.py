@@ -96,7 +96,9 @@ def _as_pad(
     constant = first == second
     copy = (first == -second) & (first >= 1) & (first <= size) & (first == np.round(first))
     names = _names(nodes)
-    if first.ndim != len(shape) or not np.all(constant | copy):
+    if first.ndim != len(shape):
+        return f"{names} change the rank of their input, so they are not a pad"
+    if not np.all(constant | copy):
         return f"{names} compute values that are neither copies of their input nor constants"
     copied = np.bincount(first[copy].astype(np.int64) - 1, minlength=size)
     if np.any(copied != 1):

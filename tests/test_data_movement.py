@@ -256,7 +256,18 @@ def assignment_inside_the_border() -> onnx.ModelProto:
     return graph.model(scatter_rows_and_columns(graph, padded, rows=(0, 1)))
 
 
+def unsqueeze_with_negative_axes() -> onnx.ModelProto:
+    """onnx's reference evaluator misplaces some negative Unsqueeze axes (opsets 1–11), so
+    such an Unsqueeze is not probed: the chain starts above it and changes the rank."""
+    graph = Graph()
+    lifted = graph.node("Unsqueeze", ["inner", graph.const([-3], np.int64)])
+    padded = graph.node("Pad", [lifted, graph.const([0, 0, 0, 1, 1, 0, 0, 0, 1, 1], np.int64)])
+    flat = graph.node("Squeeze", [padded, graph.const([2], np.int64)])
+    return graph.model(scatter_rows_and_columns(graph, flat))
+
+
 REFUSED = [
+    (unsqueeze_with_negative_axes, "change the rank of their input"),
     (assignment_inside_the_border, "copy some input elements not at all"),
     (nan_in_the_border, "neither copies of their input nor constants"),
     (duplicated_interior, "copy some input elements more than once"),
