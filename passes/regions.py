@@ -267,9 +267,7 @@ class _Attempt:
         (which its reader reads)."""
         if op.kind not in _MOVING:
             return None
-        chain: list[LinearOp] = []
-        sources: dict[int, gs.Tensor] = {}
-        self._collect_movers(op, chain, sources, set())
+        chain, sources = self._collect_movers(op)
         if (len(chain) == 1 and op.kind is Kind.PAD) or len(sources) != 1:
             return None
         writers = {"Pad"} if root else _BORDER_WRITERS
@@ -277,19 +275,26 @@ class _Attempt:
             return None
         return chain, next(iter(sources.values()))
 
-    def _collect_movers(
-        self, op: LinearOp, chain: list[LinearOp], sources: dict[int, gs.Tensor], seen: set[int]
-    ) -> None:
-        """Depth first below ``op``: moving ops read only by the next one go to ``chain``
-        (post-order, so each after the ops it reads), any other tensor read is a source."""
-        seen.add(id(op))
-        for tensor in op.inputs:
-            below = self.finder.op_of(tensor) if self._is_open(tensor) else None
-            if below is None or below.kind not in _MOVING:
-                sources[id(tensor)] = tensor
-            elif id(below) not in seen:
-                self._collect_movers(below, chain, sources, seen)
-        chain.append(op)
+    def _collect_movers(self, top: LinearOp) -> tuple[list[LinearOp], dict[int, gs.Tensor]]:
+        """Below ``top``: the moving ops each read only by the next one, each after the ops it
+        reads (``top`` last), and every other tensor they read (the sources). Interior tensors
+        are read once, so the ops form a tree."""
+        chain: list[LinearOp] = []
+        sources: dict[int, gs.Tensor] = {}
+        stack = [(top, False)]
+        while stack:
+            op, inputs_done = stack.pop()
+            if inputs_done:
+                chain.append(op)
+                continue
+            stack.append((op, True))
+            for tensor in op.inputs:
+                below = self.finder.op_of(tensor) if self._is_open(tensor) else None
+                if below is None or below.kind not in _MOVING:
+                    sources[id(tensor)] = tensor
+                else:
+                    stack.append((below, False))
+        return chain, sources
 
     def _is_open(self, tensor: gs.Tensor) -> bool:
         return self.finder.is_interior(tensor) and not any(c is tensor for c in self.cuts)

@@ -321,3 +321,15 @@ def test_a_concat_of_integers_is_not_read():
     fused, outcome = fuse_model(model)
     assert outcome.skipped == []
     assert_same_function(model, fused)
+
+
+def test_a_long_chain_is_read_without_recursion():
+    """1,500 whole-tensor Slices under the border (deeper than Python's recursion limit)."""
+    graph = Graph()
+    data = "inner"
+    for _ in range(1500):
+        data = graph.slice(data, 3, 0, SIZE)
+    model = graph.model(concat_border(graph, data))
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1}, outcome.skipped
+    assert_same_function(model, fused)
