@@ -547,9 +547,10 @@ def _has_negative_axes(node: gs.Node) -> bool:
 
 
 def _read_concat(node: gs.Node) -> Reading:
-    """A ``Concat`` whose variable pieces are one tensor (the border pieces floating constants:
-    Paddle's BN-then-pad), or each computed by a data-movement op (slices of one tensor put
-    back together); any other Concat joins different tensors and is not read."""
+    """A ``Concat`` of floating constants (Paddle's BN-then-pad strips) and variable pieces
+    that are one tensor or computed by data-movement ops (slices of one tensor put back
+    together, strips expanded from a constant) but for one; a Concat of two tensors computed
+    otherwise (a channel concat) is not read."""
     constants = [constant_values(t) for t in node.inputs]
     if any(c is not None and c.dtype.kind != "f" for c in constants):
         return None
@@ -557,9 +558,10 @@ def _read_concat(node: gs.Node) -> Reading:
     pieces = tuple(variables.values())
     if not pieces or not all(_is_floating(t) for t in pieces):
         return None
-    if len(pieces) > 1 and not all(
+    moved = [
         len(t.inputs) == 1 and t.inputs[0].op in MOVERS and is_standard(t.inputs[0]) for t in pieces
-    ):
+    ]
+    if len(pieces) - sum(moved) > 1:
         return None
     return LinearOp(node, Kind.DATA_MOVEMENT, pieces, None, node.op, Layout.ANY)
 

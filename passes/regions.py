@@ -41,7 +41,7 @@ from repvgg_onnx.linear_forms import (
 )
 
 from .data_movement import chain_as_pad
-from .graph_utils import describe_uses, has_single_use, producer, rank
+from .graph_utils import constant_values, describe_uses, has_single_use, producer, rank
 from .mapped_weights import release_mapped_pages
 from .readers import Kind, Layout, LinearOp, Refusal, cost_of, keeps_channels, read_node
 from .result import Skipped
@@ -71,6 +71,13 @@ RULE = "affine_region"
 _MOVING = (Kind.DATA_MOVEMENT, Kind.PAD)
 #: Ops that can add elements around the data: a chain holding one may be a pad.
 _BORDER_WRITERS = frozenset({"Pad", "Concat", "Expand", "Tile"})
+
+
+def _spreads_constants(op: LinearOp) -> bool:
+    """A data-movement op whose inputs are all constants (not folded: too large)."""
+    return op.kind is Kind.DATA_MOVEMENT and all(
+        constant_values(t) is not None for t in op.node.inputs if t.name
+    )
 
 
 class _Costly(Exception):
@@ -277,10 +284,13 @@ class _Attempt:
 
     def _collect_movers(self, top: LinearOp) -> tuple[list[LinearOp], dict[int, gs.Tensor]]:
         """Below ``top``: the moving ops each read only by the next one, each after the ops it
-        reads (``top`` last), and every other tensor they read (the sources). Interior tensors
-        are read once, so the ops form a tree."""
+        reads (``top`` last), and every other variable tensor they read (the sources).
+        Interior tensors are read once, so the ops form a tree. A moving op of constants only
+        (an ``Expand`` of the per-channel value over a border strip, too large to fold) is
+        evaluated with the chain, even where it is read twice."""
         chain: list[LinearOp] = []
         sources: dict[int, gs.Tensor] = {}
+        spread: set[int] = set()
         stack = [(top, False)]
         while stack:
             op, inputs_done = stack.pop()
@@ -289,11 +299,17 @@ class _Attempt:
                 continue
             stack.append((op, True))
             for tensor in op.inputs:
-                below = self.finder.op_of(tensor) if self._is_open(tensor) else None
-                if below is None or below.kind not in _MOVING:
-                    sources[id(tensor)] = tensor
-                else:
+                below = self.finder.op_of(tensor)
+                if constant_values(tensor) is not None:
+                    continue
+                if below is not None and below.kind in _MOVING and self._is_open(tensor):
                     stack.append((below, False))
+                elif below is not None and _spreads_constants(below):
+                    if id(below) not in spread:
+                        spread.add(id(below))
+                        chain.append(below)
+                else:
+                    sources[id(tensor)] = tensor
         return chain, sources
 
     def _is_open(self, tensor: gs.Tensor) -> bool:

@@ -16,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from helpers import assert_same_function, fuse_model, op_counts, random_feeds, run
+from repvgg_onnx.passes import fold_constants
 
 C, SIZE, OPSET = 4, 6, 17
 BIAS = np.array([0.3, -0.2, 0.5, 0.1])
@@ -170,6 +171,16 @@ def paddle_slice_assignment() -> onnx.ModelProto:
     padded = graph.node("Pad", [lifted, graph.const([0, 0, 0, 1, 1, 0, 0, 0, 1, 1], np.int64)])
     flat = graph.node("Squeeze", [padded, graph.const([2], np.int64)])
     return graph.model(scatter_rows_and_columns(graph, flat))
+
+
+def test_strips_expanded_at_run_time_are_read(monkeypatch):
+    """Strips too large to fold (as ``[1, C, 1, W]`` strips of a wide map would be) stay
+    ``Expand``/``Tile`` nodes of a constant: the probe evaluates them with the chain."""
+    monkeypatch.setattr(fold_constants, "MAX_FOLDED_ELEMENTS", 0)
+    model = expanded_strips()
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1}, outcome.skipped
+    assert_same_function(model, fused)
 
 
 ACCEPTED = [
