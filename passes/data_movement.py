@@ -43,9 +43,11 @@ def chain_as_pad(nodes: list[gs.Node], source: gs.Tensor, opset: int) -> AffineC
     are not one."""
     shape = static_shape(source)
     if shape is None or len(shape) < 3:
-        return f"the shape of '{source.name}' is not static, so {_names(nodes)} cannot be read"
+        return (
+            f"the shape of '{source.name}' is not static, so {describe_nodes(nodes)} cannot be read"
+        )
     if math.prod(shape) > MAX_PROBE_ELEMENTS:
-        return f"'{source.name}' is too large to read {_names(nodes)} exactly"
+        return f"'{source.name}' is too large to read {describe_nodes(nodes)} exactly"
     try:
         model = _chain_model(nodes, source, shape, opset)
         evaluator = reference_evaluator(model)
@@ -53,11 +55,12 @@ def chain_as_pad(nodes: list[gs.Node], source: gs.Tensor, opset: int) -> AffineC
         [first] = evaluator.run(None, {"x": probe})
         [second] = evaluator.run(None, {"x": -probe})
     except Exception as error:  # the reference evaluator raises assorted types
-        return f"{_names(nodes)} could not be evaluated ({type(error).__name__})"
+        return f"{describe_nodes(nodes)} could not be evaluated ({type(error).__name__})"
     return _as_pad(np.asarray(first, np.float64), np.asarray(second, np.float64), shape, nodes)
 
 
-def _names(nodes: list[gs.Node]) -> str:
+def describe_nodes(nodes: list[gs.Node]) -> str:
+    """``Concat 'a', Slice 'b'``: the nodes of a chain, for a reason."""
     return ", ".join(f"{node.op} '{node.name}'" for node in nodes)
 
 
@@ -95,7 +98,7 @@ def _as_pad(
     size = math.prod(shape)
     constant = first == second
     copy = (first == -second) & (first >= 1) & (first <= size) & (first == np.round(first))
-    names = _names(nodes)
+    names = describe_nodes(nodes)
     if first.ndim != len(shape):
         return f"{names} change the rank of their input, so they are not a pad"
     if not np.all(constant | copy):

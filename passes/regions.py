@@ -40,7 +40,7 @@ from repvgg_onnx.linear_forms import (
     sum_forms,
 )
 
-from .data_movement import chain_as_pad
+from .data_movement import chain_as_pad, describe_nodes
 from .graph_utils import constant_values, describe_uses, has_single_use, producer, rank
 from .mapped_weights import release_mapped_pages
 from .readers import Kind, Layout, LinearOp, Refusal, cost_of, keeps_channels, read_node
@@ -211,6 +211,9 @@ class _Attempt:
         if op.kind is Kind.RESHAPE:
             return self._expand_reshape(op, root)
         chain = self._data_movement_chain(op, root)
+        if isinstance(chain, str):
+            self.skipped.append(Skipped(RULE, op.node.name, chain))
+            chain = None
         if chain is not None:
             return self._expand_chain(op, *chain)
         if op.kind is Kind.DATA_MOVEMENT:
@@ -267,19 +270,25 @@ class _Attempt:
 
     def _data_movement_chain(
         self, op: LinearOp, root: bool
-    ) -> tuple[list[LinearOp], gs.Tensor] | None:
+    ) -> tuple[list[LinearOp], gs.Tensor] | str | None:
         """The element-moving ops ``op`` tops (inputs before readers) and the one tensor they
         all move, if they can write a border (a Pad, Concat, Expand or Tile; at the root of a
         region, where no linear op reads the result, only a Pad) and are more than a lone Pad
-        (which its reader reads)."""
+        (which its reader reads); why not, if they move several tensors."""
         if op.kind not in _MOVING:
             return None
         chain, sources = self._collect_movers(op)
-        if (len(chain) == 1 and op.kind is Kind.PAD) or len(sources) != 1:
-            return None
         writers = {"Pad"} if root else _BORDER_WRITERS
+        if (len(chain) == 1 and op.kind is Kind.PAD) or not sources:
+            return None
         if not any(o.node.op in writers for o in chain):
             return None
+        if len(sources) > 1:
+            names = ", ".join(f"'{t.name}'" for t in sources.values())
+            return (
+                f"{describe_nodes([o.node for o in chain])} read {len(sources)} tensors "
+                f"({names}), not one, so they are not a pad"
+            )
         return chain, next(iter(sources.values()))
 
     def _collect_movers(self, top: LinearOp) -> tuple[list[LinearOp], dict[int, gs.Tensor]]:

@@ -277,7 +277,16 @@ def unsqueeze_with_negative_axes() -> onnx.ModelProto:
     return graph.model(scatter_rows_and_columns(graph, flat))
 
 
+def strip_from_another_tensor() -> onnx.ModelProto:
+    """A border strip computed at run time from the input, not spread from a constant."""
+    graph = Graph()
+    strip = graph.slice("x", 3, 0, 1)
+    rows = graph.node("Concat", [strip, "inner", strip], axis=3)
+    return graph.model(graph.node("Concat", [graph.strip(1, SIZE + 2), rows], axis=2))
+
+
 REFUSED = [
+    (strip_from_another_tensor, "read 2 tensors"),
     (unsqueeze_with_negative_axes, "change the rank of their input"),
     (assignment_inside_the_border, "copy some input elements not at all"),
     (nan_in_the_border, "neither copies of their input nor constants"),
