@@ -1,9 +1,13 @@
-"""Read a chain of element-moving ops (Pad, ScatterND of constants, Transpose, Slice) as a Pad.
+"""Read a chain of element-moving ops (Pad, Concat, Expand, Tile, Slice, Transpose, ScatterND of
+constants) as a Pad.
 
 Exporters write DBB's "BN then pad with the BN's shift" layer as ``Pad`` followed by slice
 assignments: ``ScatterND`` nodes (with ``Transpose`` around them in the dynamo exporter) that
-overwrite the border with constants. Such ops only copy input elements or write constants, so
-the chain is fully described by where each output element comes from, and two evaluations
+overwrite the border with constants; paddle2onnx writes it as ``Concat`` of constant strips
+around the BN output. The chain may branch (slices of one tensor concatenated again), as long
+as every op reads the one source or another op of the chain. Such ops only copy input
+elements or write constants, so the chain is fully described by where each output element
+comes from, and two evaluations
 prove it: on input ``p = 1, 2, …, n`` and on ``−p``, an output element that is a copy of
 input ``j`` reads ``j+1`` and ``−(j+1)``; one that is a constant reads the same value twice.
 Anything else means the chain computed something, and it is refused. If every output
@@ -34,13 +38,16 @@ MAX_PROBE_ELEMENTS = 1 << 24
 
 
 def chain_as_pad(nodes: list[gs.Node], source: gs.Tensor, opset: int) -> AffineConv | str:
-    """The Pad that ``nodes`` (bottom to top, each reading the previous one's output) compute
-    from ``source``, or why they are not one."""
+    """The Pad that ``nodes`` (each after the nodes it reads; the last one the top; every
+    variable input ``source`` or another node's output) compute from ``source``, or why they
+    are not one."""
     shape = static_shape(source)
     if shape is None or len(shape) < 3:
-        return f"the shape of '{source.name}' is not static, so {_names(nodes)} cannot be read"
+        return (
+            f"the shape of '{source.name}' is not static, so {describe_nodes(nodes)} cannot be read"
+        )
     if math.prod(shape) > MAX_PROBE_ELEMENTS:
-        return f"'{source.name}' is too large to read {_names(nodes)} exactly"
+        return f"'{source.name}' is too large to read {describe_nodes(nodes)} exactly"
     try:
         model = _chain_model(nodes, source, shape, opset)
         evaluator = reference_evaluator(model)
@@ -48,11 +55,12 @@ def chain_as_pad(nodes: list[gs.Node], source: gs.Tensor, opset: int) -> AffineC
         [first] = evaluator.run(None, {"x": probe})
         [second] = evaluator.run(None, {"x": -probe})
     except Exception as error:  # the reference evaluator raises assorted types
-        return f"{_names(nodes)} could not be evaluated ({type(error).__name__})"
+        return f"{describe_nodes(nodes)} could not be evaluated ({type(error).__name__})"
     return _as_pad(np.asarray(first, np.float64), np.asarray(second, np.float64), shape, nodes)
 
 
-def _names(nodes: list[gs.Node]) -> str:
+def describe_nodes(nodes: list[gs.Node]) -> str:
+    """``Concat 'a', Slice 'b'``: the nodes of a chain, for a reason."""
     return ", ".join(f"{node.op} '{node.name}'" for node in nodes)
 
 
@@ -83,24 +91,39 @@ def _chain_model(
 def _as_pad(
     first: np.ndarray, second: np.ndarray, shape: tuple[int, ...], nodes: list[gs.Node]
 ) -> AffineConv | str:
+    """The pad that maps probe ``p`` to ``first`` and ``−p`` to ``second``, or why there is
+    none: every output element must be a copy or a constant, every input element copied exactly
+    once, all by the same spatial offset (no batch or channel move), none cropped, and the
+    constants one finite value per channel."""
     size = math.prod(shape)
     constant = first == second
     copy = (first == -second) & (first >= 1) & (first <= size) & (first == np.round(first))
-    not_a_pad = f"{_names(nodes)} do not compute a constant-mode pad"
-    if first.ndim != len(shape) or not np.all(constant | copy) or np.sum(copy) != size:
-        return not_a_pad
+    names = describe_nodes(nodes)
+    if first.ndim != len(shape):
+        return f"{names} change the rank of their input, so they are not a pad"
+    if not np.all(constant | copy):
+        return f"{names} compute values that are neither copies of their input nor constants"
+    copied = np.bincount(first[copy].astype(np.int64) - 1, minlength=size)
+    if np.any(copied != 1):
+        how = "more than once" if np.any(copied > 1) else "not at all"
+        return f"{names} copy some input elements {how}, so they are not a pad"
     sources = np.unravel_index(first[copy].astype(np.int64) - 1, shape)
     targets = np.nonzero(copy)
     offsets = [t - s for t, s in zip(targets, sources, strict=True)]
-    if any(np.any(o != o.flat[0]) for o in offsets) or any(o.flat[0] for o in offsets[:2]):
-        return not_a_pad
+    if any(np.any(o != o.flat[0]) for o in offsets):
+        return f"{names} move input elements relative to each other, so they are not a pad"
     begin = [int(o.flat[0]) for o in offsets[2:]]
     end = [out - inp - b for out, inp, b in zip(first.shape[2:], shape[2:], begin, strict=True)]
-    if first.shape[:2] != shape[:2] or min(begin + end, default=0) < 0:
-        return not_a_pad
+    if any(o.flat[0] for o in offsets[:2]) or first.shape[:2] != shape[:2]:
+        return f"{names} move or add elements along the batch or channel axis, not a spatial pad"
+    if min(begin + end, default=0) < 0:
+        return f"{names} crop their input, so they are not a pad"
     border = np.where(constant, first, np.nan)
     values = np.moveaxis(border, 1, 0).reshape(shape[1], -1)
     fill = np.nanmax(values, axis=1) if np.any(constant) else np.zeros(shape[1])
     if np.any(constant) and not np.all(np.isnan(values) | (values == fill[:, None])):
-        return f"{_names(nodes)} pad with values that differ within a channel"
-    return pad_conv(shape[1], begin + end, np.nan_to_num(fill))
+        return f"{names} pad with values that differ within a channel"
+    fill = np.where(np.isnan(fill), 0.0, fill)
+    if not np.all(np.isfinite(fill)):
+        return f"{names} pad with inf"
+    return pad_conv(shape[1], begin + end, fill)

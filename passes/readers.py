@@ -505,15 +505,75 @@ def keeps_channels(op: LinearOp) -> bool:
     return last_in is not None and last_in == last_out and min(ranks) >= 2
 
 
+#: Ops that only copy elements of their variable input(s) or write constants; a chain of them
+#: (with the ``Pad`` reader's ops) is read as a whole by probing (:mod:`.data_movement`).
+MOVERS = frozenset(
+    {
+        "Concat", "Expand", "Tile", "Slice", "Pad", "ScatterND", "ScatterElements", "Transpose",
+        "Squeeze", "Unsqueeze",
+    }
+)  # fmt: skip
+
+
 def read_data_movement(node: gs.Node) -> Reading:
-    """``ScatterND`` of constants, ``Transpose``, ``Slice`` with constant bounds: ops that only
-    move or overwrite elements. Read as a chain (with the ``Pad`` below) by probing it."""
-    constants_from = {"ScatterND": 1, "Slice": 1, "Transpose": 1}[node.op]
-    if any(constant_values(t) is None for t in node.inputs[constants_from:] if not is_omitted(t)):
+    """``Expand``, ``Tile``, ``Slice``, ``Transpose``, ``Squeeze``, ``Unsqueeze`` with constant
+    parameters, ``ScatterND``/``ScatterElements`` of constants (no reduction), ``Concat`` of
+    constants and moved data: ops that only copy elements or write constants, of floating
+    data (never shape arithmetic). Read as a chain (down to the tensor they all move) by
+    probing it."""
+    if node.op == "Concat":
+        return _read_concat(node)
+    if not _is_floating(node.inputs[0]):
         return None
-    if node.op == "ScatterND" and attribute(node, "reduction", "none") != "none":
+    if any(constant_values(t) is None for t in node.inputs[1:] if not is_omitted(t)):
         return None
+    if node.op.startswith("Scatter") and attribute(node, "reduction", "none") != "none":
+        return None
+    if node.op == "Unsqueeze" and _has_negative_axes(node):
+        return Refusal(
+            node,
+            f"Unsqueeze '{node.name}' has negative axes, which onnx's reference evaluator "
+            "(used to probe data movement) can place wrongly",
+        )
     return LinearOp(node, Kind.DATA_MOVEMENT, (node.inputs[0],), None, node.op, Layout.ANY)
+
+
+def _has_negative_axes(node: gs.Node) -> bool:
+    """Axes from the attribute (opset < 13) or the constant second input."""
+    axes = attribute(node, "axes", None)
+    if axes is None and len(node.inputs) > 1 and not is_omitted(node.inputs[1]):
+        axes = constant_values(node.inputs[1])
+    return axes is not None and bool(np.any(np.asarray(axes) < 0))
+
+
+def _read_concat(node: gs.Node) -> Reading:
+    """A ``Concat`` of floating constants (Paddle's BN-then-pad strips) and variable pieces
+    that are one tensor or computed by data-movement ops (slices of one tensor put back
+    together, strips expanded from a constant) but for one; a Concat of two tensors computed
+    otherwise (a channel concat) is not read."""
+    constants = [constant_values(t) for t in node.inputs]
+    if any(c is not None and c.dtype.kind != "f" for c in constants):
+        return None
+    variables = {id(t): t for t, c in zip(node.inputs, constants, strict=True) if c is None}
+    pieces = tuple(variables.values())
+    if not pieces or not all(_is_floating(t) for t in pieces):
+        return None
+    moved = [
+        len(t.inputs) == 1 and t.inputs[0].op in MOVERS and is_standard(t.inputs[0]) for t in pieces
+    ]
+    if len(pieces) - sum(moved) > 1:
+        return None
+    return LinearOp(node, Kind.DATA_MOVEMENT, pieces, None, node.op, Layout.ANY)
+
+
+def _is_floating(tensor: gs.Tensor) -> bool:
+    """The tensor holds floating values, or its type is not known."""
+    if tensor.dtype is None:
+        return True
+    try:
+        return np.issubdtype(np.dtype(tensor.dtype), np.floating)
+    except TypeError:
+        return True
 
 
 READERS: dict[str, Reader] = {
@@ -534,6 +594,12 @@ READERS: dict[str, Reader] = {
     "ScatterND": read_data_movement,
     "Transpose": read_data_movement,
     "Slice": read_data_movement,
+    "Concat": read_data_movement,
+    "Expand": read_data_movement,
+    "Tile": read_data_movement,
+    "ScatterElements": read_data_movement,
+    "Squeeze": read_data_movement,
+    "Unsqueeze": read_data_movement,
 }
 
 

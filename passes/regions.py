@@ -40,8 +40,8 @@ from repvgg_onnx.linear_forms import (
     sum_forms,
 )
 
-from .data_movement import chain_as_pad
-from .graph_utils import describe_uses, has_single_use, producer, rank
+from .data_movement import chain_as_pad, describe_nodes
+from .graph_utils import constant_values, describe_uses, has_single_use, producer, rank
 from .mapped_weights import release_mapped_pages
 from .readers import Kind, Layout, LinearOp, Refusal, cost_of, keeps_channels, read_node
 from .result import Skipped
@@ -69,6 +69,17 @@ from .terms import (
 )
 
 RULE = "affine_region"
+
+_MOVING = (Kind.DATA_MOVEMENT, Kind.PAD)
+#: Ops that can add elements around the data: a chain holding one may be a pad.
+_BORDER_WRITERS = frozenset({"Pad", "Concat", "Expand", "Tile"})
+
+
+def _spreads_constants(op: LinearOp) -> bool:
+    """A data-movement op whose inputs are all constants (not folded: too large)."""
+    return op.kind is Kind.DATA_MOVEMENT and all(
+        constant_values(t) is not None for t in op.node.inputs if t.name
+    )
 
 
 class _Costly(Exception):
@@ -201,11 +212,14 @@ class _Attempt:
             return self._expand_sum(op)
         if op.kind is Kind.RESHAPE:
             return self._expand_reshape(op, root)
-        chain = self._data_movement_chain(op)
+        chain = self._data_movement_chain(op, root)
+        if isinstance(chain, str):
+            self.skipped.append(Skipped(RULE, op.node.name, chain))
+            chain = None
         if chain is not None:
-            return self._expand_chain(op, chain)
+            return self._expand_chain(op, *chain)
         if op.kind is Kind.DATA_MOVEMENT:
-            self.cuts.append(op.input)
+            self.cuts.extend(op.inputs)
             return self._keep(op)
         inner = self.express(op.input)
         return self._apply(op, op.form, inner, (op.node,), op.label, op.input)
@@ -256,30 +270,71 @@ class _Attempt:
             return evolve(inner, final=op.node)
         return Expression(tuple(terms), inner.nodes, inner.cost)
 
-    def _data_movement_chain(self, op: LinearOp) -> list[LinearOp] | None:
-        """The element-moving ops ``op`` tops (bottom first), if it tops more than a Pad."""
-        if op.kind not in (Kind.DATA_MOVEMENT, Kind.PAD):
+    def _data_movement_chain(
+        self, op: LinearOp, root: bool
+    ) -> tuple[list[LinearOp], gs.Tensor] | str | None:
+        """The element-moving ops ``op`` tops (inputs before readers) and the one tensor they
+        all move, if they can write a border (a Pad, Concat, Expand or Tile; at the root of a
+        region, where no linear op reads the result, only a Pad) and are more than a lone Pad
+        (which its reader reads); why not, if they move several tensors."""
+        if op.kind not in _MOVING:
             return None
-        chain, tensor = [op], op.input
-        while self.finder.is_interior(tensor) and not any(c is tensor for c in self.cuts):
-            below = self.finder.op_of(tensor)
-            if below.kind not in (Kind.DATA_MOVEMENT, Kind.PAD):
-                break
-            chain.append(below)
-            tensor = below.input
-        if len(chain) == 1 and op.kind is Kind.PAD:
+        chain, sources = self._collect_movers(op)
+        writers = {"Pad"} if root else _BORDER_WRITERS
+        if (len(chain) == 1 and op.kind is Kind.PAD) or not sources:
             return None
-        return chain[::-1] if any(o.kind is Kind.PAD for o in chain) else None
+        if not any(o.node.op in writers for o in chain):
+            return None
+        if len(sources) > 1:
+            names = ", ".join(f"'{t.name}'" for t in sources.values())
+            return (
+                f"{describe_nodes([o.node for o in chain])} read {len(sources)} tensors "
+                f"({names}), not one, so they are not a pad"
+            )
+        return chain, next(iter(sources.values()))
 
-    def _expand_chain(self, op: LinearOp, chain: list[LinearOp]) -> Expression:
-        source = chain[0].input
-        form = chain_as_pad([o.node for o in chain], source, opset_of(self.finder.graph))
+    def _collect_movers(self, top: LinearOp) -> tuple[list[LinearOp], dict[int, gs.Tensor]]:
+        """Below ``top``: the moving ops each read only by the next one, each after the ops it
+        reads (``top`` last), and every other variable tensor they read (the sources).
+        Interior tensors are read once, so the ops form a tree. A moving op of constants only
+        (an ``Expand`` of the per-channel value over a border strip, too large to fold) is
+        evaluated with the chain, even where it is read twice."""
+        chain: list[LinearOp] = []
+        sources: dict[int, gs.Tensor] = {}
+        spread: set[int] = set()
+        stack = [(top, False)]
+        while stack:
+            op, inputs_done = stack.pop()
+            if inputs_done:
+                chain.append(op)
+                continue
+            stack.append((op, True))
+            for tensor in op.inputs:
+                below = self.finder.op_of(tensor)
+                if constant_values(tensor) is not None:
+                    continue
+                if below is not None and below.kind in _MOVING and self._is_open(tensor):
+                    stack.append((below, False))
+                elif below is not None and _spreads_constants(below):
+                    if id(below) not in spread:
+                        spread.add(id(below))
+                        chain.append(below)
+                else:
+                    sources[id(tensor)] = tensor
+        return chain, sources
+
+    def _is_open(self, tensor: gs.Tensor) -> bool:
+        return self.finder.is_interior(tensor) and not any(c is tensor for c in self.cuts)
+
+    def _expand_chain(self, op: LinearOp, chain: list[LinearOp], source: gs.Tensor) -> Expression:
+        nodes = tuple(o.node for o in chain)
+        form = chain_as_pad(list(nodes), source, opset_of(self.finder.graph))
         if isinstance(form, str):
-            self.finder.unreadable.add(id(op.node))
-            self.cuts.extend(o.input for o in chain)
+            self.finder.unreadable.update(id(node) for node in nodes)
+            self.cuts.extend(t for o in chain for t in o.inputs)
+            self.skipped.append(Skipped(RULE, op.node.name, form))
             return self._keep(op)
         inner = self.express(source)
-        nodes = tuple(o.node for o in chain)
         return self._apply(op, form, inner, nodes, "Pad", source)
 
     def _keep(self, op: LinearOp) -> Expression:

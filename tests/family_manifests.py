@@ -1,7 +1,8 @@
 """The committed family fixtures of every exporter, read from their manifests.
 
 Each directory of :data:`MANIFEST_DIRS` holds ``manifest.json`` (written by its export script:
-``python -m models.families`` for PyTorch, ``python -m models.keras_export`` for tf2onnx) with
+``python -m models.families`` for PyTorch, ``python -m models.keras_export`` for tf2onnx,
+``python -m models.paddle_export`` for paddle2onnx) with
 one schema: ``families: {name: {training_forms, reference_form, reference_op_counts, forms:
 {form: {file, op_counts, deploy_op_counts (training forms), ...}}}}``. Family names are unique
 across the manifests, so a family is found by its name alone.
@@ -20,8 +21,9 @@ CLOSE_RTOL = 1e-4
 """Tolerance of :func:`assert_close_to_scale`, relative to the expected output's scale."""
 
 FIXTURES = Path(__file__).resolve().parent.parent / "models" / "fixtures"
-MANIFEST_DIRS = (FIXTURES / "families", FIXTURES / "keras")
-"""Directories of the family manifests: PyTorch (TorchScript, dynamo), Keras (tf2onnx)."""
+MANIFEST_DIRS = (FIXTURES / "families", FIXTURES / "keras", FIXTURES / "paddle")
+"""Directories of the family manifests: PyTorch (TorchScript, dynamo), Keras (tf2onnx),
+Paddle (paddle2onnx)."""
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

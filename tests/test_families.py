@@ -39,6 +39,11 @@ KERAS_CASES = [
     for name, info in MANIFESTS[FIXTURES / "keras"]["families"].items()
     for form in info["training_forms"]
 ]
+PADDLE_CASES = [
+    (name, form)
+    for name, info in MANIFESTS[FIXTURES / "paddle"]["families"].items()
+    for form in info["training_forms"]
+]
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +107,7 @@ GATE_CASES = [
     ),
     *((name, "ts17_functions") for name in FAMILIES if "ts17_functions" in FAMILIES[name]["forms"]),
     *KERAS_CASES,
+    *PADDLE_CASES,
 ]
 
 
