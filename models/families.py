@@ -47,7 +47,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from models import blocks, dbb, efficientvim, export, fastvit, heads, reparam, repghost
+from models import blocks, dbb, efficientvim, export, fastvit, heads, reparam, repghost, yolo
 
 CHANNELS = 16
 """Width of the six RepVGG-like families (the newer ones use 8 to keep their fixtures small)."""
@@ -340,6 +340,12 @@ def levit_linearnorm_net() -> nn.Sequential:
     )
 
 
+def yolo_implicit_net() -> nn.Sequential:
+    """Stem conv-BN ``3→C`` → SiLU → YOLOv7 implicit head ``m ⊙ conv1x1(x + a)`` (C=8 → 16)."""
+    c = SMALL_CHANNELS
+    return nn.Sequential(stem(), nn.BatchNorm2d(c), nn.SiLU(), yolo.ImplicitHead(c, 2 * c))
+
+
 NETS: dict[str, Callable[[], nn.Module]] = {
     "mobileone": mobileone_net,
     "repvit": repvit_net,
@@ -357,6 +363,7 @@ NETS: dict[str, Callable[[], nn.Module]] = {
     "bn_linear_head": bn_linear_head_net,
     "distill_head": distill_head_net,
     "levit_linearnorm": levit_linearnorm_net,
+    "yolo_implicit": yolo_implicit_net,
 }
 """Builders of every family's training net, by fixture directory name."""
 
@@ -430,6 +437,10 @@ NOTES: dict[str, tuple[str, ...]] = {
     "distill_head": (
         "(head + head_dist) / 2 is Add then Div by a constant 2 (a Constant node in "
         "TorchScript, an initializer in dynamo).",
+    ),
+    "yolo_implicit": (
+        "ImplicitA is Add(SiLU output, a) with a of shape (1, C, 1, 1), ImplicitM a Mul after "
+        "the 1x1 conv; the reference is YOLOv7's IDetect.fuse (both folded into the conv).",
     ),
     "levit_linearnorm": (
         "TorchScript: flatten(0, 1) is Flatten(axis=2), reshape_as(x) is Shape(x) -> Reshape; "
