@@ -7,10 +7,10 @@ from dataclasses import dataclass, field, replace
 
 import onnx_graphsurgeon as gs
 
+from repvgg_onnx.constant_runtime import fold_constants_on_onnxruntime
 from repvgg_onnx.errors import UnsupportedModelError
 from repvgg_onnx.passes.affine_regions import fuse_affine_regions
 from repvgg_onnx.passes.canonicalize import canonicalize
-from repvgg_onnx.passes.fold_constants import fold_constants
 from repvgg_onnx.passes.fold_forward import fold_forward
 from repvgg_onnx.passes.graph_utils import ensure_topological_order, tensor_map
 from repvgg_onnx.passes.readers import is_training_batchnorm
@@ -20,12 +20,13 @@ from repvgg_onnx.shapes import reinfer_shapes
 Pass = Callable[[gs.Graph], PassResult]
 
 #: Canonicalize first so the region pass sees plain linear ops (no Identity, Constant or
-#: neutral nodes) and constant subexpressions as constants; then every affine region becomes
-#: one node per source it reads; last, a per-channel op read by several linear ops (or by one
-#: through Transpose/Reshape) folds forward into all of them.
+#: neutral nodes) and constant subexpressions as constants (evaluated by onnxruntime, the
+#: runtime users deploy on, checked against onnx's reference evaluator); then every affine
+#: region becomes one node per source it reads; last, a per-channel op read by several linear
+#: ops (or by one through Transpose/Reshape) folds forward into all of them.
 DEFAULT_PASSES: tuple[Pass, ...] = (
     canonicalize,
-    fold_constants,
+    fold_constants_on_onnxruntime,
     fuse_affine_regions,
     fold_forward,
 )
