@@ -8,6 +8,10 @@ alone where onnxruntime cannot, must agree with onnxruntime on every op it is tr
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -302,3 +306,31 @@ def test_without_onnxruntime_only_checked_ops_fold_by_the_reference():
     product, larger = evaluate_constants(nodes, values, 17, lambda *_: {})
     np.testing.assert_array_equal(product.outputs[0], [6.0, 20.0])
     assert larger.outputs is None and "not checked against onnxruntime on Max" in larger.refusal
+
+
+def test_an_op_the_reference_is_not_checked_on_folds_by_onnxruntime():
+    values = {"a": np.array([3.0, -4.0], F), "b": np.array([2.0, 5.0], F)}
+    nodes = [helper.make_node("Max", ["a", "b"], ["larger"])]
+    [larger] = evaluate_constants(nodes, values, 17, onnxruntime_values)
+    np.testing.assert_array_equal(larger.outputs[0], [3.0, 5.0])
+
+
+def test_folding_runs_onnxruntime_in_a_child_process(tmp_path):
+    """A DBB whose border weights are computed in the graph (Equal, Where, Expand, Range...):
+    its constants are folded by onnxruntime, which never loads in the fusing process itself,
+    so verification can still fork."""
+    fixture = (
+        Path(__file__).resolve().parent.parent / "models/fixtures/families/dbb/ts17_nofold.onnx"
+    )
+    script = (
+        "import sys, repvgg_onnx, repvgg_onnx.constant_runtime as runtime\n"
+        "forks, fork = [], runtime.isolated\n"
+        "runtime.isolated = lambda *a: forks.append(1) or fork(*a)\n"
+        f"result = repvgg_onnx.fuse({str(fixture)!r}, verify=False)\n"
+        "assert forks\n"
+        "assert not [s for s in result.report.skipped if s.rule == 'fold_constants']\n"
+        "print(sorted(m for m in sys.modules if m.startswith('onnxruntime')))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
