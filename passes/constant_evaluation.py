@@ -69,21 +69,29 @@ def evaluate_in_order(
     (a node runs when its inputs are known); by name."""
     outputs = [name for node in nodes for name in node.output]
     try:
-        results = run(constant_model(nodes, values, outputs, opset))
-        return dict(zip(outputs, (np.asarray(r) for r in results), strict=True))
+        return _tensors(outputs, run(constant_model(nodes, values, outputs, opset)))
     except Exception:  # evaluators raise assorted types; one node at a time then
         pass
     known = dict(values)
     for node in nodes:
-        inputs = {name: known[name] for name in node.input if name in known}
-        if len(inputs) != len([name for name in node.input if name]):
+        if not all(name in known for name in node.input if name):
             continue
+        inputs = {name: known[name] for name in node.input if name}
         try:
             results = run(constant_model([node], inputs, list(node.output), opset))
         except Exception:  # this node cannot be evaluated; its readers cannot either
             continue
-        known.update(zip(node.output, (np.asarray(r) for r in results), strict=True))
+        known.update(_tensors(node.output, results))
     return {name: value for name, value in known.items() if name not in values}
+
+
+def _tensors(names: Sequence[str], results: Sequence) -> dict[str, np.ndarray]:
+    """The results that are tensors, by name (a sequence or optional output is not folded)."""
+    return {
+        name: np.asarray(result)
+        for name, result in zip(names, results, strict=True)
+        if isinstance(result, np.ndarray | np.generic)
+    }
 
 
 def constant_model(

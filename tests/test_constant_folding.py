@@ -334,3 +334,23 @@ def test_folding_runs_onnxruntime_in_a_child_process(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_sequence_output_is_not_folded():
+    values = {"a": np.arange(4, dtype=F)}
+    nodes = [helper.make_node("SplitToSequence", ["a"], ["parts"], keepdims=0)]
+    [parts] = evaluate_constants(nodes, values, 17, onnxruntime_values)
+    assert parts.outputs is None
+
+
+def test_a_node_reading_one_tensor_twice_is_evaluated_alone():
+    """A batch onnxruntime cannot run (Max on uint16) falls back to one node at a time, where
+    ``Min(f, f)`` (the reference is not checked on Min) still runs on onnxruntime."""
+    values = {"a": np.array([3, 4], np.uint16), "f": np.array([1.5, -2.0], F)}
+    nodes = [
+        helper.make_node("Max", ["a", "a"], ["larger"]),
+        helper.make_node("Min", ["f", "f"], ["smaller"]),
+    ]
+    larger, smaller = evaluate_constants(nodes, values, 17, onnxruntime_values)
+    assert larger.outputs is None
+    np.testing.assert_array_equal(smaller.outputs[0], [1.5, -2.0])

@@ -1,8 +1,9 @@
-"""No-ops are decided on shapes the tool infers, never on a ``value_info`` that lies.
+"""No-ops and ``Shape`` folds are decided on shapes the tool infers, never on a claim.
 
 Each model declares a wrong shape for a tensor (in ``value_info`` or on a graph output) that
-would make a node look like a no-op; ``fuse`` without verification must write a model whose
-outputs have the original's shapes and values in onnxruntime.
+would make a node look like a no-op, or fold ``Shape`` to the claimed shape; ``fuse`` without
+verification must write a model whose outputs have the original's shapes and values in
+onnxruntime.
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ LIES = [
         "Reshape",
     ),
     (
+        "shape of a [1,C] tensor claimed [1,1,1,C], read by ConstantOfShape",
+        """g (float[1,4] x) => (float y) <float[1,1,1,4] t> {
+            t = Relu(x)
+            s = Shape(t)
+            y = ConstantOfShape(s)
+        }""",
+        "ConstantOfShape",
+    ),
+    (
         "transpose without perm of a [2,2] tensor claimed [4]",
         """g (float[2,2] x) => (float y) <float[4] t> {
             t = Relu(x)
@@ -83,7 +93,7 @@ def _model(text: str) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize(("text", "kept"), [case[1:] for case in LIES], ids=[c[0] for c in LIES])
-def test_a_lying_shape_does_not_make_a_no_op(text, kept):
+def test_a_lying_shape_changes_no_output(text, kept):
     model = _model(text)
     fused = repvgg_onnx.fuse(model, verify=False).model
     assert op_counts(fused).get(kept) == 1
@@ -108,7 +118,7 @@ def test_the_true_no_op_still_goes():
 
 
 def test_inferred_shapes_ignore_value_info_and_declared_outputs():
-    model = _model(LIES[5][1])
+    model = _model(LIES[5][1])  # the graph output claimed [1,C]
     shapes = inferred_shapes(model)
     dims = {name: [d.dim_value for d in v.type.tensor_type.shape.dim] for name, v in shapes.items()}
     assert dims == {"t": [1, 4], "y": [1, 1, 4]}
