@@ -16,7 +16,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_reference import onnxruntime_outputs
 
 from helpers import op_counts, random_feeds, run
 from repvgg_onnx.constant_runtime import onnxruntime_values
@@ -161,7 +160,7 @@ def _onnxruntime_results(case) -> list[np.ndarray]:
     op, opset, inputs, attributes, outputs = case
     model = _node_model(op, opset, inputs, attributes, outputs, as_initializers=False)
     feeds = {f"in{i}": np.asarray(v) for i, v in enumerate(inputs)}
-    return onnxruntime_outputs(model, feeds)
+    return run(model, feeds)
 
 
 def _assert_same(got: np.ndarray, want: np.ndarray) -> None:
@@ -354,3 +353,20 @@ def test_a_node_reading_one_tensor_twice_is_evaluated_alone():
     larger, smaller = evaluate_constants(nodes, values, 17, onnxruntime_values)
     assert larger.outputs is None
     np.testing.assert_array_equal(smaller.outputs[0], [1.5, -2.0])
+
+
+def test_fuse_no_verify_writes_onnxruntimes_reading_of_negative_axes(tmp_path):
+    """The issue's report: ``repvgg-onnx fuse --no-verify`` on the opset-11 case wrote a
+    model off by 8.3 (no check ran to catch it)."""
+    from click.testing import CliRunner
+
+    from repvgg_onnx.cli import main
+
+    model = _conv_bn_scale_shift(11)
+    source, target = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, source)
+    done = CliRunner().invoke(main, ["fuse", "--no-verify", str(source), str(target)])
+    assert done.exit_code == 0, done.output
+    fused = onnx.load(target)
+    assert op_counts(fused) == {"Conv": 1}
+    _assert_same_outputs(model, fused)

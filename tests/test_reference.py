@@ -7,6 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
+from helpers import run
 from repvgg_onnx.passes.reference import reference_evaluator
 
 
@@ -81,19 +82,6 @@ def _index_case(rng: np.random.Generator, opset: int):
     return node, inputs
 
 
-def onnxruntime_outputs(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """``model`` run by onnxruntime with graph optimizations off and its log quiet."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    return session.run(None, feeds)
-
-
 @pytest.mark.parametrize("opset", [9, 11, 13, 18])
 @pytest.mark.parametrize("seed", range(60))
 def test_index_ops_compute_what_onnxruntime_computes(seed, opset):
@@ -114,7 +102,7 @@ def test_index_ops_compute_what_onnxruntime_computes(seed, opset):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     got = evaluate_index_ops([node], inputs, opset)
     try:
-        [want] = onnxruntime_outputs(model, inputs)
+        [want] = run(model, inputs)
     except Exception:  # an invalid case: ours must decline it, never compute something
         assert got is None
         return
