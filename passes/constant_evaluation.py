@@ -21,6 +21,7 @@ what a reference tested to agree with onnxruntime on that op computes.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,6 +37,9 @@ ModelRunner = Callable[[onnx.ModelProto], list[np.ndarray]]
 #: ``(nodes, values, opset)`` → the outputs of ``nodes`` it computed, by name (as many as it
 #: could, each from the values of its inputs); what the caller deploys on.
 Runtime = Callable[[Sequence[onnx.NodeProto], dict[str, np.ndarray], int], dict[str, np.ndarray]]
+
+
+_UNLISTED_INITIALIZERS_IR = 4
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,14 @@ def constant_model(
         [helper.make_empty_tensor_value_info(name) for name in outputs],
         [numpy_helper.from_array(np.asarray(v), n) for n, v in values.items() if n in used],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    # the oldest IR version the opset allows (an older onnxruntime refuses a newer one), but
+    # at least 4, from which initializers need not be listed as graph inputs
+    with contextlib.suppress(ValueError):  # an opset this onnx does not know: its newest IR
+        oldest = helper.find_min_ir_version_for(opsets)
+        model.ir_version = max(_UNLISTED_INITIALIZERS_IR, oldest)
+    return model
 
 
 def run_reference(model: onnx.ModelProto) -> list[np.ndarray]:

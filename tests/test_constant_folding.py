@@ -21,7 +21,7 @@ from helpers import op_counts, random_feeds, run
 from repvgg_onnx.constant_runtime import onnxruntime_values
 from repvgg_onnx.gs_bridge import import_graph
 from repvgg_onnx.passes import constant_evaluation
-from repvgg_onnx.passes.constant_evaluation import evaluate_constants
+from repvgg_onnx.passes.constant_evaluation import constant_model, evaluate_constants
 from repvgg_onnx.passes.fold_constants import fold_constants
 from repvgg_onnx.passes.reference import CHECKED_OPS
 from repvgg_onnx.transform import fuse_graph
@@ -370,3 +370,9 @@ def test_fuse_no_verify_writes_onnxruntimes_reading_of_negative_axes(tmp_path):
     fused = onnx.load(target)
     assert op_counts(fused) == {"Conv": 1}
     _assert_same_outputs(model, fused)
+
+
+@pytest.mark.parametrize(("opset", "ir_version"), [(9, 4), (11, 6), (13, 7), (18, 8)])
+def test_the_constant_model_has_the_oldest_ir_version_its_opset_allows(opset, ir_version):
+    """onnxruntime 1.18 (the oldest we support) refuses IR versions newer than 10."""
+    assert constant_model([], {}, [], opset).ir_version == ir_version
