@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 import onnx_graphsurgeon as gs
 
-from repvgg_onnx.constant_runtime import fold_constants_on_onnxruntime
+from repvgg_onnx.constant_runtime import fold_constants_on_onnxruntime, onnxruntime_worker
 from repvgg_onnx.errors import UnsupportedModelError
 from repvgg_onnx.passes.affine_regions import fuse_affine_regions
 from repvgg_onnx.passes.canonicalize import canonicalize
@@ -56,6 +56,7 @@ def check_inference_graph(graph: gs.Graph) -> None:
             )
 
 
+@onnxruntime_worker()  # one onnxruntime child folds the constants of every round of a run
 def run_passes(
     graph: gs.Graph,
     passes: Sequence[Pass] = DEFAULT_PASSES,

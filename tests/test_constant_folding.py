@@ -314,25 +314,56 @@ def test_an_op_the_reference_is_not_checked_on_folds_by_onnxruntime():
     np.testing.assert_array_equal(larger.outputs[0], [3.0, 5.0])
 
 
-def test_folding_runs_onnxruntime_in_a_child_process(tmp_path):
-    """A DBB whose border weights are computed in the graph (Equal, Where, Expand, Range...):
-    its constants are folded by onnxruntime, which never loads in the fusing process itself,
-    so verification can still fork."""
-    fixture = (
-        Path(__file__).resolve().parent.parent / "models/fixtures/families/dbb/ts17_nofold.onnx"
-    )
-    script = (
-        "import sys, repvgg_onnx, repvgg_onnx.constant_runtime as runtime\n"
-        "forks, fork = [], runtime.isolated\n"
-        "runtime.isolated = lambda *a: forks.append(1) or fork(*a)\n"
-        f"result = repvgg_onnx.fuse({str(fixture)!r}, verify=False)\n"
-        "assert forks\n"
-        "assert not [s for s in result.report.skipped if s.rule == 'fold_constants']\n"
-        "print(sorted(m for m in sys.modules if m.startswith('onnxruntime')))"
-    )
+def _run_script(script: str) -> list[str]:
+    """``script``'s printed lines, run by a fresh interpreter (onnxruntime not yet loaded)."""
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    return done.stdout.splitlines()
+
+
+def test_folding_runs_onnxruntime_in_one_child_process(tmp_path):
+    """A DBB whose border weights are computed in the graph (Equal, Where, Expand, Range...)
+    folds its constants in three calls, all served by one child: onnxruntime is imported
+    once, and never in the fusing process itself, so verification can still fork."""
+    fixture = Path(__file__).resolve().parent.parent / "models/fixtures/families/dbb"
+    script = (
+        "import sys, repvgg_onnx, repvgg_onnx.constant_runtime as runtime\n"
+        "starts, start = [], runtime._start_child\n"
+        "runtime._start_child = lambda: starts.append(1) or start()\n"
+        f"result = repvgg_onnx.fuse({str(fixture / 'ts17_nofold.onnx')!r}, verify=False)\n"
+        "assert not [s for s in result.report.skipped if s.rule == 'fold_constants']\n"
+        "print(len(starts))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('onnxruntime')))"
+    )
+    assert _run_script(script) == ["1", "[]"]
+
+
+def test_a_child_that_dies_answers_nothing_and_the_next_call_starts_another():
+    script = """
+import os, signal, sys
+import numpy as np
+from onnx import helper
+import repvgg_onnx.constant_runtime as runtime
+
+nodes = [helper.make_node("Max", ["a", "b"], ["larger"])]
+values = {"a": np.array([1.0, 5.0], np.float32), "b": np.array([2.0, 3.0], np.float32)}
+real, start, starts = runtime.run_on_onnxruntime, runtime._start_child, []
+runtime._start_child = lambda: starts.append(1) or start()
+def crash(model):
+    os.kill(os.getpid(), signal.SIGKILL)
+def larger():
+    return runtime.onnxruntime_values(nodes, values, 17).get("larger", "none")
+print(larger())  # outside a worker's block: a child of its own
+runtime.run_on_onnxruntime = crash
+print(larger())
+with runtime.onnxruntime_worker():
+    print(larger())  # the worker dies on it
+    runtime.run_on_onnxruntime = real
+    print(larger())  # another worker
+    print(larger())  # the same one
+print(len(starts), "onnxruntime" in sys.modules)
+"""
+    assert _run_script(script) == ["[2. 5.]", "none", "none", "[2. 5.]", "[2. 5.]", "2 False"]
 
 
 def test_a_sequence_output_is_not_folded():
