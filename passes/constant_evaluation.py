@@ -38,7 +38,7 @@ ModelRunner = Callable[[onnx.ModelProto], list[np.ndarray]]
 #: could, each from the values of its inputs); what the caller deploys on.
 Runtime = Callable[[Sequence[onnx.NodeProto], dict[str, np.ndarray], int], dict[str, np.ndarray]]
 
-
+#: From this IR version on, an initializer need not be listed as a graph input.
 _UNLISTED_INITIALIZERS_IR = 4
 
 
