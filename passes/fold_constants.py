@@ -3,8 +3,10 @@
 Exporters compute weights in the graph (DBB's ``W + I``, EfficientViM's ``Sigmoid(α)``, a
 layer scale ``Mul(γ, c)``, ``Unsqueeze(initializer)``) and shapes from ``Shape`` of tensors
 whose shape is static (DBB's slice assignments). A node whose inputs are all constants is
-evaluated by onnx's reference implementation (never ours) and its outputs become constants of
-the same names; ``Shape``/``Size`` of a tensor with a fully known shape become constants too.
+evaluated by the runtime the caller deploys on (onnxruntime, passed in by the pipeline),
+checked against onnx's reference evaluator (:mod:`.constant_evaluation`), and its outputs
+become constants of the same names; a node the two disagree on stays, skipped with the
+reason. ``Shape``/``Size`` of a tensor with a fully known shape become constants too.
 
 Not folded: ops outside the standard domain, random ops, nodes with subgraphs, graph outputs,
 initializers a caller may override (listed as graph inputs), and results much larger than
@@ -20,9 +22,9 @@ import math
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from onnx import helper, numpy_helper
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
+from .constant_evaluation import NodeValues, Runtime, evaluate_constants
 from .graph_utils import (
     attribute,
     constant_values,
@@ -32,8 +34,7 @@ from .graph_utils import (
     replace_uses,
     static_shape,
 )
-from .reference import evaluate_index_ops, reference_evaluator
-from .result import PassResult
+from .result import PassResult, Skipped
 
 RULE = "fold_constants"
 
@@ -42,15 +43,20 @@ _NONDETERMINISTIC = frozenset(
 )
 _SKIPPED = _NONDETERMINISTIC | {"Constant", "Bernoulli"}
 
+#: Set on a constant node no evaluator could be trusted on: its refusal ("" if none computed it).
+_UNFOLDABLE = "_repvgg_onnx_unfoldable"
+
 #: A folded result may hold this many elements, or as many as its inputs together.
 MAX_FOLDED_ELEMENTS = 1 << 16
 
 
-def fold_constants(graph: gs.Graph) -> PassResult:
+def fold_constants(graph: gs.Graph, runtime: Runtime | None = None) -> PassResult:
     """Replace every foldable node's outputs by constants; ``shapes_stale`` when any was.
 
-    The constant subgraph is evaluated in one run (exporters emit thousands of small index
-    computations); should that run fail, each node is evaluated on its own."""
+    The constant subgraph is evaluated at once (exporters emit thousands of small index
+    computations) by ``runtime`` (onnxruntime, from the pipeline) and checked against onnx's
+    reference evaluator (:func:`~.constant_evaluation.evaluate_constants`); a node the two
+    disagree on, or that only an unchecked reference computes, is skipped with the reason."""
     folded = 0
     for node in list(graph.nodes):
         if node.op in ("Shape", "Size") and _foldable(graph, node):
@@ -58,16 +64,20 @@ def fold_constants(graph: gs.Graph) -> PassResult:
             if values is not None:
                 folded += _replace_outputs(node, values)
     nodes = _constant_subgraph(graph)
-    values = _evaluate_all(graph, nodes) if nodes else {}
-    for node in nodes:
-        outputs = [values.get(t.name) for t in node.outputs]
-        if any(v is None for v in outputs):
-            outputs = _evaluate_one(graph, node)
-        if outputs is not None and _within_budget(node, outputs):
-            folded += _replace_outputs(node, outputs)
+    decisions = _evaluate_all(graph, nodes, runtime) if nodes else []
+    for node, decision in zip(nodes, decisions, strict=True):
+        if decision.outputs is not None and _within_budget(node, decision.outputs):
+            folded += _replace_outputs(node, decision.outputs)
+        elif decision.outputs is None:  # not evaluated again in later rounds
+            setattr(node, _UNFOLDABLE, decision.refusal or "")
+    skipped = [
+        Skipped(RULE, node.name or node.outputs[0].name, reason)
+        for node in graph.nodes
+        if (reason := getattr(node, _UNFOLDABLE, None))
+    ]
     if folded:
         graph.cleanup().toposort()
-    return PassResult(rewrites=folded, shapes_stale=bool(folded))
+    return PassResult(skipped=skipped, rewrites=folded, shapes_stale=bool(folded))
 
 
 def _replace_outputs(node: gs.Node, values: list[np.ndarray]) -> int:
@@ -97,7 +107,8 @@ def _constant_subgraph(graph: gs.Graph) -> list[gs.Node]:
         if not inputs or node.op in ("Shape", "Size"):
             continue
         constant = all(id(t) in computed or constant_values(t) is not None for t in inputs)
-        if constant and _foldable(graph, node):  # inputs first: most nodes read a variable
+        # ``constant`` first: most nodes read a variable, and it is the cheaper test
+        if constant and _foldable(graph, node) and not hasattr(node, _UNFOLDABLE):
             nodes.append(node)
             computed.update(id(t) for t in node.outputs)
     return nodes
@@ -110,47 +121,19 @@ def _within_budget(node: gs.Node, outputs: list[np.ndarray]) -> bool:
     return sum(np.asarray(o).size for o in outputs) <= budget
 
 
-def _evaluate_all(graph: gs.Graph, nodes: list[gs.Node]) -> dict[str, np.ndarray]:
-    """Every output of ``nodes`` by one run of onnx's reference evaluator, or of
-    :func:`evaluate_index_ops` when that computes them all (``{}`` if it fails)."""
+def _evaluate_all(
+    graph: gs.Graph, nodes: list[gs.Node], runtime: Runtime | None
+) -> list[NodeValues]:
+    """What may be written for each of ``nodes``, evaluated together on the constants they
+    read."""
     inside = {id(t) for node in nodes for t in node.outputs}
     values = {}
     for node in nodes:
         for tensor in node.inputs:
             if not is_omitted(tensor) and id(tensor) not in inside:
                 values[tensor.name] = constant_values(tensor)
-    outputs = [t.name for node in nodes for t in node.outputs]
     protos = [OnnxExporter.export_node(node) for node in nodes]
-    opset = int(graph.opset or 17)
-    computed = evaluate_index_ops(protos, values, opset)
-    if computed is not None:
-        return computed
-    model = helper.make_model(
-        helper.make_graph(
-            protos,
-            "fold",
-            [],
-            [helper.make_empty_tensor_value_info(name) for name in outputs],
-            [numpy_helper.from_array(value, name) for name, value in values.items()],
-        ),
-        opset_imports=[helper.make_opsetid("", opset)],
-    )
-    try:
-        results = reference_evaluator(model).run(None, {})
-    except Exception:  # the reference evaluator raises assorted types; node by node then
-        return {}
-    return {name: np.asarray(value) for name, value in zip(outputs, results, strict=True)}
-
-
-def _evaluate_one(graph: gs.Graph, node: gs.Node) -> list[np.ndarray] | None:
-    inputs = [t for t in node.inputs if not is_omitted(t)]
-    values = [constant_values(t) for t in inputs]
-    if any(v is None for v in values):
-        return None
-    try:
-        return _evaluate(graph, node, values)
-    except Exception:  # the reference evaluator raises assorted types; folding is optional
-        return None
+    return evaluate_constants(protos, values, int(graph.opset or 17), runtime)
 
 
 def _shape_of(node: gs.Node) -> list[np.ndarray] | None:
@@ -161,17 +144,3 @@ def _shape_of(node: gs.Node) -> list[np.ndarray] | None:
         return [np.array(math.prod(shape), dtype=np.int64)]
     start, end = attribute(node, "start", 0), attribute(node, "end", None)
     return [np.array(shape[start:end], dtype=np.int64)]
-
-
-def _evaluate(graph: gs.Graph, node: gs.Node, values: list[np.ndarray]) -> list[np.ndarray]:
-    """``node`` run alone by onnx's reference evaluator on its constant inputs."""
-    proto = OnnxExporter.export_node(node)
-    names = [t.name for t in node.inputs if not is_omitted(t)]
-    initializers = [numpy_helper.from_array(v, n) for v, n in zip(values, names, strict=True)]
-    outputs = [helper.make_empty_tensor_value_info(t.name) for t in node.outputs if t.name]
-    model = helper.make_model(
-        helper.make_graph([proto], "fold", [], outputs, initializers),
-        opset_imports=[helper.make_opsetid("", int(graph.opset or 17))],
-    )
-    results = reference_evaluator(model).run(None, {})
-    return [np.asarray(r) for r in results]

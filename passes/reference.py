@@ -1,4 +1,4 @@
-"""onnx's reference evaluator, with ``ScatterND`` vectorized.
+"""onnx's reference evaluator, with ``ScatterND`` vectorized and ``Unsqueeze`` as specified.
 
 The passes evaluate small constant subgraphs and probe data-movement chains with
 :class:`onnx.reference.ReferenceEvaluator`. Its ``ScatterND`` loops in Python over every
@@ -7,10 +7,19 @@ borders. :func:`scatter_nd` computes the same output with one numpy assignment w
 is the same thing: no reduction and no index tuple written twice (numpy does not promise an
 order for repeated indices; the reference's loop decides it).
 
+Its ``Unsqueeze`` before opset 13 inserts the axes one at a time, so negative axes count from
+the end of a partly expanded shape: ``axes=[-2, -1]`` on ``[C]`` gives ``[1, C, 1]``, where
+the specification (axes count in the output's rank) and onnxruntime give ``[C, 1, 1]``.
+:func:`unsqueeze` computes the specified result at every opset.
+
+The ops whose results this module's evaluator is tested to share with onnxruntime, at every
+opset where their signature changes, are :data:`CHECKED_OPS`: constant folding trusts the
+reference alone (where onnxruntime cannot run a node) only on those.
+
 ``onnx.reference`` takes a tenth of a second to import, so it is imported on first use, and
 the three index ops of TorchScript's ``flatten`` (``Shape → Gather → Unsqueeze → Concat``,
 in nearly every exported classifier) are computed by :func:`evaluate_index_ops` with numpy,
-the same thing as the reference (a test compares them on random cases).
+the same thing as onnxruntime (a test compares them on random cases at opsets 9 to 18).
 """
 
 from __future__ import annotations
@@ -37,6 +46,31 @@ def scatter_nd(data: np.ndarray, indices: np.ndarray, updates: np.ndarray) -> np
     return output.reshape(data.shape)
 
 
+def unsqueeze(data: np.ndarray, axes: Sequence[int]) -> np.ndarray:
+    """``data`` with a dimension of size 1 at each of ``axes``, which count in the output's
+    rank (``-1`` is its last dimension); repeated or out-of-range axes raise ``ValueError``."""
+    rank = data.ndim + len(axes)
+    if any(not -rank <= int(a) < rank for a in axes):
+        raise ValueError(f"Unsqueeze axes {list(axes)} out of range for an output of rank {rank}")
+    return np.expand_dims(data, tuple(int(a) % rank for a in axes))
+
+
+@cache
+def _unsqueeze_op() -> type:
+    from onnx.reference.op_run import OpRun
+
+    class SpecifiedUnsqueeze(OpRun):
+        op_domain = ""
+
+        def _run(self, data, axes=None):  # an input from opset 13 on, an attribute before
+            if axes is None:
+                raise ValueError("Unsqueeze needs axes")
+            return (unsqueeze(data, [int(a) for a in np.asarray(axes).reshape(-1)]),)
+
+    SpecifiedUnsqueeze.__name__ = "Unsqueeze"
+    return SpecifiedUnsqueeze
+
+
 @cache
 def _scatter_nd_op() -> type:
     from onnx.reference.ops.op_scatternd import ScatterND
@@ -57,11 +91,23 @@ def _scatter_nd_op() -> type:
 
 def reference_evaluator(model: onnx.ModelProto):
     """An :class:`onnx.reference.ReferenceEvaluator` of ``model`` with the vectorized
-    ``ScatterND``."""
+    ``ScatterND`` and the specified ``Unsqueeze``."""
     from onnx.reference import ReferenceEvaluator
 
-    return ReferenceEvaluator(model, new_ops=[_scatter_nd_op()])
+    return ReferenceEvaluator(model, new_ops=[_scatter_nd_op(), _unsqueeze_op()])
 
+
+#: Ops whose results :func:`reference_evaluator` is tested to share with onnxruntime, at every
+#: opset where their signature changes (``tests/test_constant_folding.py`` holds a case for
+#: each and fails if one lacks it).
+CHECKED_OPS = frozenset(
+    {
+        "Add", "Cast", "Concat", "ConstantOfShape", "Div", "Equal", "Expand", "Flatten",
+        "Gather", "Identity", "Mul", "Neg", "Pad", "Pow", "Range", "Reciprocal", "ReduceMean",
+        "ReduceSum", "Reshape", "ScatterND", "Sigmoid", "Slice", "Split", "Sqrt", "Squeeze",
+        "Sub", "Tile", "Transpose", "Unsqueeze", "Where", "Clip",
+    }
+)  # fmt: skip
 
 #: Ops :func:`evaluate_index_ops` computes: their whole specification is one numpy call.
 INDEX_OPS = frozenset({"Gather", "Unsqueeze", "Concat"})
@@ -106,10 +152,7 @@ def _index_op(op: str, inputs: list[np.ndarray], attributes: dict, opset: int):
         axes = inputs[1] if opset >= 13 else attributes.get("axes")
         if axes is None:
             return None
-        axes = [int(a) for a in np.asarray(axes).reshape(-1)]
-        if any(not 0 <= a < data.ndim + len(axes) for a in axes):
-            return None  # negative axes: onnx's reference (opset < 13) inserts them one by one
-        return np.expand_dims(data, tuple(axes))  # repeated axes raise ValueError
+        return unsqueeze(data, [int(a) for a in np.asarray(axes).reshape(-1)])  # raises if invalid
     if "axis" not in attributes:  # Concat's axis is required
         return None
     return np.concatenate(inputs, axis=int(attributes["axis"]))

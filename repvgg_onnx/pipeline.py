@@ -7,10 +7,10 @@ from dataclasses import dataclass, field, replace
 
 import onnx_graphsurgeon as gs
 
+from repvgg_onnx.constant_runtime import fold_constants_on_onnxruntime, onnxruntime_worker
 from repvgg_onnx.errors import UnsupportedModelError
 from repvgg_onnx.passes.affine_regions import fuse_affine_regions
 from repvgg_onnx.passes.canonicalize import canonicalize
-from repvgg_onnx.passes.fold_constants import fold_constants
 from repvgg_onnx.passes.fold_forward import fold_forward
 from repvgg_onnx.passes.graph_utils import ensure_topological_order, tensor_map
 from repvgg_onnx.passes.matmul_add_to_gemm import fuse_matmul_add_into_gemm
@@ -21,13 +21,14 @@ from repvgg_onnx.shapes import reinfer_shapes
 Pass = Callable[[gs.Graph], PassResult]
 
 #: Canonicalize first so the region pass sees plain linear ops (no Identity, Constant or
-#: neutral nodes) and constant subexpressions as constants; then every affine region becomes
-#: one node per source it reads; last, a per-channel op read by several linear ops (or by one
-#: through Transpose/Reshape) folds forward into all of them; then what is left of
-#: ``MatMul + Add`` on matrices (a computed weight, a full-shape bias) becomes a Gemm.
+#: neutral nodes) and constant subexpressions as constants (evaluated by onnxruntime, the
+#: runtime users deploy on, checked against onnx's reference evaluator); then every affine
+#: region becomes one node per source it reads; then a per-channel op read by several linear
+#: ops (or by one through Transpose/Reshape) folds forward into all of them; last, what is
+#: left of ``MatMul + Add`` on matrices (a computed weight, a full-shape bias) becomes a Gemm.
 DEFAULT_PASSES: tuple[Pass, ...] = (
     canonicalize,
-    fold_constants,
+    fold_constants_on_onnxruntime,
     fuse_affine_regions,
     fold_forward,
     fuse_matmul_add_into_gemm,
@@ -58,6 +59,7 @@ def check_inference_graph(graph: gs.Graph) -> None:
             )
 
 
+@onnxruntime_worker()  # one onnxruntime child folds the constants of every round of a run
 def run_passes(
     graph: gs.Graph,
     passes: Sequence[Pass] = DEFAULT_PASSES,

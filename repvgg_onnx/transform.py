@@ -23,8 +23,7 @@ from repvgg_onnx.memory import (
 from repvgg_onnx.passes.graph_utils import mark_overridable, tensor_map
 from repvgg_onnx.passes.result import FusedBlock
 from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass, PipelineResult, run_passes
-from repvgg_onnx.shapes import annotate_shapes
-from repvgg_onnx.skeleton import inferred_value_info
+from repvgg_onnx.shapes import annotate_shapes, inferred_shapes
 from repvgg_onnx.weightless import attach_weights, detach_weights
 
 _METADATA_MIN_IR_VERSION = 10  # NodeProto.metadata_props exists from IR version 10 on
@@ -81,9 +80,9 @@ def _initializer_inputs(model: onnx.ModelProto) -> list[str]:
 
 
 def _annotate_shapes(graph: gs.Graph, model: onnx.ModelProto) -> None:
-    """Give shapeless intermediate tensors their inferred shape, so passes can prove a ``+ 0``
-    does not broadcast and count an identity branch's channels."""
-    annotate_shapes(graph, inferred_value_info(model))
+    """Give intermediate tensors the shapes inference finds (never the file's ``value_info``),
+    so passes can prove a ``+ 0`` does not broadcast and count an identity branch's channels."""
+    annotate_shapes(graph, inferred_shapes(model))
 
 
 def export_like(

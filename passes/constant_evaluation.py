@@ -1,0 +1,195 @@
+"""The values of constant nodes, computed by the runtime users deploy on and checked.
+
+:func:`evaluate_constants` takes the nodes of a constant subgraph (in order) and the values of
+the constants they read, and decides per node what constant folding may write:
+
+- the runtime's values (onnxruntime, injected by the caller: this package never imports it),
+  checked against onnx's reference evaluator wherever that also computes them; where the two
+  disagree the node is refused, with both results in the reason (the reference propagates its
+  own values, so a node downstream of a disagreement is checked against the reference's
+  reading of it, and refused too unless both arrive at the same value);
+- where the runtime cannot compute a node (an op or type it lacks, a crash), the reference's
+  values, only for the ops in :data:`~.reference.CHECKED_OPS` (tested to agree with
+  onnxruntime at every opset where their signature changes); other ops are refused;
+- a batch made only of the index ops :func:`~.reference.evaluate_index_ops` computes (numpy,
+  the specification, tested against onnxruntime on random cases at opsets 9 to 18) is taken as
+  computed: TorchScript's ``flatten`` idiom in every classifier then costs no runtime start.
+
+Invariant: a value is returned for a node only if it is what onnxruntime computes for it, or
+what a reference tested to agree with onnxruntime on that op computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .reference import CHECKED_OPS, evaluate_index_ops, reference_evaluator
+
+#: Runs a model without graph inputs; its outputs, in order. Raises if it cannot.
+ModelRunner = Callable[[onnx.ModelProto], list[np.ndarray]]
+
+#: ``(nodes, values, opset)`` → the outputs of ``nodes`` it computed, by name (as many as it
+#: could, each from the values of its inputs); what the caller deploys on.
+Runtime = Callable[[Sequence[onnx.NodeProto], dict[str, np.ndarray], int], dict[str, np.ndarray]]
+
+#: From this IR version on, an initializer need not be listed as a graph input.
+_UNLISTED_INITIALIZERS_IR = 4
+
+
+@dataclass(frozen=True)
+class NodeValues:
+    """What may be written for one node: its output values, or why not (``refusal``)."""
+
+    outputs: list[np.ndarray] | None
+    refusal: str | None = None
+
+
+def evaluate_constants(
+    nodes: Sequence[onnx.NodeProto],
+    values: dict[str, np.ndarray],
+    opset: int,
+    runtime: Runtime | None,
+) -> list[NodeValues]:
+    """One :class:`NodeValues` per node of ``nodes`` (each reads ``values`` or earlier nodes'
+    outputs); ``outputs`` is ``None`` with no refusal when nothing could compute the node."""
+    index_values = evaluate_index_ops(nodes, values, opset)
+    if index_values is not None:
+        return [NodeValues([index_values[name] for name in node.output]) for node in nodes]
+    computed = runtime(nodes, values, opset) if runtime is not None else {}
+    reference = evaluate_in_order(run_reference, nodes, values, opset)
+    return [_decide(node, computed, reference, runtime is not None) for node in nodes]
+
+
+def evaluate_in_order(
+    run: ModelRunner, nodes: Sequence[onnx.NodeProto], values: dict[str, np.ndarray], opset: int
+) -> dict[str, np.ndarray]:
+    """The outputs of ``nodes`` by ``run``: all in one model, or, if that fails, node by node
+    (a node runs when its inputs are known); by name."""
+    outputs = [name for node in nodes for name in node.output]
+    try:
+        return _tensors(outputs, run(constant_model(nodes, values, outputs, opset)))
+    except Exception:  # evaluators raise assorted types; one node at a time then
+        pass
+    known = dict(values)
+    for node in nodes:
+        if not all(name in known for name in node.input if name):
+            continue
+        inputs = {name: known[name] for name in node.input if name}
+        try:
+            results = run(constant_model([node], inputs, list(node.output), opset))
+        except Exception:  # this node cannot be evaluated; its readers cannot either
+            continue
+        known.update(_tensors(node.output, results))
+    return {name: value for name, value in known.items() if name not in values}
+
+
+def _tensors(names: Sequence[str], results: Sequence) -> dict[str, np.ndarray]:
+    """The results that are tensors, by name (a sequence or optional output is not folded)."""
+    return {
+        name: np.asarray(result)
+        for name, result in zip(names, results, strict=True)
+        if isinstance(result, np.ndarray | np.generic)
+    }
+
+
+def constant_model(
+    nodes: Sequence[onnx.NodeProto],
+    values: dict[str, np.ndarray],
+    outputs: Sequence[str],
+    opset: int,
+) -> onnx.ModelProto:
+    """A model computing ``outputs`` from ``nodes`` with ``values`` as initializers."""
+    used = {name for node in nodes for name in node.input}
+    graph = helper.make_graph(
+        list(nodes),
+        "constants",
+        [],
+        [helper.make_empty_tensor_value_info(name) for name in outputs],
+        [numpy_helper.from_array(np.asarray(v), n) for n, v in values.items() if n in used],
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    # the oldest IR version the opset allows (an older onnxruntime refuses a newer one), but
+    # at least 4, from which initializers need not be listed as graph inputs
+    with contextlib.suppress(ValueError):  # an opset this onnx does not know: its newest IR
+        oldest = helper.find_min_ir_version_for(opsets)
+        model.ir_version = max(_UNLISTED_INITIALIZERS_IR, oldest)
+    return model
+
+
+def run_reference(model: onnx.ModelProto) -> list[np.ndarray]:
+    return reference_evaluator(model).run(None, {})
+
+
+def _decide(
+    node: onnx.NodeProto,
+    computed: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray],
+    has_runtime: bool,
+) -> NodeValues:
+    ours = _outputs(node, computed)
+    theirs = _outputs(node, reference)
+    if ours is not None:
+        if theirs is None:
+            return NodeValues(ours)
+        difference = _difference(ours, theirs)
+        if difference is None:
+            return NodeValues(ours)
+        return NodeValues(
+            None,
+            f"onnxruntime and onnx's reference evaluator disagree on this constant "
+            f"{node.op_type} ({difference}), so it is left to compute at run time.",
+        )
+    if theirs is None:
+        return NodeValues(None)
+    if node.op_type in CHECKED_OPS:
+        return NodeValues(theirs)
+    runtime = "onnxruntime cannot evaluate" if has_runtime else "no runtime was given to check"
+    return NodeValues(
+        None,
+        f"{runtime} this constant {node.op_type}, and onnx's reference evaluator is not "
+        f"checked against onnxruntime on {node.op_type}, so it is left to compute at run time.",
+    )
+
+
+def _outputs(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+    results = [values.get(name) for name in node.output]
+    return None if any(r is None for r in results) else results
+
+
+def _difference(ours: list[np.ndarray], theirs: list[np.ndarray]) -> str | None:
+    """How the runtime's outputs differ from the reference's, or ``None`` if they agree
+    (same shape and type; floats within a few units in the last place)."""
+    for index, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        where = f"output {index}: " if len(ours) > 1 else ""
+        if a.shape != b.shape:
+            return f"{where}onnxruntime gives shape {list(a.shape)}, the reference {list(b.shape)}"
+        if a.dtype != b.dtype:
+            return f"{where}onnxruntime gives {a.dtype}, the reference {b.dtype}"
+        if not _close(a, b):
+            return f"{where}values differ by up to {_largest_gap(a, b):.3g}"
+    return None
+
+
+#: Floats agree within this many machine epsilons of the larger magnitude: onnxruntime's
+#: vectorized ``Sigmoid``/``Exp`` and numpy's round differently, neither is more right.
+_ULPS = 16
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    if not np.issubdtype(a.dtype, np.floating):
+        return bool(np.array_equal(a, b))
+    tolerance = _ULPS * float(np.finfo(a.dtype).eps)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    return bool(np.allclose(a64, b64, rtol=tolerance, atol=tolerance, equal_nan=True))
+
+
+def _largest_gap(a: np.ndarray, b: np.ndarray) -> float:
+    gap = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    return float(np.nanmax(gap)) if gap.size else 0.0

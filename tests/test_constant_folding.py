@@ -1,0 +1,409 @@
+"""Constant folding writes what onnxruntime computes, at every opset.
+
+Each op kind the folder meets in exported models is folded at every opset where its signature
+changes (axes as attributes at the TorchScript opsets 9 and 11, as inputs from 13 on) and
+compared with onnxruntime running the node itself; onnx's reference evaluator, which folds
+alone where onnxruntime cannot, must agree with onnxruntime on every op it is trusted with.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from helpers import op_counts, random_feeds, run
+from repvgg_onnx.constant_runtime import onnxruntime_values
+from repvgg_onnx.gs_bridge import import_graph
+from repvgg_onnx.passes import constant_evaluation
+from repvgg_onnx.passes.constant_evaluation import constant_model, evaluate_constants
+from repvgg_onnx.passes.fold_constants import fold_constants
+from repvgg_onnx.passes.reference import CHECKED_OPS
+from repvgg_onnx.transform import fuse_graph
+
+RNG = np.random.default_rng(0)
+F = np.float32
+I64 = np.int64
+
+
+def f32(*shape: int) -> np.ndarray:
+    return RNG.normal(size=shape).astype(F)
+
+
+def i64(*values: int) -> np.ndarray:
+    return np.array(values, dtype=I64)
+
+
+#: (op, opset, inputs, attributes, number of outputs): each op at the opsets where its
+#: signature changes, with negative axes wherever the opset allows them.
+CASES = [
+    ("Unsqueeze", 9, [f32(3)], {"axes": [0, 2]}, 1),
+    ("Unsqueeze", 9, [f32(3)], {"axes": [-2, -1]}, 1),
+    ("Unsqueeze", 11, [f32(3)], {"axes": [-2, -1]}, 1),
+    ("Unsqueeze", 11, [f32(3, 2)], {"axes": [-1, 0]}, 1),
+    ("Unsqueeze", 13, [f32(3), i64(-2, -1)], {}, 1),
+    ("Squeeze", 9, [f32(1, 3, 1)], {"axes": [0, 2]}, 1),
+    ("Squeeze", 11, [f32(1, 3, 1)], {"axes": [-1, 0]}, 1),
+    ("Squeeze", 13, [f32(1, 3, 1), i64(-1, 0)], {}, 1),
+    ("Squeeze", 13, [f32(1, 3, 1)], {}, 1),
+    ("Gather", 9, [f32(3, 4), i64(2, 0)], {"axis": 1}, 1),
+    ("Gather", 11, [f32(3, 4), i64(-1, 0)], {"axis": -1}, 1),
+    ("Gather", 13, [i64(5, 6, 7), np.array(-2, I64)], {"axis": 0}, 1),
+    ("Concat", 9, [f32(2, 1), f32(2, 3)], {"axis": 1}, 1),
+    ("Concat", 11, [i64(1, 2), i64(-1)], {"axis": -1}, 1),
+    ("Concat", 13, [f32(1, 2), f32(3, 2)], {"axis": 0}, 1),
+    ("Reshape", 9, [f32(2, 3, 4), i64(0, -1)], {}, 1),
+    ("Reshape", 13, [f32(2, 3, 4), i64(4, 0, -1)], {}, 1),
+    ("Reshape", 14, [f32(2, 3, 4), i64(6, 4)], {"allowzero": 1}, 1),
+    ("Expand", 9, [f32(3, 1), i64(2, 3, 4)], {}, 1),
+    ("Expand", 13, [f32(1, 4), i64(3, 1)], {}, 1),
+    ("ConstantOfShape", 9, [i64(2, 3)], {"value": numpy_helper.from_array(np.array([1.5], F))}, 1),
+    ("ConstantOfShape", 13, [i64(4)], {}, 1),
+    ("Mul", 9, [f32(3, 1, 1), f32(3, 4)], {}, 1),
+    ("Mul", 14, [i64(3, -4), i64(5)], {}, 1),
+    ("Add", 9, [f32(3, 1), f32(4)], {}, 1),
+    ("Add", 14, [i64(3, 4), i64(-1, 1)], {}, 1),
+    ("Sub", 9, [f32(4), f32(3, 1)], {}, 1),
+    ("Sub", 14, [i64(3, 4), i64(5)], {}, 1),
+    ("Div", 9, [f32(3, 4), np.abs(f32(4)) + 0.5], {}, 1),
+    ("Div", 14, [i64(7, -7, 6), i64(2)], {}, 1),
+    ("Pow", 9, [np.abs(f32(4)), f32(4)], {}, 1),
+    ("Pow", 12, [f32(4), i64(2)], {}, 1),
+    ("Pow", 15, [np.abs(f32(2, 3)), np.array(0.5, F)], {}, 1),
+    ("Sqrt", 9, [np.abs(f32(5))], {}, 1),
+    ("Sqrt", 13, [np.abs(f32(5)) + 1e-3], {}, 1),
+    ("Neg", 9, [f32(4)], {}, 1),
+    ("Neg", 13, [i64(3, -2)], {}, 1),
+    ("Reciprocal", 9, [np.abs(f32(4)) + 0.1], {}, 1),
+    ("Reciprocal", 13, [np.abs(f32(4)) + 0.1], {}, 1),
+    ("Sigmoid", 9, [f32(6) * 4], {}, 1),
+    ("Sigmoid", 13, [f32(6) * 4], {}, 1),
+    ("Equal", 9, [i64(1, 2, 3), i64(2)], {}, 1),
+    ("Equal", 11, [np.array([1.0, 2.0], F), np.array([1.0], F)], {}, 1),
+    ("Equal", 13, [i64(-1, 4), i64(-1, 5)], {}, 1),
+    ("Where", 9, [np.array([True, False, True]), f32(3), f32(1)], {}, 1),
+    ("Where", 16, [np.array([[True], [False]]), i64(1, 2), i64(7)], {}, 1),
+    ("Cast", 9, [np.array([1.7, -1.7, 0.0], F)], {"to": TensorProto.INT64}, 1),
+    ("Cast", 13, [i64(1, 0, 3)], {"to": TensorProto.BOOL}, 1),
+    ("Cast", 19, [i64(1, -2, 3)], {"to": TensorProto.FLOAT}, 1),
+    ("Range", 11, [np.array(0, I64), np.array(7, I64), np.array(2, I64)], {}, 1),
+    ("Range", 13, [np.array(1.0, F), np.array(-2.0, F), np.array(-0.5, F)], {}, 1),
+    ("Slice", 9, [f32(4, 5)], {"starts": [1, -3], "ends": [3, 100], "axes": [0, 1]}, 1),
+    ("Slice", 10, [f32(4, 5), i64(1), i64(-1), i64(1)], {}, 1),
+    ("Slice", 11, [f32(4, 5), i64(0), i64(100), i64(-1)], {}, 1),
+    ("Slice", 13, [f32(4, 5), i64(-1), i64(-100), i64(0), i64(-2)], {}, 1),
+    ("Transpose", 9, [f32(2, 3, 4)], {"perm": [2, 0, 1]}, 1),
+    ("Transpose", 13, [f32(2, 3)], {}, 1),
+    ("Split", 9, [f32(5, 2)], {"axis": 0, "split": [2, 3]}, 2),
+    ("Split", 11, [f32(2, 6)], {"axis": -1}, 2),
+    ("Split", 13, [f32(2, 5), i64(1, 4)], {"axis": 1}, 2),
+    ("Split", 18, [f32(5, 2)], {"axis": 0, "num_outputs": 2}, 2),
+    ("Pad", 9, [f32(2, 3)], {"pads": [0, 1, 1, 0], "value": 2.0}, 1),
+    ("Pad", 9, [f32(2, 3)], {"pads": [1, 1, 1, 1], "mode": "reflect"}, 1),
+    ("Pad", 11, [f32(2, 3), i64(1, 0, 0, 2), np.array(-1.0, F)], {}, 1),
+    ("Pad", 13, [f32(2, 3), i64(1, 1, 0, 1)], {"mode": "edge"}, 1),
+    ("Pad", 18, [f32(2, 3), i64(1, 2), np.array(0.5, F), i64(-1)], {}, 1),
+    ("Clip", 9, [f32(6) * 3], {"min": -1.0, "max": 2.0}, 1),
+    ("Clip", 11, [f32(6) * 3, np.array(-0.5, F), np.array(0.5, F)], {}, 1),
+    ("Clip", 13, [i64(-5, 0, 5), np.array(-2, I64), np.array(3, I64)], {}, 1),
+    ("ReduceSum", 11, [f32(2, 3, 4)], {"axes": [-1, 0], "keepdims": 0}, 1),
+    ("ReduceSum", 13, [f32(2, 3, 4), i64(-2)], {"keepdims": 1}, 1),
+    ("ReduceMean", 11, [f32(2, 3, 4)], {"axes": [1], "keepdims": 1}, 1),
+    ("ReduceMean", 13, [f32(2, 3, 4)], {"axes": [-1, -2]}, 1),
+    ("ReduceMean", 18, [f32(2, 3, 4), i64(0, -1)], {"keepdims": 0}, 1),
+    ("Tile", 9, [f32(2, 3), i64(2, 1)], {}, 1),
+    ("Tile", 13, [i64(1, 2), i64(3)], {}, 1),
+    ("Flatten", 9, [f32(2, 3, 4)], {"axis": 2}, 1),
+    ("Flatten", 11, [f32(2, 3, 4)], {"axis": -1}, 1),
+    ("Flatten", 13, [f32(2, 3, 4)], {"axis": 0}, 1),
+    ("Identity", 9, [f32(3)], {}, 1),
+    ("Identity", 13, [i64(1, 2)], {}, 1),
+    ("ScatterND", 11, [f32(4, 3), i64(2, 0).reshape(2, 1), f32(2, 3)], {}, 1),
+    ("ScatterND", 16, [f32(4), i64(1, 1).reshape(2, 1), f32(2)], {"reduction": "add"}, 1),
+    ("ScatterND", 18, [f32(2, 2), i64(0, 1).reshape(1, 2), f32(1)], {"reduction": "max"}, 1),
+]
+
+
+def _case_id(case) -> str:
+    op, opset, _, attributes, _ = case
+    return f"{op}-{opset}-{'-'.join(sorted(attributes))}"
+
+
+def _node_model(op, opset, inputs, attributes, outputs, *, as_initializers: bool):
+    """One ``op`` node; its inputs are initializers or graph inputs, each output goes through
+    an Identity to a graph output (graph outputs themselves are never folded)."""
+    names = [f"in{i}" for i in range(len(inputs))]
+    results = [f"value{i}" for i in range(outputs)]
+    nodes = [helper.make_node(op, names, results, name="folded", **attributes)]
+    nodes += [helper.make_node("Identity", [r], [f"out{i}"]) for i, r in enumerate(results)]
+    values = [numpy_helper.from_array(np.asarray(v), n) for n, v in zip(names, inputs, strict=True)]
+    graph_inputs = [
+        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+        for n, v in zip(names, inputs, strict=True)
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "case",
+        [] if as_initializers else graph_inputs,
+        [helper.make_empty_tensor_value_info(f"out{i}") for i in range(outputs)],
+        values if as_initializers else [],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _onnxruntime_results(case) -> list[np.ndarray]:
+    op, opset, inputs, attributes, outputs = case
+    model = _node_model(op, opset, inputs, attributes, outputs, as_initializers=False)
+    feeds = {f"in{i}": np.asarray(v) for i, v in enumerate(inputs)}
+    return run(model, feeds)
+
+
+def _assert_same(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_folding_writes_what_onnxruntime_computes(case):
+    op, opset, inputs, attributes, outputs = case
+    model = _node_model(op, opset, inputs, attributes, outputs, as_initializers=True)
+    graph, _ = import_graph(model)
+    outcome = fold_constants(graph, runtime=onnxruntime_values)
+    assert outcome.rewrites == 1 and not outcome.skipped
+    assert [node.op for node in graph.nodes] == ["Identity"] * outputs
+    for node, want in zip(graph.nodes, _onnxruntime_results(case), strict=True):
+        _assert_same(np.asarray(node.inputs[0].values), want)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_the_reference_agrees_with_onnxruntime_on_every_checked_op(case):
+    """What justifies :data:`CHECKED_OPS`: the reference alone folds them as onnxruntime would."""
+    op, opset, inputs, attributes, outputs = case
+    node = helper.make_node(op, [f"in{i}" for i in range(len(inputs))], ["a", "b"][:outputs])
+    node.attribute.extend(helper.make_attribute(k, v) for k, v in attributes.items())
+    values = {f"in{i}": np.asarray(v) for i, v in enumerate(inputs)}
+    [decision] = evaluate_constants([node], values, opset, runtime=None)
+    assert decision.outputs is not None, decision.refusal
+    for got, want in zip(decision.outputs, _onnxruntime_results(case), strict=True):
+        _assert_same(got, want)
+
+
+def test_every_checked_op_has_cases_at_the_torchscript_opsets_and_after():
+    covered = {op: {opset for o, opset, *_ in CASES if o == op} for op, *_ in CASES}
+    assert set(covered) == CHECKED_OPS
+    for op, opsets in covered.items():
+        assert min(opsets) <= 11 and max(opsets) >= 13, op
+
+
+def _conv_bn_scale_shift(opset: int, scale_first: bool = False) -> onnx.ModelProto:
+    """onnxruntime's ``conv_bn_mul_add_unsqueeze_neg_axes``: Conv → BatchNormalization →
+    ``Mul(·, Unsqueeze(s, axes=[-2, -1]))`` → ``Add(·, Unsqueeze(b, axes=[-2, -1]))``.
+    ``scale_first`` computes ``s`` as ``s0 * 2`` in the graph, so the constant subgraph is no
+    longer index ops alone and runs through onnxruntime and the reference evaluator."""
+    channels = 4
+    rng = np.random.default_rng(11)
+    weights = {
+        "W": rng.normal(size=(channels, 3, 3, 3)),
+        "B": rng.normal(size=channels),
+        "gamma": rng.uniform(0.5, 2, channels),
+        "beta": rng.normal(size=channels),
+        "mean": rng.normal(1, 1, channels),
+        "var": rng.uniform(0.2, 3, channels),
+        "s0": rng.uniform(0.5, 2, channels),
+        "b": rng.normal(size=channels),
+        "two": np.array(2.0),
+    }
+    unsqueeze = {"axes": [-2, -1]} if opset < 13 else {}
+    axes = [] if opset < 13 else ["axes"]
+    if opset >= 13:
+        weights["axes"] = np.array([-2, -1])
+    nodes = [
+        helper.make_node("Conv", ["x", "W", "B"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["conv", "gamma", "beta", "mean", "var"], ["bn"]),
+        helper.make_node("Mul", ["s0", "two"], ["s"])
+        if scale_first
+        else helper.make_node("Identity", ["s0"], ["s"]),
+        helper.make_node("Unsqueeze", ["s", *axes], ["s3"], **unsqueeze),
+        helper.make_node("Mul", ["bn", "s3"], ["scaled"]),
+        helper.make_node("Unsqueeze", ["b", *axes], ["b3"], **unsqueeze),
+        helper.make_node("Add", ["scaled", "b3"], ["y"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(v.astype(I64 if k == "axes" else F), k) for k, v in weights.items()
+    ]
+    # the spatial size equals the channel count, so the wrong [1, C, 1] still broadcasts
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, channels, channels])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, channels, channels])
+    graph = helper.make_graph(nodes, "conv_bn_mul_add", [x], [y], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 6
+    return model
+
+
+def _assert_same_outputs(original: onnx.ModelProto, fused: onnx.ModelProto) -> None:
+    feeds = random_feeds(original)
+    for want, got in zip(run(original, feeds), run(fused, feeds), strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("scale_first", [False, True])
+@pytest.mark.parametrize("opset", [9, 11, 13])
+def test_negative_unsqueeze_axes_fold_as_onnxruntime_reads_them(opset, scale_first):
+    """At HEAD before this fix, opset 11 folded ``Unsqueeze(s, [-2, -1])`` to ``[1, C, 1]``
+    (onnx's reference) and ``fuse --no-verify`` wrote a model off by 9.0."""
+    model = _conv_bn_scale_shift(opset, scale_first)
+    fused, outcome = fuse_graph(model)
+    assert op_counts(fused) == {"Conv": 1}
+    assert not [skip for skip in outcome.skipped if skip.rule == "fold_constants"]
+    _assert_same_outputs(model, fused)
+
+
+def _onnx_reference(model: onnx.ModelProto):
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(model)
+
+
+def test_a_disagreement_with_the_reference_is_refused_with_the_reason(monkeypatch):
+    """onnx's own evaluator (negative axes inserted one at a time) against onnxruntime: the
+    Unsqueeze stays, with both shapes in the skip reason, and the model stays right."""
+    monkeypatch.setattr(constant_evaluation, "reference_evaluator", _onnx_reference)
+    model = _conv_bn_scale_shift(11, scale_first=True)
+    fused, outcome = fuse_graph(model)
+    skips = [skip for skip in outcome.skipped if skip.rule == "fold_constants"]
+    assert len(skips) == 2  # Unsqueeze(s · 2) and Unsqueeze(b)
+    for skip in skips:
+        assert "disagree on this constant Unsqueeze" in skip.reason
+        assert "shape [4, 1, 1], the reference [1, 4, 1]" in skip.reason
+    assert op_counts(fused)["Unsqueeze"] == 2
+    _assert_same_outputs(model, fused)
+
+
+def test_an_op_onnxruntime_cannot_run_is_refused_unless_the_reference_is_checked_on_it():
+    """onnxruntime has no ``Max`` on uint16 and the reference is not checked on ``Max``."""
+    values = {"a": np.array([3, 4], np.uint16), "b": np.array([2, 3], np.uint16)}
+    nodes = [helper.make_node("Max", ["a", "b"], ["larger"])]
+    [larger] = evaluate_constants(nodes, values, 17, onnxruntime_values)
+    assert larger.outputs is None
+    assert larger.refusal.startswith("onnxruntime cannot evaluate this constant Max")
+
+
+def test_without_onnxruntime_only_checked_ops_fold_by_the_reference():
+    """A runtime that computes nothing (onnxruntime crashed): ``Mul`` is checked and folds,
+    ``Max`` after it is not and stays, with the reason."""
+    values = {"a": np.array([3.0, 4.0], F), "b": np.array([2.0, 5.0], F)}
+    nodes = [
+        helper.make_node("Mul", ["a", "b"], ["product"]),
+        helper.make_node("Max", ["product", "b"], ["larger"]),
+    ]
+    product, larger = evaluate_constants(nodes, values, 17, lambda *_: {})
+    np.testing.assert_array_equal(product.outputs[0], [6.0, 20.0])
+    assert larger.outputs is None and "not checked against onnxruntime on Max" in larger.refusal
+
+
+def test_an_op_the_reference_is_not_checked_on_folds_by_onnxruntime():
+    values = {"a": np.array([3.0, -4.0], F), "b": np.array([2.0, 5.0], F)}
+    nodes = [helper.make_node("Max", ["a", "b"], ["larger"])]
+    [larger] = evaluate_constants(nodes, values, 17, onnxruntime_values)
+    np.testing.assert_array_equal(larger.outputs[0], [3.0, 5.0])
+
+
+def _run_script(script: str) -> list[str]:
+    """``script``'s printed lines, run by a fresh interpreter (onnxruntime not yet loaded)."""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_folding_runs_onnxruntime_in_one_child_process(tmp_path):
+    """A DBB whose border weights are computed in the graph (Equal, Where, Expand, Range...)
+    folds its constants in three calls, all served by one child: onnxruntime is imported
+    once, and never in the fusing process itself, so verification can still fork."""
+    fixture = Path(__file__).resolve().parent.parent / "models/fixtures/families/dbb"
+    script = (
+        "import sys, repvgg_onnx, repvgg_onnx.constant_runtime as runtime\n"
+        "starts, start = [], runtime._start_child\n"
+        "runtime._start_child = lambda: starts.append(1) or start()\n"
+        f"result = repvgg_onnx.fuse({str(fixture / 'ts17_nofold.onnx')!r}, verify=False)\n"
+        "assert not [s for s in result.report.skipped if s.rule == 'fold_constants']\n"
+        "print(len(starts))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('onnxruntime')))"
+    )
+    assert _run_script(script) == ["1", "[]"]
+
+
+def test_a_child_that_dies_answers_nothing_and_the_next_call_starts_another():
+    script = """
+import os, signal, sys
+import numpy as np
+from onnx import helper
+import repvgg_onnx.constant_runtime as runtime
+
+nodes = [helper.make_node("Max", ["a", "b"], ["larger"])]
+values = {"a": np.array([1.0, 5.0], np.float32), "b": np.array([2.0, 3.0], np.float32)}
+real, start, starts = runtime.run_on_onnxruntime, runtime._start_child, []
+runtime._start_child = lambda: starts.append(1) or start()
+def crash(model):
+    os.kill(os.getpid(), signal.SIGKILL)
+def larger():
+    return runtime.onnxruntime_values(nodes, values, 17).get("larger", "none")
+print(larger())  # outside a worker's block: a child of its own
+runtime.run_on_onnxruntime = crash
+print(larger())
+with runtime.onnxruntime_worker():
+    print(larger())  # the worker dies on it
+    runtime.run_on_onnxruntime = real
+    print(larger())  # another worker
+    print(larger())  # the same one
+print(len(starts), "onnxruntime" in sys.modules)
+"""
+    assert _run_script(script) == ["[2. 5.]", "none", "none", "[2. 5.]", "[2. 5.]", "2 False"]
+
+
+def test_a_sequence_output_is_not_folded():
+    values = {"a": np.arange(4, dtype=F)}
+    nodes = [helper.make_node("SplitToSequence", ["a"], ["parts"], keepdims=0)]
+    [parts] = evaluate_constants(nodes, values, 17, onnxruntime_values)
+    assert parts.outputs is None
+
+
+def test_a_node_reading_one_tensor_twice_is_evaluated_alone():
+    """A batch onnxruntime cannot run (Max on uint16) falls back to one node at a time, where
+    ``Min(f, f)`` (the reference is not checked on Min) still runs on onnxruntime."""
+    values = {"a": np.array([3, 4], np.uint16), "f": np.array([1.5, -2.0], F)}
+    nodes = [
+        helper.make_node("Max", ["a", "a"], ["larger"]),
+        helper.make_node("Min", ["f", "f"], ["smaller"]),
+    ]
+    larger, smaller = evaluate_constants(nodes, values, 17, onnxruntime_values)
+    assert larger.outputs is None
+    np.testing.assert_array_equal(smaller.outputs[0], [1.5, -2.0])
+
+
+def test_fuse_no_verify_writes_onnxruntimes_reading_of_negative_axes(tmp_path):
+    """The issue's report: ``repvgg-onnx fuse --no-verify`` on the opset-11 case wrote a
+    model off by 8.3 (no check ran to catch it)."""
+    from click.testing import CliRunner
+
+    from repvgg_onnx.cli import main
+
+    model = _conv_bn_scale_shift(11)
+    source, target = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, source)
+    done = CliRunner().invoke(main, ["fuse", "--no-verify", str(source), str(target)])
+    assert done.exit_code == 0, done.output
+    fused = onnx.load(target)
+    assert op_counts(fused) == {"Conv": 1}
+    _assert_same_outputs(model, fused)
+
+
+@pytest.mark.parametrize(("opset", "ir_version"), [(9, 4), (11, 6), (13, 7), (18, 8)])
+def test_the_constant_model_has_the_oldest_ir_version_its_opset_allows(opset, ir_version):
+    """onnxruntime 1.18 (the oldest we support) refuses IR versions newer than 10."""
+    assert constant_model([], {}, [], opset).ir_version == ir_version
