@@ -6,8 +6,11 @@
 - ``Reshape(Reshape(x, a), b)`` reads ``x`` directly (a reshape depends only on the order of
   elements);
 - ``Sum`` of n inputs becomes a chain of binary ``Add`` nodes;
-- ``Add(x, 0)``, ``Sub(x, 0)``, ``Mul(x, 1)`` and ``Div(x, 1)`` with a one-element constant
-  that cannot broadcast ``x`` to a larger shape are bypassed (never ``Sub(0, x)``).
+- ``Add(x, 0)``, ``Sub(x, 0)``, ``Mul(x, 1)``, ``Div(x, 1)`` and ``Pow(x, 1)`` with a constant
+  of neutral elements (one, or a vector of them) that cannot broadcast ``x`` to a larger shape
+  are bypassed (never ``Sub(0, x)`` or ``Pow(1, x)``); so is a ``Pad`` of all-zero pads;
+- inside ``If``/``Loop``/``Scan`` bodies, ``Identity`` and the no-ops above are bypassed too,
+  where their output is not the body's output (the body's signature stays as it is).
 
 A no-op whose output is a graph output is removed by making the node before it write the
 graph output (its name is kept), unless that would rename a graph input or another output.
@@ -38,7 +41,9 @@ from .result import PassResult
 
 RULE = "canonicalize"
 
-_NEUTRAL_ELEMENT = {"Add": 0.0, "Sub": 0.0, "Mul": 1.0, "Div": 1.0}
+_NEUTRAL_ELEMENT = {"Add": 0.0, "Sub": 0.0, "Mul": 1.0, "Div": 1.0, "Pow": 1.0}
+#: Ops whose neutral element may stand on either side (``0 + x``, ``1·x``).
+_COMMUTATIVE = ("Add", "Mul")
 
 
 def canonicalize(graph: gs.Graph) -> PassResult:
@@ -59,9 +64,32 @@ def canonicalize(graph: gs.Graph) -> PassResult:
             operand = _no_op_operand(graph, node)
             if operand is not None:
                 rewrites += _bypass(graph, node, operand)
+        rewrites += sum(_canonicalize_body(body) for body in _bodies(node))
     if rewrites:
         graph.cleanup().toposort()
     return PassResult(rewrites=rewrites)
+
+
+def _bodies(node: gs.Node) -> list[gs.Graph]:
+    return [value for value in node.attrs.values() if isinstance(value, gs.Graph)]
+
+
+def _canonicalize_body(body: gs.Graph) -> int:
+    """Bypass the no-ops of a control-flow body whose outputs are not the body's outputs, in
+    nested bodies too; the body's inputs and outputs stay as they are."""
+    rewrites = 0
+    for node in list(body.nodes):
+        if is_standard(node):
+            operand = _no_op_operand(body, node)
+            output = node.outputs[0] if node.outputs else None
+            if operand is not None and output is not None and not is_graph_output(body, output):
+                replace_uses(output, operand)
+                node.outputs.clear()
+                rewrites += 1
+        rewrites += sum(_canonicalize_body(inner) for inner in _bodies(node))
+    if rewrites:
+        body.cleanup()
+    return rewrites
 
 
 def _no_op_operand(graph: gs.Graph, node: gs.Node) -> gs.Tensor | None:
@@ -81,7 +109,18 @@ def _no_op_operand(graph: gs.Graph, node: gs.Node) -> gs.Tensor | None:
         return node.inputs[0] if before is not None and before == after else None
     if op in _NEUTRAL_ELEMENT:
         return _neutral_operand(node)
+    if op == "Pad":
+        return node.inputs[0] if _pads_nothing(node) else None
     return None
+
+
+def _pads_nothing(node: gs.Node) -> bool:
+    """A Pad whose pads (attribute before opset 11, constant input after) are all zero."""
+    if len(node.inputs) > 1:
+        pads = constant_values(node.inputs[1])
+    else:
+        pads = attribute(node, "pads", None)
+    return pads is not None and not np.any(np.asarray(pads))
 
 
 def _is_inference_dropout(graph: gs.Graph, node: gs.Node) -> bool:
@@ -194,13 +233,13 @@ def _neutral_operand(node: gs.Node) -> gs.Tensor | None:
         return None
     first, second = node.inputs
     candidates = [(second, first)]
-    if node.op in ("Add", "Mul"):
+    if node.op in _COMMUTATIVE:
         candidates.append((first, second))
     for constant, operand in candidates:
         value = constant_values(constant)
-        if value is None or value.size != 1 or isinstance(operand, gs.Constant):
+        if value is None or value.size == 0 or isinstance(operand, gs.Constant):
             continue
-        if value.reshape(-1)[0] != _NEUTRAL_ELEMENT[node.op]:
+        if np.any(value != _NEUTRAL_ELEMENT[node.op]):
             continue
         if _cannot_broadcast(operand, value):
             return operand
@@ -208,8 +247,14 @@ def _neutral_operand(node: gs.Node) -> gs.Tensor | None:
 
 
 def _cannot_broadcast(operand: gs.Tensor, value: np.ndarray) -> bool:
-    """True if ``operand ∘ value`` has ``operand``'s shape (a one-element ``value``)."""
+    """True if ``operand ∘ value`` has ``operand``'s shape: ``value`` has no more dims than
+    ``operand`` and each of its (right-aligned) dims is 1 or ``operand``'s known size there."""
     if value.ndim == 0:
         return True
     shape = operand.shape
-    return shape is not None and value.ndim <= len(shape)
+    if shape is None or value.ndim > len(shape):
+        return False
+    return all(
+        size == 1 or (isinstance(known, int | np.integer) and known == size)
+        for size, known in zip(value.shape[::-1], shape[::-1], strict=False)
+    )

@@ -13,7 +13,8 @@ from repvgg_onnx.passes.canonicalize import canonicalize
 def parse(text: str, **weights: np.ndarray) -> onnx.ModelProto:
     model = onnx.parser.parse_model(text)
     for name, value in weights.items():
-        model.graph.initializer.append(onnx.numpy_helper.from_array(value.astype(np.float32), name))
+        kept = value if value.dtype.kind in "iub" else value.astype(np.float32)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(kept, name))
     onnx.checker.check_model(model)
     return model
 
@@ -112,3 +113,102 @@ def test_an_identity_between_a_graph_input_and_output_stays():
     graph = gs.import_onnx(model)
     canonicalize(graph)
     assert [n.op for n in graph.nodes] == ["Identity"]
+
+
+def _no_op_model(body: str, **weights: np.ndarray) -> onnx.ModelProto:
+    return parse(
+        HEADER
+        + """
+        g (float[1,4,6,6] x) => (float[1,4,6,6] y) {
+          r = Relu(x)
+          BODY
+        }""".replace("BODY", body),
+        **weights,
+    )
+
+
+def test_unit_vectors_pow_one_and_zero_pads_are_no_ops():
+    """``x·1``/``x+0`` written with a vector of neutral elements (not one value), ``Pow(x, 1)``,
+    and a Pad of zeros right before the graph output all go; the output keeps its name."""
+    model = _no_op_model(
+        """
+          a = Div(r, ones)
+          b = Pow(a, one)
+          c = Mul(b, ones4)
+          d = Add(zeros, c)
+          y = Pad(d, pads)
+        """,
+        ones=np.ones((4, 1, 1)),
+        one=np.ones(()),
+        ones4=np.ones((1, 4, 1, 1)),
+        zeros=np.zeros(6),
+        pads=np.zeros(8, np.int64),
+    )
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == {"Relu": 1}
+    assert fused.graph.node[0].output[0] == "y"
+    assert_same_function(model, fused)
+
+
+def test_neutral_constants_that_broadcast_or_are_not_neutral_stay():
+    """``ones[2,1,1,1]`` makes the batch 2; ``Pow(1, x)`` is not ``x``; a non-zero pad pads."""
+    model = parse(
+        HEADER
+        + """
+        g (float[1,4,6,6] x) => (float[2,4,6,6] y, float[1,4,6,6] z, float[1,4,7,7] w) {
+          r = Relu(x)
+          y = Mul(r, ones2)
+          z = Pow(one, r)
+          w = Pad(r, pads)
+        }""",
+        ones2=np.ones((2, 1, 1, 1)),
+        one=np.ones(()),
+        pads=np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int64),
+    )
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == op_counts(model)
+    assert_same_function(model, fused)
+
+
+def test_no_ops_inside_a_loop_body_go_but_its_signature_stays():
+    """An Identity (and an ``x·1``) inside a Loop body is bypassed; the Identity that writes a
+    body output (the loop-carried value passed through) stays, as does the body's signature."""
+    body = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            onnx.helper.make_node("Identity", ["v_in"], ["v_copy"]),
+            onnx.helper.make_node("Mul", ["v_copy", "one"], ["v_same"]),
+            onnx.helper.make_node("Add", ["v_same", "x"], ["v_out"]),
+        ],
+        "body",
+        [
+            onnx.helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+            onnx.helper.make_tensor_value_info("cond_in", onnx.TensorProto.BOOL, []),
+            onnx.helper.make_tensor_value_info("v_in", onnx.TensorProto.FLOAT, [1, 4]),
+        ],
+        [
+            onnx.helper.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, []),
+            onnx.helper.make_tensor_value_info("v_out", onnx.TensorProto.FLOAT, [1, 4]),
+        ],
+        [onnx.numpy_helper.from_array(np.ones((), np.float32), "one")],
+    )
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Loop", ["n", "cond", "v0"], ["y"], body=body)],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+        [
+            onnx.numpy_helper.from_array(np.array(3, np.int64), "n"),
+            onnx.numpy_helper.from_array(np.array(True), "cond"),
+            onnx.numpy_helper.from_array(RNG.normal(size=(1, 4)).astype(np.float32), "v0"),
+        ],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    fused, _ = fuse_model(model)
+    [loop] = fused.graph.node
+    ops = [node.op_type for node in loop.attribute[0].g.node]
+    assert ops == ["Identity", "Add"], ops
+    assert [o.name for o in loop.attribute[0].g.output] == ["cond_out", "v_out"]
+    assert_same_function(model, fused)
