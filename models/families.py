@@ -341,9 +341,9 @@ def levit_linearnorm_net() -> nn.Sequential:
 
 
 def yolo_implicit_net() -> nn.Sequential:
-    """Stem conv-BN ``3→C`` → SiLU → YOLOv7 implicit head ``m ⊙ conv1x1(x + a)`` (C=8 → 16)."""
+    """Stem conv ``3→C`` → SiLU → YOLOv7 implicit head ``m ⊙ conv1x1(x + a)`` (C=8 → 16)."""
     c = SMALL_CHANNELS
-    return nn.Sequential(stem(), nn.BatchNorm2d(c), nn.SiLU(), yolo.ImplicitHead(c, 2 * c))
+    return nn.Sequential(stem(), nn.SiLU(), yolo.ImplicitHead(c, 2 * c))
 
 
 NETS: dict[str, Callable[[], nn.Module]] = {
