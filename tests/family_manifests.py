@@ -10,6 +10,7 @@ across the manifests, so a family is found by its name alone.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,34 @@ def assert_close_to_scale(actual: np.ndarray, expected: np.ndarray, what: str) -
     assert actual.shape == expected.shape, what
     scale = max(float(np.abs(expected).max()), 1e-6)
     np.testing.assert_allclose(actual, expected, rtol=0, atol=CLOSE_RTOL * scale, err_msg=what)
+
+
+def load_checked_entry(directory: Path, entry: dict[str, Any]) -> onnx.ModelProto:
+    """The model of a manifest ``entry`` (a form) of ``directory``, after checking that the file
+    is the one listed (hash, size), passes the full checker, and has the listed op counts,
+    initializer count and default-domain opset."""
+    data = (directory / entry["file"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+    assert len(data) == entry["bytes"]
+    model = onnx.load_from_string(data)
+    onnx.checker.check_model(model, full_check=True)
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    assert counts == entry["op_counts"]
+    assert len(model.graph.initializer) == entry["initializers"]
+    opset = next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
+    assert opset == entry["opset"]
+    return model
+
+
+def unlisted_files(directory: Path, families: dict[str, Any]) -> set[str]:
+    """Files under ``directory`` (but its manifest) that no form of ``families`` lists, and
+    listed files that are missing, as paths relative to ``directory``."""
+    listed = {entry["file"] for family in families.values() for entry in family["forms"].values()}
+    on_disk = {
+        path.relative_to(directory).as_posix()
+        for path in directory.rglob("*")
+        if path.is_file() and path.name != "manifest.json"
+    }
+    return on_disk ^ listed

@@ -12,7 +12,6 @@ stride-2 DBB block, which has no committed fixture, deploys and exports exactly.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import sys
@@ -24,8 +23,8 @@ import onnx
 import onnx.inliner
 import pytest
 
-from family_manifests import assert_close_to_scale, case_id
-from helpers import op_counts, random_feeds, run
+from family_manifests import assert_close_to_scale, case_id, load_checked_entry, unlisted_files
+from helpers import random_feeds, run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAMILIES_DIR = REPO_ROOT / "models" / "fixtures" / "families"
@@ -82,13 +81,7 @@ def test_family_has_every_form(name):
 
 
 def test_no_file_outside_the_manifest():
-    listed = {entry["file"] for family in FAMILIES.values() for entry in family["forms"].values()}
-    on_disk = {
-        path.relative_to(FAMILIES_DIR).as_posix()
-        for path in FAMILIES_DIR.rglob("*")
-        if path.is_file() and path.name != "manifest.json"
-    }
-    assert on_disk == listed
+    assert unlisted_files(FAMILIES_DIR, FAMILIES) == set()
 
 
 def test_fixtures_stay_small():
@@ -100,15 +93,7 @@ def test_fixtures_stay_small():
 def test_file_matches_its_manifest_entry(case):
     name, form = case
     entry = FAMILIES[name]["forms"][form]
-    data = (FAMILIES_DIR / entry["file"]).read_bytes()
-    assert hashlib.sha256(data).hexdigest() == entry["sha256"]
-    assert len(data) == entry["bytes"]
-    model = onnx.load_from_string(data)
-    onnx.checker.check_model(model, full_check=True)
-    assert op_counts(model) == entry["op_counts"]
-    assert len(model.graph.initializer) == entry["initializers"]
-    opset = next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
-    assert opset == entry["opset"]
+    model = load_checked_entry(FAMILIES_DIR, entry)
     assert entry["dynamic_batch"] is False
     assert entry["pytorch_reparameterized"] is (form == "reference")
     # TorchScript names a second body of one class "Class.1"

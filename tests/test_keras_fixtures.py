@@ -14,7 +14,6 @@ exported again is byte for byte the committed file.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from types import ModuleType
 from typing import Any
@@ -23,8 +22,15 @@ import numpy as np
 import onnx
 import pytest
 
-from family_manifests import FIXTURES, MANIFESTS, assert_close_to_scale, case_id
-from helpers import op_counts, random_feeds, repository_module, run
+from family_manifests import (
+    FIXTURES,
+    MANIFESTS,
+    assert_close_to_scale,
+    case_id,
+    load_checked_entry,
+    unlisted_files,
+)
+from helpers import random_feeds, repository_module, run
 
 KERAS_DIR = FIXTURES / "keras"
 MANIFEST = MANIFESTS[KERAS_DIR]
@@ -78,13 +84,7 @@ def test_every_export_axis_is_covered_twice():
 
 
 def test_no_file_outside_the_manifest():
-    listed = {entry["file"] for family in FAMILIES.values() for entry in family["forms"].values()}
-    on_disk = {
-        path.relative_to(KERAS_DIR).as_posix()
-        for path in KERAS_DIR.rglob("*")
-        if path.is_file() and path.name != "manifest.json"
-    }
-    assert on_disk == listed
+    assert unlisted_files(KERAS_DIR, FAMILIES) == set()
 
 
 def test_fixtures_stay_small():
@@ -96,15 +96,7 @@ def test_fixtures_stay_small():
 def test_file_matches_its_manifest_entry(case):
     name, form = case
     entry = FAMILIES[name]["forms"][form]
-    data = (KERAS_DIR / entry["file"]).read_bytes()
-    assert hashlib.sha256(data).hexdigest() == entry["sha256"]
-    assert len(data) == entry["bytes"]
-    model = onnx.load_from_string(data)
-    onnx.checker.check_model(model, full_check=True)
-    assert op_counts(model) == entry["op_counts"]
-    assert len(model.graph.initializer) == entry["initializers"]
-    opset = next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
-    assert opset == entry["opset"]
+    model = load_checked_entry(KERAS_DIR, entry)
     assert entry["exporter"] == "tf2onnx" and model.producer_name == "tf2onnx"
     assert entry["reparameterized"] is form.endswith(SUFFIX)
     assert entry["inputs_as_nchw"] is (entry["layout"] == "NCHW")

@@ -13,7 +13,6 @@ compute what the rebuilt net computes on the manifest's check input (so they are
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from typing import Any
 
@@ -21,7 +20,8 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import REPO_ROOT, op_counts, random_feeds, repository_module, run
+from family_manifests import load_checked_entry, unlisted_files
+from helpers import REPO_ROOT, random_feeds, repository_module, run
 
 PADDLE_DIR = REPO_ROOT / "models" / "fixtures" / "paddle"
 MANIFEST = json.loads((PADDLE_DIR / "manifest.json").read_text())
@@ -77,13 +77,7 @@ def test_family_has_every_form(name):
 
 
 def test_no_file_outside_the_manifest():
-    listed = {entry["file"] for family in FAMILIES.values() for entry in family["forms"].values()}
-    on_disk = {
-        path.relative_to(PADDLE_DIR).as_posix()
-        for path in PADDLE_DIR.rglob("*")
-        if path.is_file() and path.name != "manifest.json"
-    }
-    assert on_disk == listed
+    assert unlisted_files(PADDLE_DIR, FAMILIES) == set()
 
 
 def test_fixtures_stay_small():
@@ -95,15 +89,7 @@ def test_fixtures_stay_small():
 def test_file_matches_its_manifest_entry(case):
     name, form = case
     entry = FAMILIES[name]["forms"][form]
-    data = (PADDLE_DIR / entry["file"]).read_bytes()
-    assert hashlib.sha256(data).hexdigest() == entry["sha256"]
-    assert len(data) == entry["bytes"]
-    model = onnx.load_from_string(data)
-    onnx.checker.check_model(model, full_check=True)
-    assert op_counts(model) == entry["op_counts"]
-    assert len(model.graph.initializer) == entry["initializers"]
-    opset = next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
-    assert opset == entry["opset"]
+    load_checked_entry(PADDLE_DIR, entry)
     assert entry["exporter"] == "paddle2onnx"
     assert entry["dynamic_batch"] is False
     assert entry["reparameterized"] is form.endswith("_reference")
