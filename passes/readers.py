@@ -529,21 +529,7 @@ def read_data_movement(node: gs.Node) -> Reading:
         return None
     if node.op.startswith("Scatter") and attribute(node, "reduction", "none") != "none":
         return None
-    if node.op == "Unsqueeze" and _has_negative_axes(node):
-        return Refusal(
-            node,
-            f"Unsqueeze '{node.name}' has negative axes, which onnx's reference evaluator "
-            "(used to probe data movement) can place wrongly",
-        )
     return LinearOp(node, Kind.DATA_MOVEMENT, (node.inputs[0],), None, node.op, Layout.ANY)
-
-
-def _has_negative_axes(node: gs.Node) -> bool:
-    """Axes from the attribute (opset < 13) or the constant second input."""
-    axes = attribute(node, "axes", None)
-    if axes is None and len(node.inputs) > 1 and not is_omitted(node.inputs[1]):
-        axes = constant_values(node.inputs[1])
-    return axes is not None and bool(np.any(np.asarray(axes) < 0))
 
 
 def _read_concat(node: gs.Node) -> Reading:
