@@ -375,10 +375,13 @@ def _inspect_body(report: dict) -> tuple[str, str]:
     summary = _dict(report.get("summary"))
     fusable = _list(report.get("fusable"))
     in_subgraphs = [str(_dict(f).get("message")) for f in _list(report.get("in_subgraphs"))]
+    sums = [str(_dict(s).get("reason")) for s in _list(report.get("branch_sums"))]
     if fusable:
         banner = _banner("info", _plural(len(fusable), "fusable block"), "Run fuse to fold them.")
     elif in_subgraphs:
         banner = _banner("warn", "Not deploy form", _e("; ".join(in_subgraphs)))
+    elif sums:
+        banner = _banner("warn", "Not deploy form", _e("; ".join(sums)))
     else:
         banner = _banner("none", "No fusable block", "The model has no re-parameterizable block.")
     counts = {str(op): n for op, n in _dict(summary.get("op_counts")).items()}

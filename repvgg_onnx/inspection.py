@@ -12,7 +12,7 @@ from repvgg_onnx.inlining import inline_for_passes
 from repvgg_onnx.passes.result import FusedBlock, Skipped
 from repvgg_onnx.render import SCHEMA_VERSION, Rendered, verdict
 from repvgg_onnx.report import Inlining
-from repvgg_onnx.subgraphs import SubgraphFinding, subgraph_findings
+from repvgg_onnx.subgraphs import SubgraphFinding, branch_sum_nodes, subgraph_findings
 from repvgg_onnx.summary import ModelSummary
 from repvgg_onnx.transform import fuse_graph
 
@@ -26,16 +26,25 @@ class RemainingBatchNorm:
 
 
 @dataclass(frozen=True)
+class RemainingSum:
+    """A sum of linear branches of one tensor that ``fuse`` would leave, and why."""
+
+    node: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Inspection(Rendered):
     """``fusable``: the rewrites ``fuse`` would make; ``skipped``: candidates it would leave,
     with reasons; ``batchnorms``: every BatchNormalization left after fusing, with its reason;
     ``inlining``: the local functions ``fuse`` would inline first (the analysis looks inside
     them); ``in_subgraphs``: BatchNormalization and linear-branch sums inside ``If``/``Loop``/
-    ``Scan`` bodies, which ``fuse`` does not rewrite.
+    ``Scan`` bodies, which ``fuse`` does not rewrite; ``branch_sums``: sums of linear branches
+    of one tensor left in the main graph after fusing (a merge ``fuse`` refused), with reasons.
 
-    A model is in deploy form iff nothing is fusable, no BatchNormalization remains in the
-    main graph or its functions, and no subgraph holds a BatchNormalization or a sum of linear
-    branches.
+    A model is in deploy form iff nothing is fusable, no BatchNormalization and no sum of linear
+    branches of one tensor remains in the main graph or its functions, and no subgraph holds a
+    BatchNormalization or a sum of linear branches.
     """
 
     summary: ModelSummary
@@ -44,6 +53,7 @@ class Inspection(Rendered):
     batchnorms: list[RemainingBatchNorm]
     inlining: Inlining = field(default_factory=Inlining)
     in_subgraphs: tuple[SubgraphFinding, ...] = ()
+    branch_sums: tuple[RemainingSum, ...] = ()
 
     @property
     def path(self) -> str | None:
@@ -51,7 +61,7 @@ class Inspection(Rendered):
 
     @property
     def deploy_form(self) -> bool:
-        return not self.fusable and not self.batchnorms and not self.in_subgraphs
+        return not (self.fusable or self.batchnorms or self.in_subgraphs or self.branch_sums)
 
     def to_dict(self) -> dict:
         return {
@@ -68,6 +78,7 @@ class Inspection(Rendered):
             "batchnorms": [asdict(bn) for bn in self.batchnorms],
             "inlining": self.inlining.to_dict(),
             "in_subgraphs": [finding.to_dict() for finding in self.in_subgraphs],
+            "branch_sums": [asdict(remaining) for remaining in self.branch_sums],
         }
 
 
@@ -79,8 +90,35 @@ def inspect_model(model: onnx.ModelProto, path: str | os.PathLike | None = None)
     fused, outcome = fuse_graph(prepared)
     remaining = remaining_batchnorms(fused, outcome.skipped)
     findings = tuple(subgraph_findings(inline_all(model).graph))
+    sums = remaining_branch_sums(fused, outcome.skipped)
     summary = ModelSummary.of(model, path)
-    return Inspection(summary, outcome.fused, outcome.skipped, remaining, inlining, findings)
+    return Inspection(summary, outcome.fused, outcome.skipped, remaining, inlining, findings, sums)
+
+
+def remaining_branch_sums(
+    fused: onnx.ModelProto, skipped: list[Skipped]
+) -> tuple[RemainingSum, ...]:
+    """Each sum of the fused main graph whose terms reach one tensor through linear ops (a
+    RepVGG-like block ``fuse`` could not merge), with the reason: the skip that names the sum
+    or a node on its branches."""
+    remaining = []
+    for node, source, on_the_way in branch_sum_nodes(fused.graph):
+        names = {node.name, *on_the_way}
+        named = [
+            s.reason
+            for s in skipped
+            if s.node in names or any(f"'{name}'" in s.reason for name in names)
+        ]
+        reason = (
+            named[0]
+            if named
+            else (
+                f"{node.op_type} '{node.name}' sums linear branches of '{source}' that fuse "
+                "leaves apart"
+            )
+        )
+        remaining.append(RemainingSum(node.name, reason))
+    return tuple(remaining)
 
 
 def remaining_batchnorms(

@@ -161,12 +161,15 @@ def _inspect_markdown(report: dict, budget: Budget) -> str:
     fusable = report["fusable"]
     batchnorms = report.get("batchnorms", [])
     in_subgraphs = report.get("in_subgraphs", [])
+    sums = report.get("branch_sums", [])
     if fusable:
         verdict = f"❌ {plural(len(fusable), 'fusable block')} (training form)"
     elif batchnorms:
         verdict = f"⚠️ no fusable block, {plural(len(batchnorms), 'BatchNormalization')} left"
     elif in_subgraphs:
         verdict = "❌ training-form ops inside control-flow bodies (not deploy form)"
+    elif sums:
+        verdict = f"⚠️ no fusable block, {plural(len(sums), 'sum')} of linear branches left"
     else:
         verdict = "✅ no fusable block, no BatchNormalization (deploy form)"
     lines = [f"### repvgg-onnx inspect {_code(report.get('path') or 'model')}: {verdict}", ""]
@@ -181,6 +184,9 @@ def _inspect_markdown(report: dict, budget: Budget) -> str:
     if batchnorms:
         items = [f"{_code(bn['node'])}: {_cell(bn['reason'])}" for bn in batchnorms]
         lines += _collapsed("BatchNormalization that would remain", items, budget, open_=True)
+    if sums:
+        items = [f"{_code(s['node'])}: {_cell(s['reason'])}" for s in sums]
+        lines += _collapsed("Sums of linear branches that would remain", items, budget, open_=True)
     lines += _skipped_list(report["skipped"], budget)
     return "\n".join(lines) + "\n"
 

@@ -272,6 +272,7 @@ def _inspect_text(report: dict) -> str:
     fusable = report["fusable"]
     batchnorms = report.get("batchnorms", [])
     in_subgraphs = report.get("in_subgraphs", [])
+    sums = report.get("branch_sums", [])
     lines += [
         f"{line} (as fuse would, to look inside)" for line in inlining_lines(report.get("inlining"))
     ]
@@ -285,6 +286,8 @@ def _inspect_text(report: dict) -> str:
             "No fusable block in the main graph, but control-flow bodies hold "
             "training-form ops: not deploy form."
         )
+    elif sums:
+        lines.append("No fusable block, but sums of linear branches remain: not deploy form.")
     else:
         lines.append("No fusable block and no BatchNormalization: the model is in deploy form.")
     if in_subgraphs:
@@ -293,6 +296,9 @@ def _inspect_text(report: dict) -> str:
     if batchnorms:
         lines.append(f"{plural(len(batchnorms), 'BatchNormalization')} would remain:")
         lines += [f"  {bn['node']}: {bn['reason']}" for bn in batchnorms]
+    if sums:
+        lines.append(f"{plural(len(sums), 'sum')} of linear branches would remain:")
+        lines += [f"  {remaining['node']}: {remaining['reason']}" for remaining in sums]
     if report["skipped"]:
         lines.append(f"{plural(len(report['skipped']), 'candidate')} left alone:")
         lines += [f"  {s['node']}: {s['reason']}" for s in report["skipped"]]

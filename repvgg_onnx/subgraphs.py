@@ -82,26 +82,35 @@ def _has_graph(attribute: onnx.AttributeProto) -> bool:
 def branch_sums(graph: onnx.GraphProto) -> int:
     """How many Add/Sum/Sub nodes of ``graph`` have two terms that reach the same tensor
     through linear single-input ops, at least one of them through a Conv or BN."""
+    return len(branch_sum_nodes(graph))
+
+
+def branch_sum_nodes(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, str, list[str]]]:
+    """The Add/Sum/Sub nodes of :func:`branch_sums`, each with the tensor two of its terms
+    reach and the names of the nodes on those terms' way to it."""
     producer = {out: node for node in graph.node for out in node.output if out}
-    count = 0
+    found = []
     for node in graph.node:
         if node.op_type not in _SUM_OPS:
             continue
-        sources = [_branch_source(name, producer) for name in node.input if name]
-        weighted = {source for source, is_weighted in sources if is_weighted}
-        every = [source for source, _ in sources]
-        if any(every.count(source) > 1 for source in weighted):
-            count += 1
-    return count
+        terms = [_branch_path(name, producer) for name in node.input if name]
+        sources = [source for source, _ in terms]
+        for source, path in terms:
+            weighted = any(producer[name].op_type in _WEIGHTED_OPS for name in path)
+            if weighted and sources.count(source) > 1:
+                on_the_way = [name for s, names in terms if s == source for name in names]
+                found.append((node, source, [producer[name].name for name in on_the_way]))
+                break
+    return found
 
 
-def _branch_source(name: str, producer: dict[str, onnx.NodeProto]) -> tuple[str, bool]:
-    """The tensor a term reads through linear single-input ops, and whether a Conv or BN is
-    on the way."""
-    weighted = False
+def _branch_path(name: str, producer: dict[str, onnx.NodeProto]) -> tuple[str, list[str]]:
+    """The tensor a term reads through linear single-input ops, and the outputs of the ops on
+    the way (each names its producer in ``producer``)."""
+    path = []
     node = producer.get(name)
     while node is not None and node.op_type in _BRANCH_OPS and node.input:
-        weighted = weighted or node.op_type in _WEIGHTED_OPS
+        path.append(name)
         name = node.input[0]
         node = producer.get(name)
-    return name, weighted
+    return name, path

@@ -220,3 +220,33 @@ def test_batchnorm_parameters_listed_as_graph_inputs_stay_overridable():
     assert [n.op_type for n in fused.graph.node] == ["Conv", "BatchNormalization"]
     assert [i.name for i in fused.graph.input] == ["x", "g"]
     assert_same_function(model, fused)
+
+
+def test_a_sum_of_linear_branches_fuse_refused_is_not_called_deploy_form(tmp_path):
+    """A stride-2 ``SAME_UPPER`` block on an input of unknown size stays two convs and an Add:
+    ``inspect`` of the fused model lists the sum with the refusal's reason and does not call
+    the model deploy form; a ReLU-in-branch sum (not linear) is not such a sum."""
+    import repvgg_onnx
+
+    same = [
+        BranchSpec("conv_bn", stride=2, auto_pad="SAME_UPPER"),
+        BranchSpec("conv_bn", kernel=(1, 1), stride=2, auto_pad="SAME_UPPER"),
+    ]
+    fused, _ = fuse_model(block_model(same, size="h"))
+    inspection = repvgg_onnx.inspect(fused)
+    [remaining] = inspection.branch_sums
+    assert "not static" in remaining.reason
+    assert not inspection.deploy_form and inspection.fusable == []
+    assert "sums of linear branches remain: not deploy form" in inspection.to_text()
+    assert inspection.to_dict()["branch_sums"] == [
+        {"node": remaining.node, "reason": remaining.reason}
+    ]
+    builder = GraphBuilder(3)
+    relu = builder.name("r")
+    builder.nodes.append(
+        helper.make_node("Relu", [builder.branch("x", 4, 4, BranchSpec("conv"))], [relu])
+    )
+    y = builder.add_chain([relu, builder.branch("x", 4, 4, BranchSpec("conv", kernel=(1, 1)))])
+    relu_in_branch, _ = fuse_model(io_model(builder, y))
+    assert repvgg_onnx.inspect(relu_in_branch).branch_sums == ()
+    assert repvgg_onnx.inspect(relu_in_branch).deploy_form
