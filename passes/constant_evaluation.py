@@ -34,9 +34,12 @@ from .reference import CHECKED_OPS, evaluate_index_ops, reference_evaluator
 #: Runs a model without graph inputs; its outputs, in order. Raises if it cannot.
 ModelRunner = Callable[[onnx.ModelProto], list[np.ndarray]]
 
-#: ``(nodes, values, opset)`` → the outputs of ``nodes`` it computed, by name (as many as it
-#: could, each from the values of its inputs); what the caller deploys on.
-Runtime = Callable[[Sequence[onnx.NodeProto], dict[str, np.ndarray], int], dict[str, np.ndarray]]
+#: The outputs of some nodes, by name.
+Values = dict[str, np.ndarray]
+#: ``(nodes, values, opset)`` → a callable that returns the outputs of ``nodes`` it computed, by
+#: name (as many as it could, each from the values of its inputs); what the caller deploys on.
+#: It may return before computing them, so that the reference evaluates meanwhile.
+Runtime = Callable[[Sequence[onnx.NodeProto], Values, int], Callable[[], Values]]
 
 #: From this IR version on, an initializer need not be listed as a graph input.
 _UNLISTED_INITIALIZERS_IR = 4
@@ -61,8 +64,11 @@ def evaluate_constants(
     index_values = evaluate_index_ops(nodes, values, opset)
     if index_values is not None:
         return [NodeValues([index_values[name] for name in node.output]) for node in nodes]
-    computed = runtime(nodes, values, opset) if runtime is not None else {}
-    reference = evaluate_in_order(run_reference, nodes, values, opset)
+    pending = runtime(nodes, values, opset) if runtime is not None else dict
+    try:
+        reference = evaluate_in_order(run_reference, nodes, values, opset)
+    finally:
+        computed = pending()  # always collected: a worker's reply must not wait for the next
     return [_decide(node, computed, reference, runtime is not None) for node in nodes]
 
 

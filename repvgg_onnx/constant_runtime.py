@@ -22,7 +22,7 @@ import os
 import pickle
 import signal
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO, NoReturn
 
 import numpy as np
@@ -44,17 +44,20 @@ def fold_constants_on_onnxruntime(graph: gs.Graph) -> PassResult:
 
 def onnxruntime_values(
     nodes: Sequence[onnx.NodeProto], values: dict[str, np.ndarray], opset: int
-) -> dict[str, np.ndarray]:
-    """The outputs of ``nodes`` onnxruntime computes from ``values``, by name (none if it
-    crashes)."""
-    if not can_isolate():
-        return evaluate_in_order(run_on_onnxruntime, nodes, values, opset)
+) -> Callable[[], dict[str, np.ndarray]]:
+    """A callable returning the outputs of ``nodes`` onnxruntime computes from ``values``, by
+    name (none if it crashes). Within :func:`onnxruntime_worker` the worker computes them
+    while the caller goes on; the callable waits for its reply."""
     if _worker is not None:
-        return _worker.evaluate(nodes, values, opset)
-    try:
-        return isolated(evaluate_in_order, run_on_onnxruntime, nodes, values, opset)
-    except ModelRunError:  # the child died: onnxruntime computes none of them
-        return {}
+        return _worker.submit(nodes, values, opset)
+    if not can_isolate():
+        done = evaluate_in_order(run_on_onnxruntime, nodes, values, opset)
+    else:
+        try:
+            done = isolated(evaluate_in_order, run_on_onnxruntime, nodes, values, opset)
+        except ModelRunError:  # the child died: onnxruntime computes none of them
+            done = {}
+    return lambda: done
 
 
 def run_on_onnxruntime(model: onnx.ModelProto) -> list[np.ndarray]:
@@ -83,15 +86,26 @@ class _Worker:
     def __init__(self) -> None:
         self._child: tuple[int, BinaryIO, BinaryIO] | None = None
 
-    def evaluate(
+    def submit(
         self, nodes: Sequence[onnx.NodeProto], values: dict[str, np.ndarray], opset: int
-    ) -> dict[str, np.ndarray]:
+    ) -> Callable[[], dict[str, np.ndarray]]:
+        """Send the request; the callable returned waits for its reply (call it once, before
+        the next request)."""
         if self._child is None:
             self._child = _start_child()
-        _, requests, replies = self._child
+        child = self._child
         try:
-            _send(requests, pickle.dumps((list(nodes), values, opset)))
-            return pickle.loads(_receive(replies))
+            _send(child[1], pickle.dumps((list(nodes), values, opset)))
+        except OSError:  # the child died
+            self.close(kill=True)
+            return dict
+        return lambda: self._reply(child)
+
+    def _reply(self, child: tuple[int, BinaryIO, BinaryIO]) -> dict[str, np.ndarray]:
+        if self._child is not child:  # closed since: no answer
+            return {}
+        try:
+            return pickle.loads(_receive(child[2]))
         except (OSError, EOFError, pickle.UnpicklingError):  # the child died
             self.close(kill=True)
             return {}
