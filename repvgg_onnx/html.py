@@ -18,9 +18,8 @@ from repvgg_onnx.html_picture import PictureNode, block_picture, common_scope
 from repvgg_onnx.html_picture import as_dict as _dict
 from repvgg_onnx.html_picture import as_list as _list
 from repvgg_onnx.html_picture import esc as _e
-from repvgg_onnx.render import inlining_lines, report_verdict
+from repvgg_onnx.render import SCHEMA_VERSION, inlining_lines, report_verdict
 
-SCHEMA_VERSION = 1
 #: Blocks of a diff shown open; the rest start collapsed so a 200-block page stays short.
 OPEN_BLOCKS = 10
 

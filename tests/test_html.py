@@ -422,7 +422,33 @@ def test_malformed_values_and_unknown_keys_do_not_crash() -> None:
     page = render_html(report)
     assert page.count('<details class="block"') == 4
     assert "future_key" not in page
-    assert "Report schema 2" in render_html({"schema_version": 2, "kind": "diff"})
+    assert "Report schema 1" in render_html({"schema_version": 1, "kind": "diff"})
+    assert "Report schema" not in render_html({"schema_version": 2, "kind": "diff"})
+
+
+def test_no_warning_banner_on_the_reports_of_a_clean_run(tmp_path: Path) -> None:
+    """Every HTML report the CLI writes for a run where nothing is wrong (fuse, verify, diff
+    and inspect of the README sample and its fused form) shows no warning banner: once, every
+    page warned that it read an older report schema than the one written."""
+    from click.testing import CliRunner
+
+    from repvgg_onnx.cli import main
+
+    sample = Path(__file__).resolve().parent.parent / "models" / "samples" / "repvgg_a0_half.onnx"
+    fused = tmp_path / "fused.onnx"
+    commands = {
+        "fuse": ["fuse", str(sample), str(fused)],
+        "verify": ["verify", str(sample), str(fused)],
+        "diff": ["diff", str(sample), str(fused)],
+        "inspect": ["inspect", str(fused)],
+    }
+    for name, command in commands.items():
+        report = tmp_path / f"{name}.html"
+        result = CliRunner().invoke(main, [*command, "-q", "--report", str(report)])
+        assert result.exit_code == 0, (name, result.output)
+        page = report.read_text()
+        assert 'class="banner warn"' not in page, name
+        assert "Report schema" not in page, name
 
 
 def test_verdict_banners() -> None:
