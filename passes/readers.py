@@ -23,6 +23,7 @@ from repvgg_onnx.linear_forms import (
     TransposedConv,
     average_pool_conv,
     channel_affine,
+    conv_label,
     multiply_adds,
     pad_conv,
 )
@@ -196,9 +197,7 @@ def read_conv(node: gs.Node) -> Reading:
         form = affine_conv(weight, bias, groups=groups, **geometry)
     except ValueError as error:
         return Refusal(node, f"Conv '{node.name}': {error}")
-    label = "Conv" + "x".join(str(k) for k in weight.shape[2:])
-    label += f"/g{groups}" if groups > 1 else ""
-    label += "/s" + "x".join(map(str, form.strides)) if any(s != 1 for s in form.strides) else ""
+    label = conv_label(weight.shape[2:], groups, form.strides)
     return LinearOp(
         node, Kind.CONV, (node.inputs[0],), form, label, Layout.CHANNELS_FIRST, dtype=weight.dtype
     )

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import onnx
 
 from repvgg_onnx.functions import FunctionId, function_id, inline_functions
+from repvgg_onnx.linear_forms import conv_label
 from repvgg_onnx.passes.readers import READERS
 from repvgg_onnx.render import SCHEMA_VERSION, Rendered, verdict
 from repvgg_onnx.summary import ModelSummary
@@ -251,17 +252,15 @@ def _block_node(node: onnx.NodeProto, model: onnx.ModelProto, constants: set[str
 
 
 def node_label(node: onnx.NodeProto, model: onnx.ModelProto) -> str:
-    """``"Conv 3x3 /s2 /g4"`` for a Conv (kernel from the attribute or the weight), else the op."""
+    """``"Conv3x3/g4/s2x2"`` for a Conv (kernel from the attribute or the weight; the label
+    ``fuse`` and ``inspect`` give it), else the op."""
     if node.op_type != "Conv":
         return node.op_type
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     kernel = attrs.get("kernel_shape") or _weight_kernel(node, model)
-    label = "Conv " + "x".join(map(str, kernel)) if kernel else "Conv"
-    if any(s != 1 for s in attrs.get("strides", [])):
-        label += " /s" + "x".join(map(str, attrs["strides"]))
-    if attrs.get("group", 1) != 1:
-        label += f" /g{attrs['group']}"
-    return label
+    if not kernel:
+        return "Conv"
+    return conv_label(kernel, attrs.get("group", 1), attrs.get("strides", ()))
 
 
 def _weight_kernel(node: onnx.NodeProto, model: onnx.ModelProto) -> list[int]:
@@ -293,7 +292,7 @@ def _summary(node: onnx.NodeProto, a_block: list[BlockNode], b_block: list[Block
 
 
 def _branch_terms(a_block: list[BlockNode]) -> list[str]:
-    """The terms of A's Add tree, each as its chain of ops (``Conv 3x3+BN``), or the chain."""
+    """The terms of A's Add tree, each as its chain of ops (``Conv3x3+BN``), or the chain."""
     by_output = {out: n for n in a_block for out in n.outputs}
     adds = [n for n in a_block if n.op in ("Add", "Sum")]
     if not adds:
@@ -318,4 +317,4 @@ def _chain(tensor: str, by_output: dict[str, BlockNode]) -> str:
 
 
 def _short(node: BlockNode) -> str:
-    return "BN" if node.op == "BatchNormalization" else node.label.replace(" ", "")
+    return "BN" if node.op == "BatchNormalization" else node.label

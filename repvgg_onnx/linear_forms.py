@@ -432,9 +432,15 @@ def describe_form(form: Form) -> str:
         return "ConvTranspose" + "x".join(str(k) for k in form.kernel.shape[2:])
     if form.spatial_rank == 0:
         return "Linear"
-    text = "Conv" + "x".join(str(k) for k in form.kernel_shape)
-    if form.groups > 1:
-        text += f"/g{form.groups}"
-    if any(s != 1 for s in form.strides):
-        text += "/s" + "x".join(str(s) for s in form.strides)
+    return conv_label(form.kernel_shape, form.groups, form.strides)
+
+
+def conv_label(kernel_shape: Sequence[int], groups: int = 1, strides: Sequence[int] = ()) -> str:
+    """``"Conv3x3/g4/s2x2"``: a conv as every report labels it (``fuse``, ``inspect``, ``diff``
+    and the HTML pictures): its kernel, then its groups and strides where not 1."""
+    text = "Conv" + "x".join(str(k) for k in kernel_shape)
+    if groups > 1:
+        text += f"/g{groups}"
+    if any(s != 1 for s in strides):
+        text += "/s" + "x".join(str(s) for s in strides)
     return text

@@ -287,3 +287,21 @@ def test_constant_ops_that_are_not_per_channel_scales_stay(op, constant):
     fused, _ = fuse_model(model)
     assert op_counts(fused)[op] == 1
     assert_same_function(model, fused)
+
+
+def test_fuse_inspect_and_diff_label_a_block_alike():
+    """One label per conv (``conv_label``): a grouped stride-2 block is ``Conv3x3/g4/s2x2`` in
+    fuse's report, inspect's fusable list and diff's block summary alike."""
+    import repvgg_onnx
+
+    model = block_model(
+        [BranchSpec("conv_bn", stride=2, groups=4), BranchSpec("conv_bn", (1, 1), 2, groups=4)],
+        size=9,
+    )
+    fused = repvgg_onnx.fuse(model, verify=False)
+    [block] = fused.report.fused
+    [planned] = repvgg_onnx.inspect(model).fusable
+    [diffed] = repvgg_onnx.diff(model, fused.model).blocks
+    assert block.result == planned.result == "Conv3x3/g4/s2x2"
+    assert block.branches == planned.branches == ("Conv3x3/g4/s2x2+BN", "Conv1x1/g4/s2x2+BN")
+    assert diffed.summary == "Conv3x3/g4/s2x2+BN, Conv1x1/g4/s2x2+BN → Conv3x3/g4/s2x2"
