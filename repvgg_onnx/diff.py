@@ -14,6 +14,7 @@ import onnx
 
 from repvgg_onnx.functions import FunctionId, function_id, inline_functions
 from repvgg_onnx.linear_forms import conv_label
+from repvgg_onnx.node_metadata import BRANCHES_KEY, RULE_KEY
 from repvgg_onnx.passes.readers import READERS
 from repvgg_onnx.render import SCHEMA_VERSION, Rendered, verdict
 from repvgg_onnx.summary import ModelSummary
@@ -206,7 +207,7 @@ def _is_fused_block(node: onnx.NodeProto, a_nodes: list[onnx.NodeProto]) -> bool
     """A node of B is a fused block when repvgg-onnx tagged it, or when the A subgraph it
     replaces holds a linear op besides a same-op node writing the same output (a node whose
     constant inputs were merely folded, such as a Reshape's shape, is not a block)."""
-    if any(p.key == "repvgg_onnx.rule" for p in node.metadata_props):
+    if any(p.key == RULE_KEY for p in node.metadata_props):
         return True
     others = [
         n
@@ -286,7 +287,7 @@ def _initializer_dims(model: onnx.ModelProto) -> dict[str, list[int]]:
 def _summary(node: onnx.NodeProto, a_block: list[BlockNode], b_block: list[BlockNode]) -> str:
     """``"Conv3x3+BN, Conv1x1+BN, BN → Conv3x3"``: the fused node's own record if it has one
     (repvgg-onnx tags fused nodes), else read from A's subgraph."""
-    recorded = {p.key: p.value for p in node.metadata_props}.get("repvgg_onnx.branches")
+    recorded = {p.key: p.value for p in node.metadata_props}.get(BRANCHES_KEY)
     before = recorded or ", ".join(_branch_terms(a_block)) or "(nothing)"
     return f"{before} → {', '.join(_short(n) for n in b_block)}"
 

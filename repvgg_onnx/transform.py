@@ -20,6 +20,7 @@ from repvgg_onnx.memory import (
     trim_free_heap,
     worth_returning,
 )
+from repvgg_onnx.node_metadata import BRANCHES_KEY, RULE_KEY
 from repvgg_onnx.passes.graph_utils import mark_overridable, tensor_map
 from repvgg_onnx.passes.result import FusedBlock
 from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass, PipelineResult, run_passes
@@ -178,7 +179,7 @@ def _tag_fused_nodes(model: onnx.ModelProto, fused: Sequence[FusedBlock]) -> Non
         block = by_node.get(node.name)
         if block is not None:
             for key, value in (
-                ("repvgg_onnx.rule", block.rule),
-                ("repvgg_onnx.branches", ", ".join(block.branches)),
+                (RULE_KEY, block.rule),
+                (BRANCHES_KEY, ", ".join(block.branches)),
             ):
                 node.metadata_props.add(key=key, value=value)
