@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
-from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from repvgg_onnx.algebra import AffineConv
+from repvgg_onnx.gs_internals import node_proto
 from repvgg_onnx.linear_forms import pad_conv
 
 from .graph_utils import constant_values, static_shape
@@ -70,7 +70,7 @@ def _chain_model(
     """A model of just the chain, input ``x`` (float32) in place of ``source``."""
     protos, initializers = [], {}
     for node in nodes:
-        proto = OnnxExporter.export_node(node)
+        proto = node_proto(node)
         for index, tensor in enumerate(node.inputs):
             if tensor is source:
                 proto.input[index] = "x"

@@ -22,7 +22,8 @@ import math
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+from repvgg_onnx.gs_internals import node_proto
 
 from .constant_evaluation import NodeValues, Runtime, evaluate_constants
 from .graph_utils import (
@@ -132,7 +133,7 @@ def _evaluate_all(
         for tensor in node.inputs:
             if not is_omitted(tensor) and id(tensor) not in inside:
                 values[tensor.name] = constant_values(tensor)
-    protos = [OnnxExporter.export_node(node) for node in nodes]
+    protos = [node_proto(node) for node in nodes]
     return evaluate_constants(protos, values, int(graph.opset or 17), runtime)
 
 

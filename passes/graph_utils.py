@@ -9,6 +9,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
+from repvgg_onnx.gs_internals import stored_values
+
 from .mapped_weights import RAW_DTYPES, mapped_view
 
 #: Op domains whose ops have the standard ONNX meaning; ops of any other domain (a custom
@@ -42,11 +44,11 @@ def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
     is written back as the bytes it arrived as."""
     if not isinstance(tensor, gs.Constant) or is_overridable(tensor):
         return None
-    if isinstance(tensor._values, SparseValues):  # made dense before import; never read
+    if isinstance(stored_values(tensor), SparseValues):  # made dense before import
         return None
     values = getattr(tensor, _READ_ONLY_VALUES, None)
     if values is None:
-        lazy = tensor._values
+        lazy = stored_values(tensor)
         if isinstance(lazy, LazyValues):
             values = _raw_view(lazy.tensor)
             if values is None and lazy.tensor.data_location == onnx.TensorProto.EXTERNAL:

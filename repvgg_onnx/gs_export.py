@@ -42,6 +42,8 @@ from onnx_graphsurgeon.exporters.onnx_exporter import (
 from onnx_graphsurgeon.ir.tensor import SparseValues
 from onnx_graphsurgeon.logger import G_LOGGER
 
+from repvgg_onnx.gs_internals import ir_version_of, stored_values
+
 _Attr = onnx.AttributeProto
 _INT, _FLOAT, _STRING = _Attr.INT, _Attr.FLOAT, _Attr.STRING
 _INTS, _FLOATS, _STRINGS = _Attr.INTS, _Attr.FLOATS, _Attr.STRINGS
@@ -70,8 +72,9 @@ def _export_directly(graph: gs.Graph, do_type_check: bool) -> onnx.ModelProto:
     model.functions.extend(functions)
     model.producer_name = graph.producer_name
     model.producer_version = graph.producer_version
-    if graph.ir_version is not None:
-        model.ir_version = graph.ir_version
+    ir_version = ir_version_of(graph)
+    if ir_version is not None:
+        model.ir_version = ir_version
     return model
 
 
@@ -120,7 +123,7 @@ def _export_graph(graph: gs.Graph, do_type_check: bool, proto: onnx.GraphProto) 
     sparse_initializer = []
     for tensor in tensors.values():
         if isinstance(tensor, gs.Constant):
-            if isinstance(tensor._values, SparseValues):
+            if isinstance(stored_values(tensor), SparseValues):
                 sparse_initializer.append(OnnxExporter.export_sparse_tensor_proto(tensor))
             else:
                 initializer.append(OnnxExporter.export_tensor_proto(tensor))

@@ -29,6 +29,8 @@ from onnx_graphsurgeon.importers.onnx_importer import (
 from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx_graphsurgeon.util.misc import SynchronizedList
 
+from repvgg_onnx.gs_internals import constant_extra_fields, graph_fields
+
 
 def import_onnx(model: onnx.ModelProto) -> gs.Graph:
     """``gs.import_onnx(model)``, built faster (see the module docstring). A model the fast
@@ -73,7 +75,7 @@ def _import_directly(model: onnx.ModelProto) -> gs.Graph:
         opset=opset,
         import_domains=domains,
         functions=functions,
-        ir_version=model.ir_version,
+        **graph_fields(model),
     )
 
 
@@ -158,7 +160,7 @@ def _constant(proto: onnx.TensorProto) -> gs.Constant:
         outputs=_synchronized(tensor, "inputs"),
         _values=_lazy_values(proto),
         data_location=int(proto.data_location) if proto.HasField("data_location") else None,
-        _export_dtype=None,
+        **constant_extra_fields(),
     )
     return tensor
 

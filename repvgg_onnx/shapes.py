@@ -91,11 +91,11 @@ def _consistent(declared: Shape | None, inferred: Shape | None) -> bool:
 def reinfer_shapes(graph: gs.Graph) -> None:
     """Run shape inference on the graph as it is now and annotate it (after constants were
     folded, tensors whose shape depended on them get one)."""
-    try:
-        with weights_detached(graph):
+    with weights_detached(graph):  # its failure is a fault here, never hidden
+        try:
             model = export_onnx(graph)
-    except Exception:  # graphsurgeon raises assorted types; shapes are a help, not a need
-        return
+        except Exception:  # graphsurgeon's exporter raises assorted types; shapes are a help
+            return
     inferred = inferred_shapes(model)
     if inferred:  # else the shapes inferred before stay
         annotate_shapes(graph, inferred)

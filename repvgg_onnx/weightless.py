@@ -20,6 +20,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from repvgg_onnx.gs_internals import exports_own_dtype, stored_values
 from repvgg_onnx.passes.graph_utils import forget_values, tensor_map
 from repvgg_onnx.skeleton import SMALL_TENSOR_ELEMENTS
 
@@ -30,7 +31,7 @@ def detach_weights(graph: gs.Graph) -> dict[str, np.ndarray | LazyValues]:
     would copy those protos twice: into the graph, then into the model)."""
     detached: dict[str, np.ndarray | LazyValues] = {}
     for tensor in _large_constants(graph):
-        lazy = tensor._values
+        lazy = stored_values(tensor)
         if type(lazy) is LazyValues:
             proto = lazy.tensor
             stub = onnx.TensorProto(name=proto.name, dims=proto.dims, data_type=proto.data_type)
@@ -43,7 +44,7 @@ def detach_weights(graph: gs.Graph) -> dict[str, np.ndarray | LazyValues]:
                 data_type=onnx.helper.np_dtype_to_tensor_dtype(values.dtype),
             )
             detached[tensor.name] = values
-        tensor._values = LazyValues(stub)
+        tensor.values = LazyValues(stub)
         forget_values(tensor)
     return detached
 
@@ -81,20 +82,16 @@ def weights_detached(graph: gs.Graph) -> Iterator[None]:
         yield
     finally:
         for tensor in _constants_named(graph, detached):
-            values = detached[tensor.name]
-            if isinstance(values, LazyValues):
-                tensor._values = values
-            else:
-                tensor.values = values
+            tensor.values = detached[tensor.name]
 
 
 def _large_constants(graph: gs.Graph) -> list[gs.Constant]:
     """Constants of more than ``SMALL_TENSOR_ELEMENTS`` numeric elements, exported as is."""
     found = []
     for tensor in tensor_map(graph).values():
-        if not isinstance(tensor, gs.Constant) or tensor._export_dtype is not None:
+        if not isinstance(tensor, gs.Constant) or not exports_own_dtype(tensor):
             continue
-        lazy = tensor._values
+        lazy = stored_values(tensor)
         if type(lazy) is LazyValues:
             proto = lazy.tensor
             large = math.prod(proto.dims) > SMALL_TENSOR_ELEMENTS
