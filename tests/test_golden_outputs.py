@@ -3,8 +3,10 @@ README sample; per-output tolerances; the .npz written atomically."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -213,13 +215,17 @@ def test_the_npz_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "ref.npz"
 
     def half_then_fail(file, **arrays):
-        file.write(b"PK partial")
-        raise OSError(28, "No space left on device")
+        with contextlib.ExitStack() as stack:
+            if isinstance(file, str | os.PathLike):  # a writer that opens the path itself
+                file = stack.enter_context(open(file, "wb"))
+            file.write(b"PK partial")
+            raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "savez", half_then_fail)
-    with pytest.raises(ModelSaveError):
+    with pytest.raises((ModelSaveError, OSError)) as caught:
         golden.save_outputs(run_result, path, model_path=None, seed=0)
     assert os.listdir(tmp_path) == []
+    assert caught.type is ModelSaveError  # a one-line error for the user
     monkeypatch.undo()
     golden.save_outputs(run_result, path, model_path=None, seed=0)
     before = path.read_bytes()
@@ -234,3 +240,29 @@ def test_cli_leaves_no_npz_when_verification_cannot_run(recorded, tmp_path):
     done = cli("verify", SAMPLE, "nowhere.onnx", "--save-outputs", tmp_path / "x.npz",
                cwd=recorded)  # fmt: skip
     assert done.returncode == 2 and not (tmp_path / "x.npz").exists()
+
+
+def golden_recipe() -> str:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "ci.md").read_text()
+    match = re.search(r"<!-- recipe: golden-outputs.sh -->\n```bash\n(.*?)```", text, re.DOTALL)
+    assert match, "docs/ci.md lost its golden-outputs recipe"
+    return match.group(1)
+
+
+def test_docs_ci_golden_recipe_records_then_holds_the_deploy_model(recorded, tmp_path):
+    script = tmp_path / "golden-outputs.sh"
+    script.write_text(golden_recipe())
+
+    def recipe(**env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(script)], cwd=tmp_path, capture_output=True, text=True,
+                              env={**os.environ, **env}, timeout=300, check=False)  # fmt: skip
+
+    deploy = str(recorded / "deploy.onnx")
+    first = recipe(TRAINED=str(SAMPLE), DEPLOY=deploy)
+    assert first.returncode == 0, first.stderr
+    with np.load(tmp_path / "golden" / "outputs.npz") as data:
+        assert json.loads(str(data["metadata"][()]))["batches"] == 4
+    assert "the outputs saved in `golden/outputs.npz`" in (tmp_path / "golden.md").read_text()
+    again = recipe(DEPLOY=deploy)  # no training model any more
+    assert again.returncode == 0, again.stderr
+    assert recipe(DEPLOY=str(tampered(recorded))).returncode == 1
