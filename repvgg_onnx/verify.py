@@ -5,6 +5,11 @@ rewrite it), on seeded random inputs. An output passes iff ``|a − b| ≤ atol 
 element-wise, ``b`` the reference. By default ``atol`` is relative to the output's scale,
 ``DEFAULT_ATOL_SCALE · max|b|``: a fold with a wrong ε or a misplaced kernel moves outputs by
 far more than that, float32 rounding of a deep network by far less.
+
+Running and comparing are apart (Polygraphy's model): :func:`run_model` gives one model's
+:class:`RunResult` (inputs and outputs per batch), :func:`compare_runs` compares two of them
+under :class:`Tolerances` (global and per output). :func:`verify_runs` is run A, run B,
+compare; :func:`verify_against_run` runs B alone against a saved run (:mod:`golden`).
 """
 
 from __future__ import annotations
@@ -285,7 +290,7 @@ def verify_against_run(
     b_names = [output.name for output in candidate.graph.output]
     pairs = _matched_names("outputs", reference.output_names, b_names, "compared", warnings)
     tolerances.check_names(reference.output_names)
-    actual = run_model(candidate, feeds, "B", progress)
+    actual = run_model(candidate, feeds, "B", progress, reference_ran=True)
     comparisons = compare_runs(reference, actual, pairs, tolerances)
     return _verification(comparisons, feeds, seed, tolerances, warnings)
 
