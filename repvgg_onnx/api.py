@@ -101,10 +101,10 @@ def verify(
         return _verify_against_outputs(a, reference_outputs, tolerances, progress)
     if b is None:
         raise InputSpecError("verify needs two models, A and B, or reference outputs for B.")
-    model_a, model_b = load(a, map_external_data=True), load(b, map_external_data=True)
-    feeds = load_feeds(inputs, model_a) if isinstance(inputs, str | os.PathLike) else inputs
     if save_outputs is not None:
         io.check_output_path(save_outputs)
+    model_a, model_b = load(a, map_external_data=True), load(b, map_external_data=True)
+    feeds = load_feeds(inputs, model_a) if isinstance(inputs, str | os.PathLike) else inputs
     result = isolated(
         _verified_and_saved,
         model_a,

@@ -437,8 +437,6 @@ def verify_command(
                 "verify needs two models, A.onnx and B.onnx (or B.onnx and "
                 "--reference-outputs PATH.npz)."
             )
-        if save_path is not None:
-            io.check_output_path(save_path)
         _progress(f"running {a_path} and {b_path}", quiet)
         models = (a_path, b_path)
     result = api.verify(
