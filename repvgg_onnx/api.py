@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
-from repvgg_onnx import io
+from repvgg_onnx import golden, io
 from repvgg_onnx.diff import GraphDiff, diff_models
-from repvgg_onnx.errors import CheckFailedError, ModelRunError, first_line
+from repvgg_onnx.errors import CheckFailedError, InputSpecError, ModelRunError, first_line
 from repvgg_onnx.inlining import inline_for_passes
 from repvgg_onnx.inputs import load_feeds
 from repvgg_onnx.inspection import Inspection, inspect_model
@@ -25,7 +25,7 @@ from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass
 from repvgg_onnx.report import FuseReport, ModelStats, Verification
 from repvgg_onnx.skeleton import model_skeleton
 from repvgg_onnx.transform import fuse_graph
-from repvgg_onnx.verify import verify_models
+from repvgg_onnx.verify import Tolerances, verify_against_run, verify_models, verify_runs
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 
@@ -62,7 +62,7 @@ def _path_of(model: ModelLike) -> str | None:
 
 def verify(
     a: ModelLike,
-    b: ModelLike,
+    b: ModelLike | None = None,
     *,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
@@ -70,23 +70,50 @@ def verify(
     inputs: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
     atol: float | None = None,
     rtol: float | None = None,
+    output_atol: Mapping[str, float] | None = None,
+    output_rtol: Mapping[str, float] | None = None,
     localize: bool = False,
+    save_outputs: str | os.PathLike | None = None,
+    reference_outputs: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Verification:
     """Do ``a`` and ``b`` compute the same function? Runs both in onnxruntime on the same
     inputs (``inputs``: an ``.npz`` path or arrays by input name; else ``batches`` seeded
     random batches) and compares every output. With ``localize``, a failure also names the
-    first shared intermediate tensor that diverges. Neither model is modified."""
+    first shared intermediate tensor that diverges. Neither model is modified.
+
+    ``output_atol``/``output_rtol`` override ``atol``/``rtol`` for the outputs they name (of
+    the reference). ``save_outputs``: also write ``a``'s run (its inputs and outputs) to that
+    ``.npz`` (see :mod:`repvgg_onnx.golden`). ``verify(b, reference_outputs=path)``: hold the
+    one model ``b`` to the outputs saved in ``path``, on the inputs saved with them.
+    """
+    tolerances = Tolerances(atol, rtol, dict(output_atol or {}), dict(output_rtol or {}))
+    if reference_outputs is not None:
+        if b is not None:
+            raise InputSpecError(
+                "reference outputs replace model A: give only the model to check (B)."
+            )
+        if save_outputs is not None or localize or inputs is not None or input_shapes:
+            raise InputSpecError(
+                "with reference outputs, the inputs are the saved ones and there is no model A "
+                "to save, localize in or shape: drop those options."
+            )
+        return _verify_against_outputs(a, reference_outputs, tolerances, progress)
+    if b is None:
+        raise InputSpecError("verify needs two models, A and B, or reference outputs for B.")
+    if save_outputs is not None:
+        io.check_output_path(save_outputs)
     model_a, model_b = load(a, map_external_data=True), load(b, map_external_data=True)
     feeds = load_feeds(inputs, model_a) if isinstance(inputs, str | os.PathLike) else inputs
     result = isolated(
-        verify_models,
+        _verified_and_saved,
         model_a,
         model_b,
+        save_outputs,
+        _path_of(a),
         input_shapes=input_shapes,
         seed=seed,
-        atol=atol,
-        rtol=rtol,
+        tolerances=tolerances,
         batches=batches,
         feeds=feeds,
         roles=("A", "B"),
@@ -96,6 +123,43 @@ def verify(
     if localize and not result.passed and result.feeds is not None:
         localization = isolated(first_divergence, model_a, model_b, result.feeds, atol, rtol)
     return replace(result, localization=localization, a_path=_path_of(a), b_path=_path_of(b))
+
+
+def _verified_and_saved(
+    model_a: onnx.ModelProto,
+    model_b: onnx.ModelProto,
+    save_path: str | os.PathLike | None,
+    a_path: str | None,
+    **options,
+) -> Verification:
+    """:func:`verify_runs`, and A's run written to ``save_path`` when one is given (here, in
+    the process that ran A, so its outputs never cross a pipe)."""
+    verification, reference_run = verify_runs(model_a, model_b, **options)
+    if save_path is not None:
+        golden.save_outputs(reference_run, save_path, model_path=a_path, seed=options["seed"])
+    return verification
+
+
+def _verify_against_outputs(
+    model: ModelLike,
+    path: str | os.PathLike,
+    tolerances: Tolerances,
+    progress: Callable[[str], None] | None,
+) -> Verification:
+    """``model`` run on the inputs saved in ``path`` and compared with the outputs saved."""
+    saved = golden.load_outputs(path)
+    candidate = load(model, map_external_data=True)
+    result = isolated(
+        verify_against_run,
+        candidate,
+        saved.run,
+        seed=saved.seed,
+        tolerances=tolerances,
+        progress=progress,
+    )
+    return replace(
+        result, a_path=saved.model_path, b_path=_path_of(model), reference_outputs=os.fspath(path)
+    )
 
 
 def diff(a: ModelLike, b: ModelLike) -> GraphDiff:

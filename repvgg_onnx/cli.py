@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from repvgg_onnx import __version__, api, io
 from repvgg_onnx.errors import InputSpecError, ReparamError
@@ -170,39 +171,71 @@ def _emit(result: Rendered, output_format: str, report_path: Path | None, quiet:
         click.echo(render(report, output_format).rstrip("\n"))
 
 
-_tolerance_options = [
-    click.option(
-        "--atol",
-        type=float,
-        default=None,
-        help=f"Absolute tolerance. Default: {DEFAULT_ATOL_SCALE:g} × the largest |value| of each "
-        f"reference output ({HALF_PRECISION_ATOL_SCALE:g} × for float16).",
-    ),
-    click.option(
-        "--rtol",
-        type=float,
-        default=None,
-        help=f"Relative tolerance. Default: {DEFAULT_RTOL:g} "
-        f"({HALF_PRECISION_RTOL:g} for float16).",
-    ),
-    click.option(
-        "--seed", type=int, default=0, show_default=True, help="Seed of the random inputs."
-    ),
-    click.option(
-        "--input-shape",
-        "input_shapes",
-        multiple=True,
-        metavar="NAME:DIMS",
-        help="Shape for an input with dynamic dims, e.g. input:1x3x224x224 (repeatable). "
-        "A dynamic first dim defaults to 1.",
-    ),
-]
+def _tolerances(per_output: bool = False) -> Callable[[Callable], Callable]:
+    """``--atol``, ``--rtol``, ``--seed``, ``--input-shape``; with ``per_output``, ``--atol``
+    and ``--rtol`` repeat and take ``NAME:VALUE`` for one output beside a plain ``VALUE``."""
+    each = " Repeatable: NAME:VALUE sets it for one output." if per_output else ""
+    kind = (
+        {"multiple": True, "type": str, "metavar": "[NAME:]VALUE"}
+        if per_output
+        else {"type": float, "default": None}
+    )
+    options = [
+        click.option(
+            "--atol",
+            help=f"Absolute tolerance. Default: {DEFAULT_ATOL_SCALE:g} × the largest |value| of "
+            f"each reference output ({HALF_PRECISION_ATOL_SCALE:g} × for float16).{each}",
+            **kind,
+        ),
+        click.option(
+            "--rtol",
+            help=f"Relative tolerance. Default: {DEFAULT_RTOL:g} "
+            f"({HALF_PRECISION_RTOL:g} for float16).{each}",
+            **kind,
+        ),
+        click.option(
+            "--seed", type=int, default=0, show_default=True, help="Seed of the random inputs."
+        ),
+        click.option(
+            "--input-shape",
+            "input_shapes",
+            multiple=True,
+            metavar="NAME:DIMS",
+            help="Shape for an input with dynamic dims, e.g. input:1x3x224x224 (repeatable). "
+            "A dynamic first dim defaults to 1.",
+        ),
+    ]
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
-def _tolerances(command: Callable) -> Callable:
-    for option in reversed(_tolerance_options):
-        command = option(command)
-    return command
+def _per_output(flag: str, specs: tuple[str, ...]) -> tuple[float | None, dict[str, float]]:
+    """``VALUE`` (for every output; at most once) and ``NAME:VALUE`` specs, parsed. A name may
+    itself hold ``:``; the value follows the last one."""
+    everywhere: list[float] = []
+    by_name: dict[str, float] = {}
+    for spec in specs:
+        name, _, text = spec.rpartition(":")
+        try:
+            value = float(text)
+        except ValueError:
+            raise InputSpecError(
+                f"{flag} takes VALUE or NAME:VALUE (e.g. {flag} logits:1e-3), not '{spec}'."
+            ) from None
+        if not value >= 0:
+            raise InputSpecError(f"{flag} must be a number >= 0, not {text}.")
+        if not name:
+            everywhere.append(value)
+        elif by_name.setdefault(name, value) != value:
+            raise InputSpecError(f"{flag} gives output '{name}' two values; give one.")
+    if len(everywhere) > 1:
+        raise InputSpecError(f"{flag} VALUE is given {len(everywhere)} times; give it once.")
+    return (everywhere[0] if everywhere else None), by_name
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -237,7 +270,7 @@ def main() -> None:
     help="Write the weights to a data file next to OUT.onnx even under 2 GB (by default only "
     "a model too large for one protobuf gets one).",
 )
-@_tolerances
+@_tolerances()
 @_format_option("text", "markdown", "json")
 @_report_option
 @_command("fuse")
@@ -318,8 +351,8 @@ def _refuse_to_replace(input_path: Path, output_path: Path, force: bool) -> None
 
 @main.command("verify", short_help="Check that B.onnx computes what A.onnx computes.")
 @click.argument("a_path", metavar="A.onnx", type=click.Path(path_type=Path))
-@click.argument("b_path", metavar="B.onnx", type=click.Path(path_type=Path))
-@_tolerances
+@click.argument("b_path", metavar="[B.onnx]", type=click.Path(path_type=Path), required=False)
+@_tolerances(per_output=True)
 @click.option(
     "--batches",
     type=int,
@@ -339,19 +372,39 @@ def _refuse_to_replace(input_path: Path, output_path: Path, force: bool) -> None
     is_flag=True,
     help="When the models differ, name the first shared intermediate tensor that diverges.",
 )
+@click.option(
+    "--save-outputs",
+    "save_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="PATH.npz",
+    help="Also write A's inputs and outputs to PATH.npz (atomically), to check a model "
+    "against later with --reference-outputs.",
+)
+@click.option(
+    "--reference-outputs",
+    "reference_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="PATH.npz",
+    help="Check the one model given against the outputs saved in PATH.npz by --save-outputs, "
+    "on the inputs saved with them (no model A).",
+)
 @_format_option("text", "markdown", "json")
 @_report_option
 @_command("verify")
 def verify_command(
     a_path: Path,
-    b_path: Path,
-    atol: float | None,
-    rtol: float | None,
+    b_path: Path | None,
+    atol: tuple[str, ...],
+    rtol: tuple[str, ...],
     seed: int,
     input_shapes: tuple[str, ...],
     batches: int,
     inputs_path: Path | None,
     localize: bool,
+    save_path: Path | None,
+    reference_path: Path | None,
     output_format: str,
     report_path: Path | None,
     quiet: bool,
@@ -360,10 +413,13 @@ def verify_command(
 
     Both run in onnxruntime on the same inputs; every output is compared by name (by position,
     with a warning, when the names differ). Passes iff |B − A| ≤ atol + rtol·|A| everywhere.
+    With --reference-outputs PATH.npz, give only B.onnx: it runs on the inputs saved there
+    and is compared with the outputs saved there.
     """
     shapes = parse_input_shapes(input_shapes)
     _check_report_path(report_path)
-    _check_tolerances(atol, rtol)
+    global_atol, output_atol = _per_output("--atol", atol)
+    global_rtol, output_rtol = _per_output("--rtol", rtol)
     if inputs_path is not None and batches is not None:
         raise InputSpecError(
             "--inputs and --batches both say what to run on; give one of them (your inputs "
@@ -371,17 +427,31 @@ def verify_command(
         )
     if inputs_path is not None and input_shapes:
         raise InputSpecError("--inputs fixes the shapes itself; drop --input-shape.")
-    _progress(f"running {a_path} and {b_path}", quiet)
+    if reference_path is not None:
+        _check_reference_usage(b_path, save_path, batches, inputs_path, input_shapes, localize)
+        _progress(f"running {a_path} on the inputs in {reference_path}", quiet)
+        models = (a_path,)
+    else:
+        if b_path is None:
+            raise InputSpecError(
+                "verify needs two models, A.onnx and B.onnx (or B.onnx and "
+                "--reference-outputs PATH.npz)."
+            )
+        _progress(f"running {a_path} and {b_path}", quiet)
+        models = (a_path, b_path)
     result = api.verify(
-        a_path,
-        b_path,
+        *models,
         input_shapes=shapes,
         seed=seed,
         batches=batches or 1,
         inputs=inputs_path,
-        atol=atol,
-        rtol=rtol,
+        atol=global_atol,
+        rtol=global_rtol,
+        output_atol=output_atol,
+        output_rtol=output_rtol,
         localize=localize,
+        save_outputs=save_path,
+        reference_outputs=reference_path,
         progress=lambda message: _progress(f"verifying, {message}", quiet),
     )
     _progress_done(quiet)
@@ -391,6 +461,44 @@ def verify_command(
     _emit(result, output_format, report_path, quiet)
     if not result.passed:
         sys.exit(EXIT_CHECK_FAILED)
+
+
+def _given(parameter: str) -> bool:
+    """Whether the user gave this option (its value may equal the default)."""
+    return click.get_current_context().get_parameter_source(parameter) != ParameterSource.DEFAULT
+
+
+def _check_reference_usage(
+    b_path: Path | None,
+    save_path: Path | None,
+    batches: int | None,
+    inputs_path: Path | None,
+    input_shapes: tuple[str, ...],
+    localize: bool,
+) -> None:
+    """With --reference-outputs, the saved run is model A and its inputs: one model only,
+    and no option that would choose inputs, save A's run or look inside A."""
+    if b_path is not None:
+        raise InputSpecError(
+            "--reference-outputs takes the place of A.onnx: give only the model to check."
+        )
+    given = [
+        flag
+        for flag, value in [
+            ("--save-outputs", save_path is not None),
+            ("--batches", batches is not None),
+            ("--inputs", inputs_path is not None),
+            ("--input-shape", bool(input_shapes)),
+            ("--localize", localize),
+            ("--seed", _given("seed")),
+        ]
+        if value
+    ]
+    if given:
+        raise InputSpecError(
+            f"--reference-outputs replays the saved inputs and has no model A; drop "
+            f"{', '.join(given)}."
+        )
 
 
 @main.command("diff", short_help="Show what changed from A.onnx to B.onnx, block by block.")

@@ -18,7 +18,7 @@ from repvgg_onnx.html_picture import PictureNode, block_picture, common_scope
 from repvgg_onnx.html_picture import as_dict as _dict
 from repvgg_onnx.html_picture import as_list as _list
 from repvgg_onnx.html_picture import esc as _e
-from repvgg_onnx.render import SCHEMA_VERSION, inlining_lines, report_verdict
+from repvgg_onnx.render import SCHEMA_VERSION, inlining_lines, reference_name, report_verdict
 
 #: Blocks of a diff shown open; the rest start collapsed so a 200-block page stays short.
 OPEN_BLOCKS = 10
@@ -350,7 +350,7 @@ def _fuse_body(report: dict) -> tuple[str, str]:
 
 def _verify_body(report: dict) -> tuple[str, str]:
     """Verdict, first diverging tensor, warnings, per-output errors."""
-    a_path, b_path = str(report.get("a_path") or "A"), str(report.get("b_path") or "B")
+    a_path, b_path = reference_name(report), str(report.get("b_path") or "B")
     passed = bool(report.get("passed"))
     verdict = ("pass", "Outputs match") if passed else ("fail", "FAILED: outputs differ")
     parts = [

@@ -193,10 +193,17 @@ def save_model(
 
 def save_text(text: str, path: str | os.PathLike) -> None:
     """Write a report atomically (UTF-8), with the same guarantees as :func:`save_model`."""
+    save_file(lambda file: file.write(text.encode("utf-8")), path)
+
+
+def save_file(write: Callable[[BinaryIO], object], path: str | os.PathLike) -> None:
+    """Write the file ``write`` fills atomically, with the same guarantees as
+    :func:`save_model`: if ``write`` raises, ``path`` keeps its previous content (or stays
+    absent) and no partial file remains."""
     target = Path(path)
     check_output_path(target)
     try:
-        _write_atomically(target, lambda file: file.write(text.encode("utf-8")))
+        _write_atomically(target, write)
     except OSError as err:
         raise ModelSaveError(
             f"{target}: cannot be written ({err.strerror or err}); check the folder's "

@@ -99,6 +99,15 @@ def _fuse_markdown(report: dict, budget: Budget) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _reference_markdown(report: dict) -> str:
+    """Model A's path, or the file of saved outputs B was compared with."""
+    reference = report.get("reference")
+    if not isinstance(reference, dict) or reference.get("source") != "saved outputs":
+        return _code(report.get("a_path") or "A")
+    recorded = f" by {_code(report['a_path'])}" if report.get("a_path") else ""
+    return f"the outputs saved in {_code(str(reference.get('path')))}{recorded}"
+
+
 def _verify_markdown(report: dict, budget: Budget) -> str:
     verdict = "✅ same function" if report["passed"] else "❌ the models differ"
     lines = [
@@ -106,7 +115,7 @@ def _verify_markdown(report: dict, budget: Budget) -> str:
         "",
         f"**{markdown_verdict(report)}**",
         "",
-        f"{_code(report.get('a_path') or 'A')} vs {_code(report.get('b_path') or 'B')}, "
+        f"{_reference_markdown(report)} vs {_code(report.get('b_path') or 'B')}, "
         f"{plural(report['batches'], 'batch')}, seed {report['seed']}",
         "",
         "| output | verdict | max abs | max rel | mean abs | cosine | top-1 |",

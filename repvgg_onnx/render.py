@@ -223,6 +223,16 @@ def _verification_line(report: dict) -> str:
     return f"{verdict} on {shapes} (seed {verification['seed']}): " + "; ".join(parts)
 
 
+def reference_name(report: dict) -> str:
+    """What a verify report compared B with: model A's path, or the file of saved outputs
+    (and the model that recorded them, if the file said)."""
+    reference = report.get("reference")
+    if not isinstance(reference, dict) or reference.get("source") != "saved outputs":
+        return str(report.get("a_path") or "A")
+    recorded = f" by {report['a_path']}" if report.get("a_path") else ""
+    return f"the outputs saved in {reference.get('path')}{recorded}"
+
+
 def _verify_text(report: dict) -> str:
     verdict = (
         "PASSED: the models compute the same function"
@@ -231,7 +241,7 @@ def _verify_text(report: dict) -> str:
     )
     shapes = ", ".join(f"{k}:{'x'.join(map(str, v))}" for k, v in report["input_shapes"].items())
     lines = [
-        f"{verdict} ({report.get('a_path') or 'A'} vs {report.get('b_path') or 'B'}; "
+        f"{verdict} ({reference_name(report)} vs {report.get('b_path') or 'B'}; "
         f"{plural(report['batches'], 'batch')} of {shapes}, seed {report['seed']})"
     ]
     lines += [f"  {comparison_line(output)}" for output in report["outputs"]]

@@ -88,6 +88,12 @@ class Verification(Rendered):
     localization: Localization | None = None
     a_path: str | None = None
     b_path: str | None = None
+    reference_outputs: str | None = None
+    """The ``.npz`` of saved outputs B was compared with, when the reference is not a model run
+    here (``a_path`` is then the model that recorded them, if the file says)."""
+    output_atol: Mapping[str, float] = field(default_factory=dict)
+    output_rtol: Mapping[str, float] = field(default_factory=dict)
+    """Per-output tolerances that override ``atol``/``rtol``, by output name."""
     feeds: Mapping[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
     """The first batch of inputs both models ran on (for localization; not reported)."""
 
@@ -111,6 +117,12 @@ class Verification(Rendered):
             f"{worst.atol:.3g} + {worst.rtol:g}·|A|)",
         )
 
+    def reference(self) -> dict:
+        """Where the reference outputs came from: model A run here, or a file of saved ones."""
+        if self.reference_outputs is not None:
+            return {"source": "saved outputs", "path": self.reference_outputs}
+        return {"source": "model", "path": self.a_path}
+
     def to_dict(self) -> dict:
         return {
             "schema_version": SCHEMA_VERSION,
@@ -123,6 +135,9 @@ class Verification(Rendered):
             "batches": self.batches,
             "rtol": self.rtol,
             "atol": self.atol,
+            "output_atol": dict(self.output_atol),
+            "output_rtol": dict(self.output_rtol),
+            "reference": self.reference(),
             "input_shapes": self.input_shapes,
             "outputs": [output.to_dict() for output in self.outputs],
             "warnings": list(self.warnings),

@@ -5,12 +5,17 @@ rewrite it), on seeded random inputs. An output passes iff ``|a − b| ≤ atol 
 element-wise, ``b`` the reference. By default ``atol`` is relative to the output's scale,
 ``DEFAULT_ATOL_SCALE · max|b|``: a fold with a wrong ε or a misplaced kernel moves outputs by
 far more than that, float32 rounding of a deep network by far less.
+
+Running and comparing are apart (Polygraphy's model): :func:`run_model` gives one model's
+:class:`RunResult` (inputs and outputs per batch), :func:`compare_runs` compares two of them
+under :class:`Tolerances` (global and per output). :func:`verify_runs` is run A, run B,
+compare; :func:`verify_against_run` runs B alone against a saved run (:mod:`golden`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -112,6 +117,96 @@ def _top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float | Non
     return float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1)))
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """What one model computed: for each batch, the inputs it ran on and every output, by
+    name. ``inputs`` and ``outputs`` have one entry per batch, in the order they ran."""
+
+    inputs: tuple[dict[str, np.ndarray], ...]
+    outputs: tuple[dict[str, np.ndarray], ...]
+
+    @property
+    def output_names(self) -> list[str]:
+        """The outputs in the model's order (the first batch's keys)."""
+        return list(self.outputs[0])
+
+    def joined(self, name: str) -> np.ndarray:
+        """Output ``name`` of every batch as one array, batches stacked along the first axis."""
+        values = [batch[name] for batch in self.outputs]
+        if len(values) == 1 or values[0].ndim == 0:
+            return values[0]
+        return np.concatenate(values, axis=0)
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """``atol``/``rtol`` for every output (``None``: the defaults of :func:`compare_output`),
+    and per-output values that override them, by output name."""
+
+    atol: float | None = None
+    rtol: float | None = None
+    output_atol: Mapping[str, float] = field(default_factory=dict)
+    output_rtol: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        values = [("atol", self.atol), ("rtol", self.rtol)]
+        values += [(f"atol of '{k}'", v) for k, v in self.output_atol.items()]
+        values += [(f"rtol of '{k}'", v) for k, v in self.output_rtol.items()]
+        for what, value in values:
+            if value is not None and not value >= 0:
+                raise InputSpecError(f"{what} must be a number >= 0, not {value}.")
+
+    def for_output(self, name: str) -> tuple[float | None, float | None]:
+        """``(atol, rtol)`` for output ``name``."""
+        return self.output_atol.get(name, self.atol), self.output_rtol.get(name, self.rtol)
+
+    def check_names(self, names: Sequence[str]) -> None:
+        """Every per-output tolerance names one of ``names`` (the reference's outputs)."""
+        unknown = sorted((set(self.output_atol) | set(self.output_rtol)) - set(names))
+        if unknown:
+            raise InputSpecError(
+                f"a tolerance is given for {unknown}, which the reference has no output "
+                f"named; its outputs are {list(names)}."
+            )
+
+
+def run_model(
+    model: onnx.ModelProto,
+    batches: Sequence[Mapping[str, np.ndarray]],
+    role: str,
+    progress: Callable[[str], None] | None = None,
+    reference_ran: bool = False,
+) -> RunResult:
+    """Run ``model`` on each batch of inputs (by the model's input names). Its session is
+    gone on return, so two models' sessions never coexist: verifying a model of several GB
+    holds one copy of its weights in onnxruntime at a time, not two. ``reference_ran``: the
+    inputs are known to be good (another model ran on them), so a failure is this model's."""
+    session = create_session(model, role)
+    outputs = []
+    for index, batch in enumerate(batches, start=1):
+        if progress is not None:
+            progress(f"{role} model, batch {index}/{len(batches)}")
+        outputs.append(run_session(session, batch, role, reference_ran))
+    return RunResult(tuple(dict(batch) for batch in batches), tuple(outputs))
+
+
+def compare_runs(
+    reference: RunResult,
+    candidate: RunResult,
+    pairs: Sequence[tuple[str, str]],
+    tolerances: Tolerances,
+) -> tuple[OutputComparison, ...]:
+    """Compare each ``(reference name, candidate name)`` pair of outputs over all batches."""
+    return tuple(
+        replace(
+            compare_output(a, reference.joined(a), candidate.joined(b), *tolerances.for_output(a)),
+            shape=tuple(reference.outputs[0][a].shape),
+            b_name=None if a == b else b,
+        )
+        for a, b in pairs
+    )
+
+
 def verify_models(
     reference: onnx.ModelProto,
     candidate: onnx.ModelProto,
@@ -125,7 +220,34 @@ def verify_models(
     roles: tuple[str, str] = ("original", "fused"),
     progress: Callable[[str], None] | None = None,
 ) -> Verification:
-    """Run both models on the same inputs and compare every output.
+    """Run both models on the same inputs and compare every output (see :func:`verify_runs`)."""
+    return verify_runs(
+        reference,
+        candidate,
+        input_shapes=input_shapes,
+        seed=seed,
+        tolerances=Tolerances(atol, rtol),
+        batches=batches,
+        feeds=feeds,
+        roles=roles,
+        progress=progress,
+    )[0]
+
+
+def verify_runs(
+    reference: onnx.ModelProto,
+    candidate: onnx.ModelProto,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    tolerances: Tolerances = Tolerances(),
+    batches: int = 1,
+    feeds: Mapping[str, np.ndarray] | None = None,
+    roles: tuple[str, str] = ("original", "fused"),
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Verification, RunResult]:
+    """Run the reference, then the candidate, on the same inputs and compare every output;
+    also return the reference's run (to save as golden outputs).
 
     Inputs are ``feeds`` if given, else ``batches`` seeded random batches (seeds ``seed``,
     ``seed + 1``…). Outputs are matched by name, or by position (with a warning) when the
@@ -134,67 +256,66 @@ def verify_models(
     """
     if batches < 1:
         raise InputSpecError(f"the number of batches must be at least 1, not {batches}.")
-    for name, value in (("atol", atol), ("rtol", rtol)):
-        if value is not None and not value >= 0:
-            raise InputSpecError(f"{name} must be a number >= 0, not {value}.")
     warnings: list[str] = []
     if feeds is not None:
         batch_feeds = [check_feeds(reference, feeds)]
-        shapes = {name: list(value.shape) for name, value in batch_feeds[0].items()}
     else:
         shapes = resolve_input_shapes(reference, input_shapes)
         batch_feeds = [synthesize_inputs(reference, shapes, seed + i) for i in range(batches)]
     candidate_feeds = _candidate_feed_names(reference, candidate, warnings)
     pairs = _output_pairs(reference, candidate, warnings)
-    expected = _outputs_of(reference, roles[0], batch_feeds, progress)
+    tolerances.check_names([a for a, _ in pairs])
+    expected = run_model(reference, batch_feeds, roles[0], progress)
     renamed = [{candidate_feeds[k]: v for k, v in batch.items()} for batch in batch_feeds]
-    actual = _outputs_of(candidate, roles[1], renamed, progress, reference_ran=True)
-    comparisons = [
-        replace(
-            compare_output(a, _joined(expected[a]), _joined(actual[b]), atol, rtol),
-            shape=tuple(expected[a][0].shape),
-            b_name=None if a == b else b,
-        )
-        for a, b in pairs
-    ]
+    actual = run_model(candidate, renamed, roles[1], progress, reference_ran=True)
+    comparisons = compare_runs(expected, actual, pairs, tolerances)
+    return _verification(comparisons, batch_feeds, seed, tolerances, warnings), expected
+
+
+def verify_against_run(
+    candidate: onnx.ModelProto,
+    reference: RunResult,
+    *,
+    seed: int,
+    tolerances: Tolerances = Tolerances(),
+    progress: Callable[[str], None] | None = None,
+) -> Verification:
+    """Run ``candidate`` on the inputs ``reference`` recorded and compare with its outputs.
+
+    The recorded inputs must fit the candidate's inputs by name, element type and shape
+    (:class:`InputSpecError` if not); outputs are matched as by :func:`verify_runs`.
+    """
+    warnings: list[str] = []
+    feeds = [check_feeds(candidate, batch) for batch in reference.inputs]
+    b_names = [output.name for output in candidate.graph.output]
+    pairs = _matched_names("outputs", reference.output_names, b_names, "compared", warnings)
+    tolerances.check_names(reference.output_names)
+    actual = run_model(candidate, feeds, "B", progress, reference_ran=True)
+    comparisons = compare_runs(reference, actual, pairs, tolerances)
+    return _verification(comparisons, feeds, seed, tolerances, warnings)
+
+
+def _verification(
+    comparisons: tuple[OutputComparison, ...],
+    batches: Sequence[Mapping[str, np.ndarray]],
+    seed: int,
+    tolerances: Tolerances,
+    warnings: list[str],
+) -> Verification:
+    """The verdict: passed iff every output is within its tolerances."""
     return Verification(
         passed=all(c.passed for c in comparisons),
-        outputs=tuple(comparisons),
-        input_shapes=shapes,
+        outputs=comparisons,
+        input_shapes={name: list(value.shape) for name, value in batches[0].items()},
         seed=seed,
-        rtol=rtol,
-        atol=atol,
-        batches=len(batch_feeds),
+        rtol=tolerances.rtol,
+        atol=tolerances.atol,
+        output_atol=dict(tolerances.output_atol),
+        output_rtol=dict(tolerances.output_rtol),
+        batches=len(batches),
         warnings=tuple(warnings),
-        feeds=batch_feeds[0],
+        feeds=batches[0],
     )
-
-
-def _joined(values: list[np.ndarray]) -> np.ndarray:
-    """The outputs of several batches as one array, batches stacked along the first axis."""
-    if len(values) == 1 or values[0].ndim == 0:
-        return values[0]
-    return np.concatenate(values, axis=0)
-
-
-def _outputs_of(
-    model: onnx.ModelProto,
-    role: str,
-    batches: list[dict[str, np.ndarray]],
-    progress: Callable[[str], None] | None,
-    reference_ran: bool = False,
-) -> dict[str, list[np.ndarray]]:
-    """Every output of ``model`` on each batch, by name. Its session is gone on return, so
-    the two models' sessions never coexist: verifying a model of several GB holds one copy
-    of its weights in onnxruntime at a time, not two."""
-    session = create_session(model, role)
-    outputs: dict[str, list[np.ndarray]] = {}
-    for index, batch in enumerate(batches, start=1):
-        if progress is not None:
-            progress(f"{role} model, batch {index}/{len(batches)}")
-        for name, value in run_session(session, batch, role, reference_ran).items():
-            outputs.setdefault(name, []).append(value)
-    return outputs
 
 
 def _output_pairs(
