@@ -57,11 +57,11 @@ def run_job(job: str, source: str, target: str) -> None:
 
         from repvgg_onnx import io
         from repvgg_onnx.gs_import import import_onnx
-        from repvgg_onnx.skeleton import inferred_value_info
+        from repvgg_onnx.shapes import inferred_shapes
 
         model = io.load_model(source)
         import_onnx(model)
-        inferred_value_info(model)
+        inferred_shapes(model)
         onnx.save(model, target)
     else:
         raise SystemExit(f"unknown job {job!r}")

@@ -115,14 +115,3 @@ def _payload_bytes(tensor: onnx.TensorProto, elements: int) -> int:
     except (KeyError, TypeError):
         return len(tensor.raw_data)
     return elements * itemsize
-
-
-def inferred_value_info(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    """Types and shapes of the model's intermediate tensors by name (empty if inference fails)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(
-            model_skeleton(model), check_type=False, strict_mode=False
-        )
-    except Exception:  # inference is a help, never a requirement
-        return {}
-    return {value.name: value for value in inferred.graph.value_info}
