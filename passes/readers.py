@@ -16,7 +16,7 @@ from enum import Enum
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from repvgg_onnx.algebra import AffineConv, affine_conv, batchnorm_scale_shift
+from repvgg_onnx.algebra import AffineConv, affine_conv, batchnorm_scale_shift, same_pads
 from repvgg_onnx.linear_forms import (
     ChannelAffine,
     Form,
@@ -168,10 +168,10 @@ def _conv_geometry(node: gs.Node, kernel_shape) -> dict | str:
         return f"{node.op} '{node.name}' has an unknown auto_pad {auto_pad!r}"
     if any(s != 1 for s in strides):
         return geometry | {"pads": [0] * (2 * spatial), "auto_pad": auto_pad}
-    totals = [d * (k - 1) for k, d in zip(kernel_shape, dilations, strict=True)]
-    small = [t // 2 for t in totals]
-    large = [t - s for t, s in zip(totals, small, strict=True)]
-    return geometry | {"pads": small + large if auto_pad == "SAME_UPPER" else large + small}
+    any_size = [1] * spatial  # with stride 1 the pads do not depend on the input size
+    return geometry | {
+        "pads": list(same_pads(any_size, kernel_shape, strides, dilations, auto_pad))
+    }
 
 
 def read_conv(node: gs.Node) -> Reading:

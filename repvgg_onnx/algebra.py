@@ -136,15 +136,26 @@ def affine_conv(
     )
 
 
-def same_pads(size: int, kernel: int, stride: int, dilation: int, auto_pad: str) -> tuple[int, int]:
-    """ONNX's ``(begin, end)`` pads of ``auto_pad=SAME_UPPER/SAME_LOWER`` on an input of
-    ``size``: ``ceil(size / stride)`` outputs, total ``max((out − 1)·s + d·(k − 1) + 1 − n, 0)``,
-    the odd one at the end (``SAME_UPPER``, TF's ``SAME``) or at the beginning
-    (``SAME_LOWER``)."""
-    outputs = -(-size // stride)
-    total = max((outputs - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
-    small, large = total // 2, total - total // 2
-    return (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+def same_pads(
+    sizes: Sequence[int],
+    kernel_shape: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    auto_pad: str,
+) -> tuple[int, ...]:
+    """ONNX's explicit pads (begins, then ends) of ``auto_pad=SAME_UPPER/SAME_LOWER`` on an
+    input of spatial ``sizes``: per dim, ``ceil(n / s)`` outputs and a total of
+    ``max((out − 1)·s + d·(k − 1) + 1 − n, 0)``, the odd one at the end (``SAME_UPPER``, TF's
+    ``SAME``) or at the beginning (``SAME_LOWER``). With stride 1 the total is ``d·(k − 1)``
+    whatever ``n``."""
+    begins, ends = [], []
+    for size, kernel, stride, dilation in zip(sizes, kernel_shape, strides, dilations, strict=True):
+        outputs = -(-size // stride)
+        total = max((outputs - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        begins.append(small if auto_pad == "SAME_UPPER" else large)
+        ends.append(large if auto_pad == "SAME_UPPER" else small)
+    return (*begins, *ends)
 
 
 def _as_floating(values) -> np.ndarray:
@@ -310,14 +321,15 @@ def merge_affine_convs(
     every output — iff all branches share strides, input and output channels and spatial rank;
     every kernel with more than one tap along a dim uses the same dilation there; every
     branch's first tap lies a whole number of dilations from the merged kernel's first tap
-    (all taps on one grid); and every branch has the same number of outputs. A branch with
-    ``auto_pad=SAME_*`` is placed by the pads it has on the static ``input_size``. The last holds
+    (all taps on one grid); and every branch has the same number of outputs. The last holds
     for every input size when ``p_begin + p_end − d·(k − 1)`` is equal per dim; otherwise it
     is checked for the static ``input_size`` (one entry per spatial dim, ``None`` if unknown):
     ``⌊(n + p_begin + p_end − d·(k − 1) − 1) / s⌋ + 1`` equal — TF's ``SAME`` padding on an even
     input with stride 2 pads a 3x3 by ``(0, 1)`` and a 1x1 by ``(0, 0)``, so the 1x1 lands on
     the 3x3's first tap, and both give ``n/2`` outputs. Centred branches (the usual RepVGG
-    case) put every smaller kernel at the centre of the largest. Also, the grouping of the
+    case) put every smaller kernel at the centre of the largest. A branch with
+    ``auto_pad=SAME_*`` is placed by the pads it has on the static ``input_size``
+    (:func:`same_pads`), and refused when that size is unknown. Also, the grouping of the
     branch with the most taps (the fused conv's grouping) must divide every other branch's
     grouping, so no kernel is densified beyond the main branch. Otherwise raises
     :class:`IncompatibleBranchesError`.
@@ -372,13 +384,9 @@ def _with_explicit_pads(
             f"{name} uses auto_pad={branch.auto_pad} with strides {_show(branch.strides)}, "
             "whose padding depends on the input size, which is not static here"
         )
-    pairs = [
-        same_pads(size, k, s, d, branch.auto_pad)
-        for size, k, s, d in zip(
-            input_size, branch.kernel_shape, branch.strides, branch.dilations, strict=True
-        )
-    ]
-    pads = tuple(p[0] for p in pairs) + tuple(p[1] for p in pairs)
+    pads = same_pads(
+        input_size, branch.kernel_shape, branch.strides, branch.dilations, branch.auto_pad
+    )
     return evolve(branch, pads=pads, auto_pad="NOTSET")
 
 

@@ -227,10 +227,8 @@ def test_same_pads_match_onnxruntime(auto_pad, size, kernel, stride, dilation):
 
     weight = RNG.normal(size=(2, 2, kernel, kernel)).astype(np.float32)
     x = RNG.normal(size=(1, 2, size, size)).astype(np.float32)
-    begin, end = same_pads(size, kernel, stride, dilation, auto_pad)
-    explicit = affine_conv(
-        weight, strides=[stride] * 2, dilations=[dilation] * 2, pads=[begin, begin, end, end]
-    )
+    pads = same_pads([size] * 2, [kernel] * 2, [stride] * 2, [dilation] * 2, auto_pad)
+    explicit = affine_conv(weight, strides=[stride] * 2, dilations=[dilation] * 2, pads=pads)
     (actual,) = run(_conv_model(weight, stride, dilation, auto_pad, size), {"x": x})
     np.testing.assert_allclose(
         actual, convolve(x.astype(np.float64), explicit), rtol=1e-4, atol=1e-4
