@@ -28,6 +28,7 @@ import onnx_graphsurgeon as gs
 from .graph_utils import (
     UniqueNames,
     attribute,
+    broadcasts_into,
     constant_values,
     is_graph_output,
     is_omitted,
@@ -249,12 +250,4 @@ def _neutral_operand(node: gs.Node) -> gs.Tensor | None:
 def _cannot_broadcast(operand: gs.Tensor, value: np.ndarray) -> bool:
     """True if ``operand ∘ value`` has ``operand``'s shape: ``value`` has no more dims than
     ``operand`` and each of its (right-aligned) dims is 1 or ``operand``'s known size there."""
-    if value.ndim == 0:
-        return True
-    shape = operand.shape
-    if shape is None or value.ndim > len(shape):
-        return False
-    return all(
-        size == 1 or (isinstance(known, int | np.integer) and known == size)
-        for size, known in zip(value.shape[::-1], shape[::-1], strict=False)
-    )
+    return value.ndim == 0 or broadcasts_into(value.shape, operand.shape)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -181,6 +182,23 @@ def static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
         if not isinstance(d, int | np.integer) or d < 0:
             return None
     return tuple(int(d) for d in shape)
+
+
+def broadcasts_into(shape: Sequence, target: Sequence | None) -> bool:
+    """``shape`` broadcasts one way into ``target`` (``x ∘ c`` keeps ``x``'s shape when ``c``
+    has ``shape`` and ``x`` has ``target``): no more dims, and each of its dims, aligned from
+    the right, is 1 or the same known size."""
+    if target is None or len(shape) > len(target):
+        return False
+    return all(
+        size == 1
+        or (
+            isinstance(size, int | np.integer)
+            and isinstance(known, int | np.integer)
+            and size == known
+        )
+        for size, known in zip(reversed(shape), reversed(target), strict=False)
+    )
 
 
 def rank(tensor: gs.Tensor) -> int | None:

@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 
 from .graph_utils import (
     UniqueNames,
+    broadcasts_into,
     has_single_use,
     is_standard,
     producer,
@@ -74,11 +75,8 @@ def _gemm_computes(matmul: gs.Node, product: gs.Tensor, bias: gs.Tensor, out: gs
     if any(shape is None for shape in shapes) or len(shapes[0]) != 2 or len(shapes[1]) != 2:
         return False
     product_shape, bias_shape = shapes[2], shapes[3]
-    if len(product_shape) != 2 or len(bias_shape) > 2:
+    if len(product_shape) != 2 or not broadcasts_into(bias_shape, product_shape):
         return False
-    for size, target in zip(bias_shape[::-1], product_shape[::-1], strict=False):
-        if size != 1 and not (isinstance(size, int) and size == target):
-            return False
     try:
         dtypes = {np.dtype(t.dtype).name for t in (a, b, bias, out) if t.dtype is not None}
     except TypeError:
