@@ -103,22 +103,20 @@ def remaining_branch_sums(
     or a node on its branches."""
     remaining = []
     for node, source, on_the_way in branch_sum_nodes(fused.graph):
-        names = {node.name, *on_the_way}
-        named = [
-            s.reason
-            for s in skipped
-            if s.node in names or any(f"'{name}'" in s.reason for name in names)
-        ]
-        reason = (
-            named[0]
-            if named
-            else (
-                f"{node.op_type} '{node.name}' sums linear branches of '{source}' that fuse "
-                "leaves apart"
-            )
+        reason = _reason_naming(skipped, {node.name, *on_the_way}) or (
+            f"{node.op_type} '{node.name}' sums linear branches of '{source}' that fuse "
+            "leaves apart"
         )
         remaining.append(RemainingSum(node.name, reason))
     return tuple(remaining)
+
+
+def _reason_naming(skipped: list[Skipped], names: set[str]) -> str | None:
+    """The reason of the first skip anchored at one of the nodes ``names`` or quoting one."""
+    for skip in skipped:
+        if skip.node in names or any(f"'{name}'" in skip.reason for name in names):
+            return skip.reason
+    return None
 
 
 def remaining_batchnorms(
@@ -137,9 +135,9 @@ def remaining_batchnorms(
     for node in graph.node:
         if node.op_type != "BatchNormalization":
             continue
-        named = [s.reason for s in skipped if s.node == node.name or f"'{node.name}'" in s.reason]
-        if named:
-            remaining.append(RemainingBatchNorm(node.name, named[0]))
+        named = _reason_naming(skipped, {node.name})
+        if named is not None:
+            remaining.append(RemainingBatchNorm(node.name, named))
             continue
         source = producers.get(node.input[0])
         before = f"{source.op_type} '{source.name}'" if source else f"input '{node.input[0]}'"
