@@ -15,10 +15,8 @@ reference; a relative error ``max|a − b| / max|b|`` above :data:`RELATIVE_TOLE
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import tempfile
-from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ import onnxruntime as ort
 import paddle
 import paddle2onnx
 
-from models import paddle_blocks
+from models import onnx_files, paddle_blocks
 
 SEED = 0
 CHECK_INPUT_SEED = 1234
@@ -129,24 +127,15 @@ def check_close(actual: np.ndarray, expected: np.ndarray, what: str) -> float:
     return error
 
 
-def op_counts(path: Path) -> dict[str, int]:
-    return dict(sorted(Counter(n.op_type for n in onnx.load(path).graph.node).items()))
-
-
 def file_entry(path: Path, opset: int, reparameterized: bool) -> dict[str, Any]:
-    data = path.read_bytes()
-    model = onnx.load_from_string(data)
+    """The export settings and :func:`models.onnx_files.file_summary` of one file."""
     return {
         "exporter": "paddle2onnx",
         "opset": opset,
         "enable_optimize": True,
         "dynamic_batch": False,
         "reparameterized": reparameterized,
-        "file": path.relative_to(FIXTURES_DIR).as_posix(),
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "initializers": len(model.graph.initializer),
-        "op_counts": op_counts(path),
+        **onnx_files.file_summary(path, FIXTURES_DIR),
     }
 
 
@@ -169,7 +158,7 @@ def export_family(name: str) -> dict[str, Any]:
         check_close(run_onnx(training, x), reference_out, f"{name}/{form} vs its reference")
         forms[form] = file_entry(training, opset, False) | {
             "reference": f"{form}_reference",
-            "deploy_op_counts": op_counts(reference),
+            "deploy_op_counts": onnx_files.op_counts(onnx.load(reference)),
         }
         forms[f"{form}_reference"] = file_entry(reference, opset, True)
     sample = onnx.load(FIXTURES_DIR / name / f"{next(iter(family_forms))}.onnx").graph
