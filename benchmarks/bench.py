@@ -36,7 +36,7 @@ import onnxruntime as ort
 from latency import LatencyResult, measure_latency, output_differences
 
 import repvgg_onnx
-from repvgg_onnx.report import ModelStats
+from repvgg_onnx.reports.fuse_report import ModelStats
 
 if TYPE_CHECKING:
     from torch import nn

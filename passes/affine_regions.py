@@ -10,8 +10,8 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from .graph_utils import UniqueNames, splice_nodes
+from .pass_result import FusedBlock, PassResult
 from .regions import RULE, RegionFinder, RegionPlan
-from .result import FusedBlock, PassResult
 from .rewrite import chain_nodes
 
 

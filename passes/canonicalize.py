@@ -38,7 +38,7 @@ from .graph_utils import (
     static_shape,
     use_count,
 )
-from .result import PassResult
+from .pass_result import PassResult
 
 RULE = "canonicalize"
 

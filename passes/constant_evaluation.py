@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .reference import CHECKED_OPS, evaluate_index_ops, reference_evaluator
+from .reference_evaluator import CHECKED_OPS, evaluate_index_ops, reference_evaluator
 
 #: Runs a model without graph inputs; its outputs, in order. Raises if it cannot.
 ModelRunner = Callable[[onnx.ModelProto], list[np.ndarray]]

@@ -12,7 +12,8 @@ prove it: on input ``p = 1, 2, …, n`` and on ``−p``, an output element that 
 input ``j`` reads ``j+1`` and ``−(j+1)``; one that is a constant reads the same value twice.
 Anything else means the chain computed something, and it is refused. If every output
 element is a copy at a fixed offset or a per-channel constant on the border, the chain is a
-constant-mode Pad with one fill value per channel (:func:`repvgg_onnx.linear_forms.pad_conv`).
+constant-mode Pad with one fill value per channel
+(:func:`repvgg_onnx.algebra.linear_forms.pad_conv`).
 
 The evaluation is onnx's reference implementation of the ops, never ours.
 """
@@ -26,12 +27,12 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
-from repvgg_onnx.algebra import AffineConv
-from repvgg_onnx.gs_internals import node_proto
-from repvgg_onnx.linear_forms import pad_conv
+from repvgg_onnx.algebra.affine_conv import AffineConv
+from repvgg_onnx.algebra.linear_forms import pad_conv
+from repvgg_onnx.graph.gs_versions import node_proto
 
 from .graph_utils import constant_values, static_shape
-from .reference import reference_evaluator
+from .reference_evaluator import reference_evaluator
 
 #: Probe values ``1…n`` are exact in float32 up to 2**24.
 MAX_PROBE_ELEMENTS = 1 << 24

@@ -23,7 +23,7 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from repvgg_onnx.gs_internals import node_proto
+from repvgg_onnx.graph.gs_versions import node_proto
 
 from .constant_evaluation import NodeValues, Runtime, evaluate_constants
 from .graph_utils import (
@@ -35,7 +35,7 @@ from .graph_utils import (
     replace_uses,
     static_shape,
 )
-from .result import PassResult, Skipped
+from .pass_result import PassResult, Skipped
 
 RULE = "fold_constants"
 

@@ -5,7 +5,7 @@ feeds one through ops that only move axes, belongs to no single-root region: Nex
 ``norm1`` is read by the q, k and v projections after ``rearrange(b c h w -> b (h w) c)``,
 FastViT's attention ``norm`` by ``qkv`` after ``flatten(2).transpose(-2, -1)``. When *every*
 reader is such a path ending in a linear op that can absorb the map on its input side
-(:func:`repvgg_onnx.linear_forms.compose`: no padding sees a non-zero shift), each linear op
+(:func:`repvgg_onnx.algebra.linear_forms.compose`: no padding sees a non-zero shift), each linear op
 gets the composed weights and the per-channel op disappears; the ops that move axes stay, now
 reading the per-channel op's input.
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from repvgg_onnx.linear_forms import ChannelAffine, NotComposableError, compose
+from repvgg_onnx.algebra.linear_forms import ChannelAffine, NotComposableError, compose
 
 from .graph_utils import (
     UniqueNames,
@@ -37,8 +37,8 @@ from .graph_utils import (
     splice_nodes,
     static_shape,
 )
+from .pass_result import FusedBlock, PassResult, Skipped
 from .readers import Kind, LinearOp, read_node
-from .result import FusedBlock, PassResult, Skipped
 from .rewrite import NodeSpec, chain_nodes, node_specs
 from .runtime_patterns import fused_pattern_ending_at, kept_tail_reason
 

@@ -25,7 +25,7 @@ from .graph_utils import (
     producer,
     splice_nodes,
 )
-from .result import FusedBlock, PassResult
+from .pass_result import FusedBlock, PassResult
 
 RULE = "matmul_add_to_gemm"
 _GEMM_TYPES = ("float16", "float32", "float64", "bfloat16")

@@ -16,8 +16,13 @@ from enum import Enum
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from repvgg_onnx.algebra import AffineConv, affine_conv, batchnorm_scale_shift, same_pads
-from repvgg_onnx.linear_forms import (
+from repvgg_onnx.algebra.affine_conv import (
+    AffineConv,
+    affine_conv,
+    batchnorm_scale_shift,
+    same_pads,
+)
+from repvgg_onnx.algebra.linear_forms import (
     ChannelAffine,
     Form,
     TransposedConv,

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import onnx_graphsurgeon as gs
 
-from repvgg_onnx.algebra import AffineConv, IncompatibleBranchesError
-from repvgg_onnx.frozen import evolve
-from repvgg_onnx.linear_forms import (
+from repvgg_onnx.algebra.affine_conv import AffineConv, IncompatibleBranchesError
+from repvgg_onnx.algebra.evolve import evolve
+from repvgg_onnx.algebra.linear_forms import (
     IDENTITY,
     ChannelAffine,
     Form,
@@ -39,15 +39,13 @@ from repvgg_onnx.linear_forms import (
     multiply_adds,
     sum_forms,
 )
+from repvgg_onnx.io.mapped_weights import release_mapped_pages
 
 from .data_movement import chain_as_pad, describe_nodes
 from .graph_utils import constant_values, describe_uses, has_single_use, producer, rank
-from .mapped_weights import release_mapped_pages
+from .pass_result import Skipped
 from .readers import Kind, Layout, LinearOp, Refusal, cost_of, keeps_channels, read_node
-from .result import Skipped
-from .rewrite import node_specs
-from .runtime_patterns import fused_pattern_ending_at, kept_tail_reason
-from .terms import (
+from .region_terms import (
     WEIGHTED,
     Emission,
     Expression,
@@ -67,6 +65,8 @@ from .terms import (
     shape_facts,
     spatial_size,
 )
+from .rewrite import node_specs
+from .runtime_patterns import fused_pattern_ending_at, kept_tail_reason
 
 RULE = "affine_region"
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from repvgg_onnx.algebra import AffineConv, materialize, per_channel, regroup_kernel
-from repvgg_onnx.linear_forms import ChannelAffine, Form, TransposedConv
+from repvgg_onnx.algebra.affine_conv import AffineConv, materialize, per_channel, regroup_kernel
+from repvgg_onnx.algebra.linear_forms import ChannelAffine, Form, TransposedConv
 
 from .graph_utils import UniqueNames
 

@@ -6,15 +6,7 @@
 >>> result.save("model-deploy.onnx")
 """
 
-from importlib import metadata
-
-try:
-    __version__ = metadata.version("repvgg-onnx")
-except metadata.PackageNotFoundError:  # run from a source tree that is not installed
-    __version__ = "0+unknown"
-
 from repvgg_onnx.api import FuseResult, FuseVerificationError, diff, fuse, inspect, verify
-from repvgg_onnx.diff import GraphDiff
 from repvgg_onnx.errors import (
     CheckFailedError,
     InputSpecError,
@@ -23,10 +15,11 @@ from repvgg_onnx.errors import (
     ReparamError,
     UnsupportedModelError,
 )
-from repvgg_onnx.inspection import Inspection
-from repvgg_onnx.io import load_model, save_model
-from repvgg_onnx.report import Localization, Verification
-from repvgg_onnx.verify import verify_models
+from repvgg_onnx.io.model_files import load_model, save_model
+from repvgg_onnx.reports.diff import GraphDiff
+from repvgg_onnx.reports.inspection import Inspection
+from repvgg_onnx.verification.compare import verify_models
+from repvgg_onnx.verification.results import Localization, Verification
 
 __all__ = [
     "CheckFailedError",
@@ -49,3 +42,4 @@ __all__ = [
     "verify",
     "verify_models",
 ]
+from repvgg_onnx.version import __version__ as __version__

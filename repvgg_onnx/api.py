@@ -13,19 +13,26 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
-from repvgg_onnx import golden, io
-from repvgg_onnx.diff import GraphDiff, diff_models
 from repvgg_onnx.errors import CheckFailedError, InputSpecError, ModelRunError, first_line
-from repvgg_onnx.inlining import inline_for_passes
-from repvgg_onnx.inputs import load_feeds
-from repvgg_onnx.inspection import Inspection, inspect_model
-from repvgg_onnx.isolation import isolated
-from repvgg_onnx.localize import first_divergence
-from repvgg_onnx.pipeline import DEFAULT_PASSES, Pass
-from repvgg_onnx.report import FuseReport, ModelStats, Verification
-from repvgg_onnx.skeleton import model_skeleton
-from repvgg_onnx.transform import fuse_graph
-from repvgg_onnx.verify import Tolerances, verify_against_run, verify_models, verify_runs
+from repvgg_onnx.io import model_files as io
+from repvgg_onnx.io.stripped_model import model_skeleton
+from repvgg_onnx.pipeline.function_inlining import inline_for_passes
+from repvgg_onnx.pipeline.fuse_model import fuse_graph
+from repvgg_onnx.pipeline.pass_fixpoint import DEFAULT_PASSES, Pass
+from repvgg_onnx.reports.diff import GraphDiff, diff_models
+from repvgg_onnx.reports.fuse_report import FuseReport, ModelStats
+from repvgg_onnx.reports.inspection import Inspection, inspect_model
+from repvgg_onnx.verification import golden
+from repvgg_onnx.verification.compare import (
+    Tolerances,
+    verify_against_run,
+    verify_models,
+    verify_runs,
+)
+from repvgg_onnx.verification.inputs import load_feeds
+from repvgg_onnx.verification.isolation import isolated
+from repvgg_onnx.verification.localize import first_divergence
+from repvgg_onnx.verification.results import Verification
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 
@@ -44,13 +51,13 @@ class FuseResult:
     def save(self, path: str | os.PathLike, external_data: bool | None = None) -> None:
         """Write the fused model atomically, with its weights in a data file next to it when
         ``external_data`` is true, or when it is ``None`` and the model exceeds 2 GB (see
-        :func:`repvgg_onnx.io.save_model`)."""
+        :func:`repvgg_onnx.io.model_files.save_model`)."""
         io.save_model(self.model, path, external_data=external_data)
 
 
 def load(model: ModelLike, map_external_data: bool = False) -> onnx.ModelProto:
     """A ModelProto as is, or the model at a path (with its external data, or with its large
-    weights left in their data file: see :func:`repvgg_onnx.io.load_model`)."""
+    weights left in their data file: see :func:`repvgg_onnx.io.model_files.load_model`)."""
     if isinstance(model, onnx.ModelProto):
         return model
     return io.load_model(model, map_external_data=map_external_data)
@@ -84,8 +91,9 @@ def verify(
 
     ``output_atol``/``output_rtol`` override ``atol``/``rtol`` for the outputs they name (of
     the reference). ``save_outputs``: also write ``a``'s run (its inputs and outputs) to that
-    ``.npz`` (see :mod:`repvgg_onnx.golden`). ``verify(b, reference_outputs=path)``: hold the
-    one model ``b`` to the outputs saved in ``path``, on the inputs saved with them.
+    ``.npz`` (see :mod:`repvgg_onnx.verification.golden`).
+    ``verify(b, reference_outputs=path)``: hold the one model ``b`` to the outputs saved in
+    ``path``, on the inputs saved with them.
     """
     tolerances = Tolerances(atol, rtol, dict(output_atol or {}), dict(output_rtol or {}))
     if reference_outputs is not None:

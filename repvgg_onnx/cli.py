@@ -19,16 +19,19 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from repvgg_onnx import __version__, api, io
+from repvgg_onnx import api
 from repvgg_onnx.errors import InputSpecError, ReparamError
-from repvgg_onnx.inputs import parse_input_shapes
-from repvgg_onnx.render import Rendered, error_report, render
-from repvgg_onnx.verify import (
+from repvgg_onnx.io import model_files as io
+from repvgg_onnx.reports.render.formats import Rendered, render
+from repvgg_onnx.reports.render.schema import error_report
+from repvgg_onnx.verification.compare import (
     DEFAULT_ATOL_SCALE,
     DEFAULT_RTOL,
     HALF_PRECISION_ATOL_SCALE,
     HALF_PRECISION_RTOL,
 )
+from repvgg_onnx.verification.inputs import parse_input_shapes
+from repvgg_onnx.version import __version__
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1

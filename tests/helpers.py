@@ -13,8 +13,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from repvgg_onnx.pipeline import PipelineResult
-from repvgg_onnx.transform import fuse_graph
+from repvgg_onnx.pipeline.fuse_model import fuse_graph
+from repvgg_onnx.pipeline.pass_fixpoint import PipelineResult
 
 OPSET = 17
 REPO_ROOT = Path(__file__).resolve().parents[1]

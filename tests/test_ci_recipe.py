@@ -12,7 +12,7 @@ import jsonschema
 import numpy as np
 import onnx
 
-from repvgg_onnx.report import report_schema
+from repvgg_onnx.reports.render.schema import report_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "models" / "samples" / "repvgg_a0_half.onnx"

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 import repvgg_onnx
 from repvgg_onnx.cli import main
-from repvgg_onnx.report import report_schema
+from repvgg_onnx.reports.render.schema import report_schema
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 TRAINING = MODELS / "fixtures" / "tiny_repvgg_se" / "ts17_nofold.onnx"

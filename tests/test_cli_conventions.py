@@ -16,7 +16,7 @@ from helpers import REPVGG_BRANCHES, block_model
 from repvgg_onnx import cli
 from repvgg_onnx.cli import main
 from repvgg_onnx.errors import InputSpecError
-from repvgg_onnx.inputs import parse_input_shapes
+from repvgg_onnx.verification.inputs import parse_input_shapes
 
 
 @pytest.fixture

@@ -18,13 +18,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from helpers import op_counts, random_feeds, run
-from repvgg_onnx.constant_runtime import onnxruntime_values
-from repvgg_onnx.gs_bridge import import_graph
+from repvgg_onnx.graph.crossing import import_graph
 from repvgg_onnx.passes import constant_evaluation
 from repvgg_onnx.passes.constant_evaluation import constant_model, evaluate_constants
 from repvgg_onnx.passes.fold_constants import fold_constants
-from repvgg_onnx.passes.reference import CHECKED_OPS
-from repvgg_onnx.transform import fuse_graph
+from repvgg_onnx.passes.reference_evaluator import CHECKED_OPS
+from repvgg_onnx.pipeline.constant_folding import onnxruntime_values
+from repvgg_onnx.pipeline.fuse_model import fuse_graph
 
 RNG = np.random.default_rng(0)
 F = np.float32
@@ -327,7 +327,7 @@ def test_folding_runs_onnxruntime_in_one_child_process(tmp_path):
     once, and never in the fusing process itself, so verification can still fork."""
     fixture = Path(__file__).resolve().parent.parent / "models/fixtures/families/dbb"
     script = (
-        "import sys, repvgg_onnx, repvgg_onnx.constant_runtime as runtime\n"
+        "import sys, repvgg_onnx, repvgg_onnx.pipeline.constant_folding as runtime\n"
         "starts, start = [], runtime._start_child\n"
         "runtime._start_child = lambda: starts.append(1) or start()\n"
         f"result = repvgg_onnx.fuse({str(fixture / 'ts17_nofold.onnx')!r}, verify=False)\n"
@@ -343,7 +343,7 @@ def test_a_child_that_dies_answers_nothing_and_the_next_call_starts_another():
 import os, signal, sys
 import numpy as np
 from onnx import helper
-import repvgg_onnx.constant_runtime as runtime
+import repvgg_onnx.pipeline.constant_folding as runtime
 
 nodes = [helper.make_node("Max", ["a", "b"], ["larger"])]
 values = {"a": np.array([1.0, 5.0], np.float32), "b": np.array([2.0, 3.0], np.float32)}

@@ -25,9 +25,10 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from helpers import data_file_locations, repository_module
-from repvgg_onnx import api, io
+from repvgg_onnx import api
 from repvgg_onnx.cli import main
 from repvgg_onnx.errors import ModelSaveError
+from repvgg_onnx.io import model_files as io
 
 synthetic = repository_module("models.synthetic")
 

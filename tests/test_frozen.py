@@ -8,8 +8,8 @@ import functools
 import numpy as np
 import pytest
 
-from repvgg_onnx.algebra import affine_conv
-from repvgg_onnx.frozen import evolve
+from repvgg_onnx.algebra.affine_conv import affine_conv
+from repvgg_onnx.algebra.evolve import evolve
 
 
 @dataclasses.dataclass(frozen=True)

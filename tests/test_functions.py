@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 import repvgg_onnx
 from helpers import random_feeds, repository_module, run
 from repvgg_onnx.cli import main
-from repvgg_onnx.report import report_schema
+from repvgg_onnx.reports.render.schema import report_schema
 
 OPSET = 17
 DOMAIN = "blocks"

@@ -20,11 +20,11 @@ from onnx import numpy_helper
 
 import repvgg_onnx
 from helpers import run
-from repvgg_onnx import golden
 from repvgg_onnx.cli import _per_output, main
 from repvgg_onnx.errors import InputSpecError, ModelSaveError
-from repvgg_onnx.report import report_schema
-from repvgg_onnx.verify import RunResult, Tolerances
+from repvgg_onnx.reports.render.schema import report_schema
+from repvgg_onnx.verification import golden
+from repvgg_onnx.verification.compare import RunResult, Tolerances
 
 SAMPLE = Path(__file__).resolve().parent.parent / "models" / "samples" / "repvgg_a0_half.onnx"
 

@@ -9,8 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from helpers import OPSET, REPVGG_BRANCHES, block_model, random_feeds, run
 from repvgg_onnx.errors import UnsupportedModelError
-from repvgg_onnx.gs_bridge import dense_tensor, export_graph, import_graph
-from repvgg_onnx.transform import fuse_graph
+from repvgg_onnx.graph.crossing import dense_tensor, export_graph, import_graph
+from repvgg_onnx.pipeline.fuse_model import fuse_graph
 
 DENSE = np.array([[0.0, 1.5, 0.0], [0.0, 0.0, -2.0]], np.float32)
 
@@ -90,7 +90,7 @@ def test_a_model_without_outputs_is_refused_with_a_reason() -> None:
 def test_a_graphsurgeon_failure_is_an_unsupported_model_error(monkeypatch) -> None:
     import onnx_graphsurgeon as gs
 
-    from repvgg_onnx import gs_import
+    from repvgg_onnx.graph import fast_import as gs_import
 
     def broken(model):
         raise KeyError("something graphsurgeon did not expect")
@@ -113,7 +113,7 @@ def test_a_dismantled_graph_is_freed_without_the_cyclic_collector() -> None:
     import gc
     import weakref
 
-    from repvgg_onnx.gs_bridge import dismantle
+    from repvgg_onnx.graph.crossing import dismantle
 
     graph, _ = import_graph(block_model(REPVGG_BRANCHES, cin=4, cout=4, seed=1))
     objects = [weakref.ref(o) for o in (*graph.nodes, *graph.tensors().values())]
@@ -131,7 +131,7 @@ def test_watching_a_graph_keeps_nothing_alive() -> None:
     import gc
     import weakref
 
-    from repvgg_onnx.gs_bridge import graph_objects, watch
+    from repvgg_onnx.graph.crossing import graph_objects, watch
 
     graph, _ = import_graph(block_model(REPVGG_BRANCHES, cin=4, cout=4, seed=1))
     objects = [weakref.ref(o) for o in graph_objects(graph)]
@@ -146,7 +146,7 @@ def test_nodes_dropped_from_the_graph_are_freed_with_it() -> None:
     import gc
     import weakref
 
-    from repvgg_onnx.gs_bridge import dismantle, graph_objects, watch
+    from repvgg_onnx.graph.crossing import dismantle, graph_objects, watch
 
     graph, _ = import_graph(block_model(REPVGG_BRANCHES, cin=4, cout=4, seed=1))
     objects = [weakref.ref(o) for o in graph_objects(graph)]

@@ -20,10 +20,11 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from helpers import REPO_ROOT, if_reading_outer_tensors
-from repvgg_onnx import gs_export, gs_internals
-from repvgg_onnx.gs_import import import_onnx
-from repvgg_onnx.pipeline import run_passes
-from repvgg_onnx.weightless import detach_weights
+from repvgg_onnx.graph import fast_export as gs_export
+from repvgg_onnx.graph import gs_versions as gs_internals
+from repvgg_onnx.graph.detached_weights import detach_weights
+from repvgg_onnx.graph.fast_import import import_onnx
+from repvgg_onnx.pipeline.pass_fixpoint import run_passes
 
 MODELS = sorted((REPO_ROOT / "models").rglob("*.onnx"))
 

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from helpers import REPO_ROOT, if_reading_outer_tensors
-from repvgg_onnx import gs_import
+from repvgg_onnx.graph import fast_import as gs_import
 
 MODELS = sorted((REPO_ROOT / "models").rglob("*.onnx"))
 

@@ -1,4 +1,4 @@
-"""The probes of :mod:`repvgg_onnx.gs_internals` choose right: where a probe takes a private
+"""The probes of :mod:`repvgg_onnx.graph.gs_versions` choose right: where a probe takes a private
 field, the field holds what graphsurgeon's public API answers; and with every probe forced to
 the public API (as on a graphsurgeon whose layout moved), fuse writes the same bytes."""
 
@@ -14,7 +14,10 @@ from onnx import TensorProto, numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from helpers import REPO_ROOT
-from repvgg_onnx import api, gs_export, gs_import, gs_internals
+from repvgg_onnx import api
+from repvgg_onnx.graph import fast_export as gs_export
+from repvgg_onnx.graph import fast_import as gs_import
+from repvgg_onnx.graph import gs_versions as gs_internals
 
 MODELS = [
     REPO_ROOT / "models/samples/repvgg_a0_half.onnx",

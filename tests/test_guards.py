@@ -23,9 +23,9 @@ from helpers import (
 )
 from repvgg_onnx import api
 from repvgg_onnx.cli import main
-from repvgg_onnx.passes.result import PassResult, Skipped
-from repvgg_onnx.pipeline import run_passes
-from repvgg_onnx.verify import verify_models
+from repvgg_onnx.passes.pass_result import PassResult, Skipped
+from repvgg_onnx.pipeline.pass_fixpoint import run_passes
+from repvgg_onnx.verification.compare import verify_models
 
 
 def invoke(*args):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from repvgg_onnx.html import OPEN_BLOCKS, render_html
+from repvgg_onnx.reports.render.html import OPEN_BLOCKS, render_html
 
 EVIL = "<script>alert(1)</script>\"'&"
 

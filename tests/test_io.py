@@ -1,4 +1,5 @@
-"""Tests of repvgg_onnx.io: loading refuses what is not a safe, valid model; saving is atomic."""
+"""Tests of repvgg_onnx.io.model_files: loading refuses what is not a safe, valid model;
+saving is atomic."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data, uses_external_data
 
 from helpers import use_named_temporaries
-from repvgg_onnx import io
 from repvgg_onnx.errors import ModelLoadError, ModelSaveError
+from repvgg_onnx.io import model_files as io
 
 WEIGHT_BYTES = 8 * 8 * 3 * 3 * 4
 BIAS_BYTES = 8 * 4
@@ -759,7 +760,7 @@ def test_load_refuses_a_large_initializer_shorter_than_its_shape(tmp_path: Path,
 def test_the_skeleton_size_bound_counts_constant_nodes_and_strings() -> None:
     """The bound that decides whether the checker gets the skeleton or the path is never
     below what the skeleton's tensors hold: a large Constant node, a long string."""
-    from repvgg_onnx.skeleton import model_skeleton
+    from repvgg_onnx.io.stripped_model import model_skeleton
 
     big = numpy_helper.from_array(np.ones(50_000, np.float32), "c")
     words = helper.make_tensor("s", TensorProto.STRING, [1], [b"x" * 300_000])

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from repvgg_onnx import isolation
 from repvgg_onnx.errors import CheckFailedError, ModelRunError
-from repvgg_onnx.isolation import isolated, note
+from repvgg_onnx.verification import isolation
+from repvgg_onnx.verification.isolation import isolated, note
 
 
 @pytest.fixture(autouse=True)

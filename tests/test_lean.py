@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 import repvgg_onnx
 from helpers import REPVGG_BRANCHES, assert_same_function, block_model
 from repvgg_onnx.passes.graph_utils import constant_values
-from repvgg_onnx.transform import fuse_graph
+from repvgg_onnx.pipeline.fuse_model import fuse_graph
 
 SAMPLE = "models/samples/repvgg_a0_half.onnx"
 
@@ -94,7 +94,7 @@ def test_fuse_without_verification_does_not_import_onnxruntime(tmp_path):
 
 
 def test_passes_sort_a_graph_given_out_of_order():
-    from repvgg_onnx.pipeline import run_passes
+    from repvgg_onnx.pipeline.pass_fixpoint import run_passes
 
     model = block_model(REPVGG_BRANCHES, seed=5)
     graph = gs.import_onnx(model)
@@ -107,7 +107,7 @@ def test_passes_sort_a_graph_given_out_of_order():
 
 
 def test_a_region_rewrite_keeps_the_graph_sorted_without_a_full_sort(monkeypatch):
-    from repvgg_onnx.pipeline import run_passes
+    from repvgg_onnx.pipeline.pass_fixpoint import run_passes
 
     model = block_model(REPVGG_BRANCHES, seed=6)
     graph = gs.import_onnx(model)
@@ -131,7 +131,7 @@ def _graph_with_weights() -> gs.Graph:
 
 
 def test_a_graph_exported_without_its_weights_is_the_same_model_once_they_are_attached():
-    from repvgg_onnx.weightless import attach_weights, detach_weights
+    from repvgg_onnx.graph.detached_weights import attach_weights, detach_weights
 
     expected = gs.export_onnx(_graph_with_weights()).SerializeToString()
     graph = _graph_with_weights()
@@ -146,7 +146,7 @@ def test_a_graph_exported_without_its_weights_is_the_same_model_once_they_are_at
 
 
 def test_weights_come_back_after_a_weightless_export():
-    from repvgg_onnx.weightless import weights_detached
+    from repvgg_onnx.graph.detached_weights import weights_detached
 
     graph = _graph_with_weights()
     before = graph.tensors()["big"].values.copy()
@@ -156,9 +156,9 @@ def test_weights_come_back_after_a_weightless_export():
 
 
 def test_proto_backed_weights_are_stubs_during_a_weightless_export_and_come_back():
-    from repvgg_onnx.gs_internals import stored_values
-    from repvgg_onnx.skeleton import SMALL_TENSOR_ELEMENTS
-    from repvgg_onnx.weightless import weights_detached
+    from repvgg_onnx.graph.detached_weights import weights_detached
+    from repvgg_onnx.graph.gs_versions import stored_values
+    from repvgg_onnx.io.stripped_model import SMALL_TENSOR_ELEMENTS
 
     model = block_model(REPVGG_BRANCHES, cin=16, cout=16, seed=5)  # 3x3 weight: 2304 elements
     graph = gs.import_onnx(model)
@@ -177,7 +177,7 @@ def test_proto_backed_weights_are_stubs_during_a_weightless_export_and_come_back
 
 @pytest.mark.parametrize("direct_below", [64 * 2**20, 0])
 def test_serialized_size_is_the_protobuf_size_by_either_route(monkeypatch, direct_below):
-    from repvgg_onnx import skeleton
+    from repvgg_onnx.io import stripped_model as skeleton
 
     monkeypatch.setattr(skeleton, "_DIRECT_SIZE_BYTES", direct_below)
     model = block_model(REPVGG_BRANCHES, cin=16, cout=16, seed=2)  # large and small weights
@@ -187,7 +187,7 @@ def test_serialized_size_is_the_protobuf_size_by_either_route(monkeypatch, direc
 
 
 def test_a_skeleton_without_large_weights_is_the_model_without_its_annotations():
-    from repvgg_onnx.skeleton import SMALL_TENSOR_ELEMENTS, model_skeleton
+    from repvgg_onnx.io.stripped_model import SMALL_TENSOR_ELEMENTS, model_skeleton
 
     model = block_model(REPVGG_BRANCHES, cin=4, cout=4, seed=4)
     assert all(math.prod(t.dims) <= SMALL_TENSOR_ELEMENTS for t in model.graph.initializer)
@@ -203,7 +203,7 @@ def test_a_skeleton_without_large_weights_is_the_model_without_its_annotations()
 
 
 def test_tensor_map_is_graphsurgeons_tensor_map():
-    from repvgg_onnx.passes.graph_utils import tensor_map
+    from repvgg_onnx.graph.constant_views import tensor_map
 
     model = onnx.parser.parse_model(
         """<ir_version: 8, opset_import: ["" : 13]>

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from repvgg_onnx.algebra import AffineConv, affine_conv, materialize
-from repvgg_onnx.linear_forms import (
+from repvgg_onnx.algebra.affine_conv import AffineConv, affine_conv, materialize
+from repvgg_onnx.algebra.linear_forms import (
     ChannelAffine,
     NotComposableError,
     average_pool_conv,

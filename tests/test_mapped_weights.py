@@ -19,11 +19,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from helpers import assert_same_function, random_feeds, repvgg_chain, run
-from repvgg_onnx import api, io
-from repvgg_onnx.passes import mapped_weights, regions
+from repvgg_onnx import api
+from repvgg_onnx.graph.detached_weights import detach_weights
+from repvgg_onnx.io import mapped_weights
+from repvgg_onnx.io import model_files as io
+from repvgg_onnx.io.stripped_model import SMALL_TENSOR_ELEMENTS, serialized_size
+from repvgg_onnx.passes import regions
 from repvgg_onnx.passes.graph_utils import constant_values
-from repvgg_onnx.skeleton import SMALL_TENSOR_ELEMENTS, serialized_size
-from repvgg_onnx.weightless import detach_weights
 
 #: Six RepVGG blocks of 48 channels: 3x3 kernels of 20,736 elements (mapped), BN vectors of 48
 #: (kept in memory).

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import repvgg_onnx
 from helpers import repvgg_chain
-from repvgg_onnx.inspection import Inspection, RemainingBatchNorm
-from repvgg_onnx.markdown import MARKDOWN_LIMIT
-from repvgg_onnx.passes.result import FusedBlock, Skipped
-from repvgg_onnx.report import FuseReport, ModelStats
-from repvgg_onnx.summary import ModelSummary
+from repvgg_onnx.passes.pass_result import FusedBlock, Skipped
+from repvgg_onnx.reports.fuse_report import FuseReport, ModelStats
+from repvgg_onnx.reports.inspection import Inspection, RemainingBatchNorm
+from repvgg_onnx.reports.render.markdown import MARKDOWN_LIMIT
+from repvgg_onnx.reports.summary import ModelSummary
 
 
 def test_the_diff_of_a_5000_block_model_fits_a_comment():

@@ -9,7 +9,7 @@ import weakref
 
 import pytest
 
-from repvgg_onnx.memory import return_free_memory
+from repvgg_onnx.graph.memory_release import return_free_memory
 
 
 class Node:
@@ -34,7 +34,7 @@ def test_cycles_are_collected_and_glibc_trims() -> None:
 def test_only_models_with_large_weights_are_worth_a_collection() -> None:
     from onnx import TensorProto, helper
 
-    from repvgg_onnx.memory import LARGE_MODEL_BYTES, worth_returning
+    from repvgg_onnx.graph.memory_release import LARGE_MODEL_BYTES, worth_returning
 
     def model_of(elements: int):
         tensor = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[elements])
@@ -46,7 +46,7 @@ def test_only_models_with_large_weights_are_worth_a_collection() -> None:
 
 
 def test_collection_is_paused_within_the_block_and_restored_after() -> None:
-    from repvgg_onnx.memory import collection_paused
+    from repvgg_onnx.graph.memory_release import collection_paused
 
     assert gc.isenabled()
     with pytest.raises(RuntimeError), collection_paused():
@@ -64,7 +64,7 @@ def test_collection_is_paused_within_the_block_and_restored_after() -> None:
 
 def test_fuse_graph_runs_with_collection_paused(monkeypatch) -> None:
     from helpers import REPVGG_BRANCHES, block_model
-    from repvgg_onnx import transform
+    from repvgg_onnx.pipeline import fuse_model as transform
 
     seen = []
     real = transform.run_passes

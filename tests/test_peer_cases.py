@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 from peer_graphs import ALL_CASES, RAISES, UNCHANGED, PeerCase
 
 from repvgg_onnx.errors import UnsupportedModelError
-from repvgg_onnx.transform import fuse_graph
+from repvgg_onnx.pipeline.fuse_model import fuse_graph
 
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:

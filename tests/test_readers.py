@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-from repvgg_onnx.linear_forms import ChannelAffine
+from repvgg_onnx.algebra.linear_forms import ChannelAffine
 from repvgg_onnx.passes.readers import Kind, LinearOp, Refusal, read_node
 
 PARAMETERS = ("gamma", "beta", "mean", "var")

@@ -8,7 +8,7 @@ from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 from helpers import run
-from repvgg_onnx.passes.reference import reference_evaluator
+from repvgg_onnx.passes.reference_evaluator import reference_evaluator
 
 
 def _scatter_model(shape, depth, count, reduction):
@@ -87,7 +87,7 @@ def _index_case(rng: np.random.Generator, opset: int):
 def test_index_ops_compute_what_onnxruntime_computes(seed, opset):
     """Negative Unsqueeze axes before opset 13 count in the output's rank, as onnxruntime
     reads them (onnx's reference inserts them one at a time: ``[C] → [1, C, 1]``)."""
-    from repvgg_onnx.passes.reference import evaluate_index_ops
+    from repvgg_onnx.passes.reference_evaluator import evaluate_index_ops
 
     node, inputs = _index_case(np.random.default_rng(seed), opset)
     graph = helper.make_graph(
@@ -115,7 +115,7 @@ def test_the_flatten_idiom_folds_without_an_evaluator(monkeypatch):
     """The index ops are numpy: neither onnx's reference nor onnxruntime starts for them."""
     from onnx import parser
 
-    from repvgg_onnx.gs_bridge import import_graph
+    from repvgg_onnx.graph.crossing import import_graph
     from repvgg_onnx.passes import constant_evaluation, fold_constants
 
     model = parser.parse_model(

@@ -11,7 +11,8 @@ import pytest
 
 import repvgg_onnx
 from helpers import REPVGG_BRANCHES, block_model, fuse_model
-from repvgg_onnx import io, sessions
+from repvgg_onnx.io import model_files as io
+from repvgg_onnx.verification import sessions
 
 
 def saved_with_external_data(model: onnx.ModelProto, path: Path) -> Path:

@@ -14,7 +14,7 @@ import pytest
 
 import repvgg_onnx
 from helpers import op_counts, random_feeds, run
-from repvgg_onnx.shapes import inferred_shapes
+from repvgg_onnx.graph.shapes import inferred_shapes
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 

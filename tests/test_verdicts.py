@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from helpers import REPVGG_BRANCHES, block_model
 from repvgg_onnx.cli import main
-from repvgg_onnx.report import report_schema
+from repvgg_onnx.reports.render.schema import report_schema
 
 SAMPLE = Path(__file__).resolve().parent.parent / "models" / "samples" / "repvgg_a0_half.onnx"
 FORMATS = (".json", ".md", ".html", ".txt")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from helpers import REPVGG_BRANCHES, block_model, fuse_model
-from repvgg_onnx import io
 from repvgg_onnx.errors import InputSpecError
-from repvgg_onnx.inputs import parse_input_shapes, resolve_input_shapes
-from repvgg_onnx.verify import compare_output, verify_models
+from repvgg_onnx.io import model_files as io
+from repvgg_onnx.verification.compare import compare_output, verify_models
+from repvgg_onnx.verification.inputs import parse_input_shapes, resolve_input_shapes
 
 
 def test_pass_iff_within_atol_plus_rtol():
@@ -93,7 +93,9 @@ def test_progress_hears_about_every_batch():
 def test_the_two_sessions_never_coexist(monkeypatch):
     """A model of several GB is held in onnxruntime once at a time: the reference's session
     is gone before the candidate's is made."""
-    verify = importlib.import_module("repvgg_onnx.verify")  # the package's `verify` is api's
+    verify = importlib.import_module(
+        "repvgg_onnx.verification.compare"
+    )  # the package's `verify` is api's
     live: list[str] = []
     most = []
 

@@ -1,0 +1,101 @@
+"""Give a graph's tensors the shapes the tool infers for them, never the shapes a file claims.
+
+Passes decide legality from shapes (a ``+ 0`` that cannot broadcast, a channel count, the
+static shape a ``Shape`` node folds to); exporters leave most intermediate tensors shapeless,
+and a ``value_info`` entry can lie (it claims ``t`` is ``[1, 1, 1, C]`` where ``t`` is
+``[1, C]``: ``t + zeros[1, 1, 1]`` then looks like ``x + 0`` and is not). So shapes come from
+onnx's shape inference run on the model with its ``value_info`` and its output shapes cleared:
+what it derives from the graph inputs (which onnxruntime enforces) and the constants. An
+intermediate tensor inference finds nothing for has no shape; a graph output keeps its
+declared shape unless inference finds one that contradicts it.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from repvgg_onnx.graph.constant_views import tensor_map
+from repvgg_onnx.graph.detached_weights import weights_detached
+from repvgg_onnx.graph.fast_export import export_onnx
+from repvgg_onnx.io.stripped_model import model_skeleton
+
+Shape = list[int | str | None]
+
+
+def inferred_shapes(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Types and shapes of the model's intermediate tensors and outputs by name, inferred
+    from its graph inputs and constants alone (empty if inference fails)."""
+    skeleton = model_skeleton(model)
+    del skeleton.graph.value_info[:]
+    for output in skeleton.graph.output:
+        if output.type.HasField("tensor_type"):
+            output.type.tensor_type.ClearField("shape")
+    try:
+        inferred = _infer(skeleton)
+    except Exception:  # inference is a help, never a requirement
+        return {}
+    values = [*inferred.graph.value_info, *inferred.graph.output]
+    return {value.name: value for value in values if value.type.HasField("tensor_type")}
+
+
+def _infer(skeleton: onnx.ModelProto) -> onnx.ModelProto:
+    """Strict inference; where the graph holds something it cannot type (a custom op), the
+    lenient kind, which infers what it can and leaves the rest unknown."""
+    try:
+        return onnx.shape_inference.infer_shapes(skeleton, strict_mode=True, data_prop=True)
+    except Exception:  # onnx raises its own error types and RuntimeError
+        return onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+
+
+def annotate_shapes(graph: gs.Graph, inferred: dict[str, onnx.ValueInfoProto]) -> None:
+    """Give every variable but the graph inputs its inferred type and shape; an intermediate
+    without one loses what it had, a graph output keeps its declaration unless contradicted."""
+    inputs = {id(tensor) for tensor in graph.inputs}
+    outputs = {id(tensor) for tensor in graph.outputs}
+    for tensor in tensor_map(graph).values():
+        if not isinstance(tensor, gs.Variable) or id(tensor) in inputs:
+            continue
+        value = inferred.get(tensor.name)
+        if value is None:
+            if id(tensor) not in outputs:
+                tensor.shape = None
+            continue
+        tensor_type = value.type.tensor_type
+        if tensor_type.elem_type:
+            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        shape = _shape_of(tensor_type) if tensor_type.HasField("shape") else None
+        if id(tensor) not in outputs or not _consistent(tensor.shape, shape):
+            tensor.shape = shape
+
+
+def _shape_of(tensor_type: onnx.TypeProto.Tensor) -> Shape:
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+        for d in tensor_type.shape.dim
+    ]
+
+
+def _consistent(declared: Shape | None, inferred: Shape | None) -> bool:
+    """No contradiction: either unknown, or the same rank and no two known dims differ."""
+    if declared is None or inferred is None:
+        return True
+    if len(declared) != len(inferred):
+        return False
+    return all(
+        not (isinstance(a, int) and isinstance(b, int)) or a == b
+        for a, b in zip(declared, inferred, strict=True)
+    )
+
+
+def reinfer_shapes(graph: gs.Graph) -> None:
+    """Run shape inference on the graph as it is now and annotate it (after constants were
+    folded, tensors whose shape depended on them get one)."""
+    with weights_detached(graph):  # its failure is a fault here, never hidden
+        try:
+            model = export_onnx(graph)
+        except Exception:  # graphsurgeon's exporter raises assorted types; shapes are a help
+            return
+    inferred = inferred_shapes(model)
+    if inferred:  # else the shapes inferred before stay
+        annotate_shapes(graph, inferred)
