@@ -291,7 +291,8 @@ def test_constant_ops_that_are_not_per_channel_scales_stay(op, constant):
 
 def test_fuse_inspect_and_diff_label_a_block_alike():
     """One label per conv (``conv_label``): a grouped stride-2 block is ``Conv3x3/g4/s2x2`` in
-    fuse's report, inspect's fusable list and diff's block summary alike."""
+    fuse's report, inspect's fusable list and diff's block summary alike, and so in their HTML
+    pages."""
     import repvgg_onnx
 
     model = block_model(
@@ -305,3 +306,8 @@ def test_fuse_inspect_and_diff_label_a_block_alike():
     assert block.result == planned.result == "Conv3x3/g4/s2x2"
     assert block.branches == planned.branches == ("Conv3x3/g4/s2x2+BN", "Conv1x1/g4/s2x2+BN")
     assert diffed.summary == "Conv3x3/g4/s2x2+BN, Conv1x1/g4/s2x2+BN → Conv3x3/g4/s2x2"
+    for page in (fused.report.to_html(), repvgg_onnx.inspect(model).to_html()):
+        assert "Conv3x3/g4/s2x2+BN" in page and "Conv3x3/g4/s2x2</" in page
+    assert "Conv3x3/g4/s2x2+BN, Conv1x1/g4/s2x2+BN → Conv3x3/g4/s2x2" in (
+        repvgg_onnx.diff(model, fused.model).to_html()
+    )
