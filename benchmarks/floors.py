@@ -41,7 +41,7 @@ def run_job(job: str, source: str, target: str) -> None:
         import numpy as np
         from onnx import numpy_helper
 
-        from repvgg_onnx.io import model_files as io
+        from repvgg_onnx import io
 
         model = io.load_model(source)
         for tensor in model.graph.initializer:
@@ -55,9 +55,9 @@ def run_job(job: str, source: str, target: str) -> None:
         gc.disable()
         import onnx
 
+        from repvgg_onnx import io
         from repvgg_onnx.graph.fast_import import import_onnx
         from repvgg_onnx.graph.shapes import inferred_shapes
-        from repvgg_onnx.io import model_files as io
 
         model = io.load_model(source)
         import_onnx(model)

@@ -15,7 +15,7 @@ from repvgg_onnx.errors import (
     ReparamError,
     UnsupportedModelError,
 )
-from repvgg_onnx.io.model_files import load_model, save_model
+from repvgg_onnx.io import load_model, save_model
 from repvgg_onnx.reports.diff import GraphDiff
 from repvgg_onnx.reports.inspection import Inspection
 from repvgg_onnx.verification.compare import verify_models

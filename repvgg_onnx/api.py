@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
+from repvgg_onnx import io
 from repvgg_onnx.errors import CheckFailedError, InputSpecError, ModelRunError, first_line
-from repvgg_onnx.io import model_files as io
 from repvgg_onnx.io.stripped_model import model_skeleton
 from repvgg_onnx.pipeline.function_inlining import inline_for_passes
 from repvgg_onnx.pipeline.fuse_model import fuse_graph
@@ -51,13 +51,13 @@ class FuseResult:
     def save(self, path: str | os.PathLike, external_data: bool | None = None) -> None:
         """Write the fused model atomically, with its weights in a data file next to it when
         ``external_data`` is true, or when it is ``None`` and the model exceeds 2 GB (see
-        :func:`repvgg_onnx.io.model_files.save_model`)."""
+        :func:`repvgg_onnx.io.save.save_model`)."""
         io.save_model(self.model, path, external_data=external_data)
 
 
 def load(model: ModelLike, map_external_data: bool = False) -> onnx.ModelProto:
     """A ModelProto as is, or the model at a path (with its external data, or with its large
-    weights left in their data file: see :func:`repvgg_onnx.io.model_files.load_model`)."""
+    weights left in their data file: see :func:`repvgg_onnx.io.load.load_model`)."""
     if isinstance(model, onnx.ModelProto):
         return model
     return io.load_model(model, map_external_data=map_external_data)

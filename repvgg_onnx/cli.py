@@ -19,9 +19,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from repvgg_onnx import api
+from repvgg_onnx import api, io
 from repvgg_onnx.errors import InputSpecError, ReparamError
-from repvgg_onnx.io import model_files as io
 from repvgg_onnx.reports.render.formats import Rendered, render
 from repvgg_onnx.reports.render.schema import error_report
 from repvgg_onnx.verification.compare import (

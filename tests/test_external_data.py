@@ -25,10 +25,10 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from helpers import data_file_locations, repository_module
-from repvgg_onnx import api
+from repvgg_onnx import api, io
 from repvgg_onnx.cli import main
 from repvgg_onnx.errors import ModelSaveError
-from repvgg_onnx.io import model_files as io
+from repvgg_onnx.io import save
 
 synthetic = repository_module("models.synthetic")
 
@@ -363,8 +363,8 @@ def test_fuse_a_model_over_2_gb_with_external_data(tmp_path: Path) -> None:
 def test_a_name_split_across_read_chunks_is_found(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(io, "_SCAN_CHUNK_BYTES", 5)
+    monkeypatch.setattr(save, "_SCAN_CHUNK_BYTES", 5)
     path = tmp_path / "m.onnx"
     path.write_bytes(b"\x12\x1bout.onnx.12.0123abcd.data\x00out.onnx.34.0123abcd.data")
     names = {f"out.onnx.{pid}.0123abcd.data" for pid in (12, 34, 56)}
-    assert io._names_in_file(path, names) == names - {"out.onnx.56.0123abcd.data"}
+    assert save._names_in_file(path, names) == names - {"out.onnx.56.0123abcd.data"}

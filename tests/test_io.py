@@ -1,4 +1,4 @@
-"""Tests of repvgg_onnx.io.model_files: loading refuses what is not a safe, valid model;
+"""Tests of repvgg_onnx.io: loading refuses what is not a safe, valid model;
 saving is atomic."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import secrets
 import stat
 import subprocess
 from collections.abc import Callable
@@ -22,8 +23,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data, uses_external_data
 
 from helpers import use_named_temporaries
+from repvgg_onnx import io
 from repvgg_onnx.errors import ModelLoadError, ModelSaveError
-from repvgg_onnx.io import model_files as io
+from repvgg_onnx.io import model_tensors, save
 
 WEIGHT_BYTES = 8 * 8 * 3 * 3 * 4
 BIAS_BYTES = 8 * 4
@@ -183,7 +185,7 @@ def test_load_checks_the_skeleton_or_a_huge_one_through_its_path(
     io.load_model(path)
     assert isinstance(checked[-1], onnx.ModelProto)
 
-    monkeypatch.setattr(io, "_INLINE_LIMIT_BYTES", -1)
+    monkeypatch.setattr(model_tensors, "INLINE_LIMIT_BYTES", -1)
     io.load_model(path)
     assert checked[-1] == str(path)
     path.write_bytes(onnx.parser.parse_model(DANGLING).SerializeToString())
@@ -408,7 +410,7 @@ def test_a_named_temporary_never_replaces_an_existing_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     use_named_temporaries(monkeypatch)
-    monkeypatch.setattr(io.secrets, "token_hex", lambda n: "ab" * n)
+    monkeypatch.setattr(secrets, "token_hex", lambda n: "ab" * n)
     squatter = tmp_path / f".out.onnx.repvgg-onnx.{os.getpid()}.{'ab' * 8}.tmp"
     squatter.write_bytes(b"not ours")
     with pytest.raises(ModelSaveError) as err:
@@ -460,7 +462,7 @@ def test_save_external_round_trip(tmp_path: Path) -> None:
     assert path.stat().st_size < WEIGHT_BYTES, "external weights must not stay inline too"
 
     on_disk = onnx.load_model(path, load_external_data=False)
-    external = {t.name for t in io._all_tensors(on_disk) if uses_external_data(t)}
+    external = {t.name for t in model_tensors.all_tensors(on_disk) if uses_external_data(t)}
     assert external == {"W1", "W2"}
     assert io.load_model(path) == model
 
@@ -507,7 +509,7 @@ def test_external_data_reaches_subgraphs_sparse_tensors_and_functions(tmp_path: 
     path = tmp_path / "m.onnx"
     io.save_model(tensors_everywhere_model(), path, external_data=True)
     on_disk = onnx.load_model(path, load_external_data=False)
-    external = {t.name for t in io._all_tensors(on_disk) if uses_external_data(t)}
+    external = {t.name for t in model_tensors.all_tensors(on_disk) if uses_external_data(t)}
     sparse = {"sparse_init", "sparse_init_indices", "sparse_value", "sparse_value_indices"}
     assert external == {"then", "else", "in_function", *sparse}
     assert io.load_model(path) == tensors_everywhere_model()
@@ -525,9 +527,9 @@ def test_save_uses_external_data_only_above_the_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tensor_bytes = 2 * WEIGHT_BYTES + 2 * BIAS_BYTES
-    monkeypatch.setattr(io, "_INLINE_LIMIT_BYTES", tensor_bytes)
+    monkeypatch.setattr(model_tensors, "INLINE_LIMIT_BYTES", tensor_bytes)
     io.save_model(two_conv_model(), tmp_path / "at.onnx")
-    monkeypatch.setattr(io, "_INLINE_LIMIT_BYTES", tensor_bytes - 1)
+    monkeypatch.setattr(model_tensors, "INLINE_LIMIT_BYTES", tensor_bytes - 1)
     io.save_model(two_conv_model(), tmp_path / "above.onnx")
     io.save_model(two_conv_model(), tmp_path / "forced-inline.onnx", external_data=False)
     data = data_file_of(tmp_path / "above.onnx")
@@ -538,7 +540,10 @@ def test_size_estimate_counts_typed_data_fields(monkeypatch: pytest.MonkeyPatch)
     model = two_conv_model()
     model.graph.initializer.append(helper.make_tensor("F", TensorProto.FLOAT, [500], [0.5] * 500))
     model.graph.initializer.append(helper.make_tensor("I", TensorProto.INT64, [100], [-1] * 100))
-    assert io._estimated_size(model) == 2 * WEIGHT_BYTES + 2 * BIAS_BYTES + 500 * 4 + 100 * 10
+    assert (
+        model_tensors._estimated_size(model)
+        == 2 * WEIGHT_BYTES + 2 * BIAS_BYTES + 500 * 4 + 100 * 10
+    )
 
 
 def test_save_over_the_loaded_input(tmp_path: Path) -> None:
@@ -590,7 +595,7 @@ def test_save_reports_a_model_too_big_for_one_protobuf(tmp_path: Path) -> None:
 
     path = tmp_path / "out.onnx"
     with pytest.raises(ModelSaveError) as err, path.open("wb") as file:
-        io._write_model(file, model=Unserializable(), path=path)  # type: ignore[arg-type]
+        save._write_model(file, model=Unserializable(), path=path)  # type: ignore[arg-type]
     assert "external data" in assert_user_message(err, path)
 
 
@@ -772,4 +777,4 @@ def test_the_skeleton_size_bound_counts_constant_nodes_and_strings() -> None:
         initializer=[words],
     )
     skeleton = model_skeleton(helper.make_model(graph))
-    assert io._skeleton_size_bound(skeleton) >= 200_000 + 300_000
+    assert model_tensors.skeleton_size_bound(skeleton) >= 200_000 + 300_000

@@ -22,7 +22,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from helpers import data_file_locations
-from repvgg_onnx.io import model_files as io
+from repvgg_onnx import io
 
 WEIGHTS = 4
 WEIGHT_ELEMENTS = 4 * 2**20 // 4  # 4 MB each

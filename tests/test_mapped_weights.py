@@ -19,10 +19,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from helpers import assert_same_function, random_feeds, repvgg_chain, run
-from repvgg_onnx import api
+from repvgg_onnx import api, io
+from repvgg_onnx.errors import ModelLoadError
 from repvgg_onnx.graph.detached_weights import detach_weights
-from repvgg_onnx.io import mapped_weights
-from repvgg_onnx.io import model_files as io
+from repvgg_onnx.io import mapped_weights, model_tensors
 from repvgg_onnx.io.stripped_model import SMALL_TENSOR_ELEMENTS, serialized_size
 from repvgg_onnx.passes import regions
 from repvgg_onnx.passes.graph_utils import constant_values
@@ -116,7 +116,7 @@ def test_a_data_file_shorter_than_the_shape_needs_is_not_mapped(tmp_path: Path) 
     entry = next(e for e in weight.external_data if e.key == "length")
     entry.value = str(int(entry.value) - 4)
     onnx.save(model, str(path))
-    with pytest.raises(io.ModelLoadError, match=r"holds .* bytes but its shape"):
+    with pytest.raises(ModelLoadError, match=r"holds .* bytes but its shape"):
         io.load_model(path, map_external_data=True)
 
 
@@ -205,7 +205,7 @@ def test_a_mapped_model_measures_as_the_loaded_one(tmp_path: Path) -> None:
     _, path = exported(tmp_path)
     mapped, loaded = io.load_model(path, map_external_data=True), io.load_model(path)
     assert serialized_size(mapped) == pytest.approx(loaded.ByteSize(), rel=1e-3)
-    assert io._estimated_size(mapped) == io._estimated_size(loaded)
+    assert model_tensors._estimated_size(mapped) == model_tensors._estimated_size(loaded)
 
 
 def test_planning_releases_the_pages_of_each_region_it_read(tmp_path: Path, monkeypatch) -> None:

@@ -11,7 +11,8 @@ import pytest
 
 import repvgg_onnx
 from helpers import REPVGG_BRANCHES, block_model, fuse_model
-from repvgg_onnx.io import model_files as io
+from repvgg_onnx import io
+from repvgg_onnx.io import model_tensors
 from repvgg_onnx.verification import sessions
 
 
@@ -96,7 +97,7 @@ def test_a_rest_too_large_for_one_protobuf_goes_through_a_temporary_copy(
     saved = []
     save = io.save_model
     monkeypatch.setattr(io, "save_model", lambda *a, **k: saved.append(a[1]) or save(*a, **k))
-    monkeypatch.setattr(io, "_INLINE_LIMIT_BYTES", 100)  # the small tensors exceed it
+    monkeypatch.setattr(model_tensors, "INLINE_LIMIT_BYTES", 100)  # the small tensors exceed it
     session = sessions.create_session(mapped, "original")
     np.testing.assert_array_equal(session.run(None, feeds)[0], expected)
     assert len(saved) == 1

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from helpers import REPVGG_BRANCHES, block_model, fuse_model
+from repvgg_onnx import io
 from repvgg_onnx.errors import InputSpecError
-from repvgg_onnx.io import model_files as io
+from repvgg_onnx.io import model_tensors
 from repvgg_onnx.verification.compare import compare_output, verify_models
 from repvgg_onnx.verification.inputs import parse_input_shapes, resolve_input_shapes
 
@@ -74,7 +75,7 @@ def test_verification_of_models_too_large_for_one_protobuf(monkeypatch):
     """Over the limit, sessions load through a temporary file with external data."""
     model = block_model(REPVGG_BRANCHES)
     fused, _ = fuse_model(model)
-    monkeypatch.setattr(io, "_INLINE_LIMIT_BYTES", 100)
+    monkeypatch.setattr(model_tensors, "INLINE_LIMIT_BYTES", 100)
     assert io.needs_external_data(model)
     result = verify_models(model, fused, seed=3)
     assert result.passed and result.outputs[0].max_abs_error > 0

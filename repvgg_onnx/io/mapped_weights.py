@@ -2,10 +2,10 @@
 
 A model with more than 2 GB of weights keeps them in an external data file. Loading them into
 protobuf and then reading each one (protobuf hands out a copy of ``raw_data``) holds every weight
-twice before a single fused kernel exists. Instead, :func:`repvgg_onnx.io.model_files.load_model`
+twice before a single fused kernel exists. Instead, :func:`repvgg_onnx.io.load.load_model`
 can leave the large initializers in their file, each pointing at it by an *absolute* ``location``
 (in memory only: onnx requires relative locations, so such a model is written only by
-:func:`repvgg_onnx.io.model_files.save_model`, which copies the bytes), and the passes read them
+:func:`repvgg_onnx.io.save.save_model`, which copies the bytes), and the passes read them
 here as read-only views of a memory map of their bytes.
 
 The pages of a map that numpy has read count in the process's resident memory until they are

@@ -10,7 +10,7 @@ The file is a plain ``numpy.savez`` archive, readable with ``numpy.load(path)``:
   ``input_names`` and ``output_names`` (both in the model's order).
 
 Tensor names may contain ``/``: a key splits at its first two ``/`` only. The file is
-written atomically (:func:`repvgg_onnx.io.model_files.save_file`).
+written atomically (:func:`repvgg_onnx.io.atomic_files.save_file`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from repvgg_onnx import io
 from repvgg_onnx.errors import InputSpecError, first_line
-from repvgg_onnx.io import model_files as io
 from repvgg_onnx.verification.compare import RunResult
 from repvgg_onnx.version import __version__
 

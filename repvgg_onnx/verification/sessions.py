@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from repvgg_onnx import io
 from repvgg_onnx.errors import ModelRunError, first_line
-from repvgg_onnx.io import model_files as io
 from repvgg_onnx.io.mapped_weights import mapped_location
 from repvgg_onnx.verification.isolation import note
 
