@@ -18,6 +18,7 @@ from repvgg_onnx.errors import (
 from repvgg_onnx.io import load_model, save_model
 from repvgg_onnx.reports.diff import GraphDiff
 from repvgg_onnx.reports.inspection import Inspection
+from repvgg_onnx.reports.render.schema import report_schema
 from repvgg_onnx.verification.compare import verify_models
 from repvgg_onnx.verification.results import Localization, Verification
 
@@ -38,6 +39,7 @@ __all__ = [
     "fuse",
     "inspect",
     "load_model",
+    "report_schema",
     "save_model",
     "verify",
     "verify_models",
