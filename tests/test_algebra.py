@@ -11,7 +11,6 @@ from repvgg_onnx.algebra.affine_conv import (
     AffineConv,
     IncompatibleBranchesError,
     affine_conv,
-    batchnorm_as_conv,
     fold_batchnorm,
     identity_conv,
     materialize,
@@ -81,6 +80,11 @@ def test_fold_batchnorm_uses_eps():
     params = (np.ones(1), np.zeros(1), np.zeros(1), np.ones(1))
     assert materialize(fold_batchnorm(conv, *params, 0.0)).kernel.item() == pytest.approx(1.0)
     assert materialize(fold_batchnorm(conv, *params, 3.0)).kernel.item() == pytest.approx(0.5)
+
+
+def batchnorm_as_conv(gamma, beta, mean, var, eps, spatial_rank):
+    """``BatchNormalization(x)`` as a depthwise 1x1 conv: the identity branch's normal form."""
+    return fold_batchnorm(identity_conv(gamma.size, spatial_rank), gamma, beta, mean, var, eps)
 
 
 def test_batchnorm_as_conv_equals_batchnorm():

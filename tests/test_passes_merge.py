@@ -311,3 +311,11 @@ def test_fuse_inspect_and_diff_label_a_block_alike():
     assert "Conv3x3/g4/s2x2+BN, Conv1x1/g4/s2x2+BN → Conv3x3/g4/s2x2" in (
         repvgg_onnx.diff(model, fused.model).to_html()
     )
+
+
+def test_a_diff_is_identical_only_when_nothing_changed():
+    import repvgg_onnx
+
+    model = block_model([BranchSpec("conv_bn"), BranchSpec("conv_bn", (1, 1))], size=6)
+    assert repvgg_onnx.diff(model, model).identical
+    assert not repvgg_onnx.diff(model, repvgg_onnx.fuse(model, verify=False).model).identical

@@ -222,19 +222,6 @@ def identity_conv(channels: int, spatial_rank: int) -> AffineConv:
     return affine_conv(kernel, groups=channels)
 
 
-def batchnorm_as_conv(
-    gamma: np.ndarray,
-    beta: np.ndarray,
-    mean: np.ndarray,
-    var: np.ndarray,
-    eps: float,
-    spatial_rank: int,
-) -> AffineConv:
-    """``BatchNormalization(x)`` as a depthwise 1x1 conv: the identity branch's normal form."""
-    channels = int(np.asarray(gamma).size)
-    return fold_batchnorm(identity_conv(channels, spatial_rank), gamma, beta, mean, var, eps)
-
-
 def regroup_kernel(
     kernel: np.ndarray,
     groups: int,
