@@ -92,10 +92,7 @@ def reinfer_shapes(graph: gs.Graph) -> None:
     """Run shape inference on the graph as it is now and annotate it (after constants were
     folded, tensors whose shape depended on them get one)."""
     with weights_detached(graph):  # its failure is a fault here, never hidden
-        try:
-            model = export_onnx(graph)
-        except Exception:  # graphsurgeon's exporter raises assorted types; shapes are a help
-            return
+        model = export_onnx(graph)  # nor this one's: the fused graph is exported the same way
     inferred = inferred_shapes(model)
     if inferred:  # else the shapes inferred before stay
         annotate_shapes(graph, inferred)
