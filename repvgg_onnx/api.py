@@ -9,12 +9,14 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import onnx
 
 from repvgg_onnx import io
 from repvgg_onnx.errors import CheckFailedError, InputSpecError, ModelRunError, first_line
+from repvgg_onnx.graph.memory_release import trim_free_heap, worth_returning
 from repvgg_onnx.io.stripped_model import model_skeleton
 from repvgg_onnx.pipeline.function_inlining import inline_for_passes
 from repvgg_onnx.pipeline.fuse_model import fuse_graph
@@ -182,7 +184,9 @@ def inspect(model: ModelLike) -> Inspection:
 
 def fuse(
     model: ModelLike,
+    output: str | os.PathLike | None = None,
     *,
+    external_data: bool | None = None,
     verify: bool = True,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
@@ -199,6 +203,13 @@ def fuse(
     hears each phase (loading, each round of passes, each verification batch). Local functions
     whose calls hold a block to fuse (or a skipped candidate, or a BN) are inlined first (the
     report says which); the others stay functions.
+
+    With ``output``, the fused model is also written there atomically (``external_data`` as in
+    :meth:`FuseResult.save`), and what is verified is the file about to be published: its
+    bytes are written and synced, the verification runs on them (weights read from the data
+    file just written, never a second copy), and only then does the file replace ``output``;
+    a failed verification leaves ``output`` as it was. The result's model is then the model
+    as written (large weights read from its data file).
     """
     tell = progress or (lambda message: None)
     seconds: dict[str, float] = {}
@@ -226,30 +237,59 @@ def fuse(
         canonicalized=outcome.canonicalized,
         inlining=inlining,
     )
+    check = None
     if verify:
-        start = time.perf_counter()
-        try:
-            report.verification = isolated(
-                verify_models,
-                original,
-                fused_model,
-                input_shapes=input_shapes,
-                seed=seed,
-                atol=atol,
-                rtol=rtol,
-                progress=lambda message: tell(f"verifying, {message}"),
-            )
-        except ModelRunError as error:
-            if error.role != "fused":
-                raise
-            raise CheckFailedError(
-                f"the fused model does not run in onnxruntime ({error}); this is a bug in "
-                "repvgg-onnx: please report it with the model."
-            ) from error
-        seconds["verify"] = time.perf_counter() - start
-        if not report.verification.passed:
-            raise FuseVerificationError(report)
-    return FuseResult(fused_model, report)
+        options = {"input_shapes": input_shapes, "seed": seed, "atol": atol, "rtol": rtol}
+        check = partial(_verify_fused, original, report=report, options=options, tell=tell)
+    if output is None:
+        if check is not None:
+            check(fused_model)
+        return FuseResult(fused_model, report)
+    start = time.perf_counter()
+    tell(f"saving {os.fspath(output)}")
+    large = worth_returning(fused_model)
+    staged = io.StagedModel(fused_model, output, external_data=external_data)
+    del fused_model  # from here on its weights are read from the files written, never twice
+    with staged:
+        if large:
+            trim_free_heap()
+        if check is not None:
+            check(staged.model)
+        staged.publish()
+    seconds["save"] = time.perf_counter() - start - seconds.get("verify", 0.0)
+    return FuseResult(staged.model, report)
+
+
+def _verify_fused(
+    original: onnx.ModelProto,
+    fused: onnx.ModelProto,
+    *,
+    report: FuseReport,
+    options: dict,
+    tell: Callable[[str], None],
+) -> None:
+    """Run ``original`` and ``fused`` in onnxruntime and record the verdict in ``report``;
+    raise :class:`FuseVerificationError` if they differ, :class:`CheckFailedError` if the
+    fused model does not run."""
+    start = time.perf_counter()
+    try:
+        report.verification = isolated(
+            verify_models,
+            original,
+            fused,
+            **options,
+            progress=lambda message: tell(f"verifying, {message}"),
+        )
+    except ModelRunError as error:
+        if error.role != "fused":
+            raise
+        raise CheckFailedError(
+            f"the fused model does not run in onnxruntime ({error}); this is a bug in "
+            "repvgg-onnx: please report it with the model."
+        ) from error
+    report.seconds["verify"] = time.perf_counter() - start
+    if not report.verification.passed:
+        raise FuseVerificationError(report)
 
 
 class FuseVerificationError(CheckFailedError):

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import os
 import sys
-import time
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -306,6 +305,8 @@ def fuse(
     try:
         result = api.fuse(
             input_path,
+            output_path,
+            external_data=True if external_data else None,
             verify=verify,
             input_shapes=shapes,
             seed=seed,
@@ -317,11 +318,7 @@ def fuse(
         _progress_done(quiet)
         _emit(error.report, output_format, report_path, quiet)
         raise
-    start = time.perf_counter()
-    _progress(f"{output_path}: saving", quiet)
-    result.save(output_path, external_data=True if external_data else None)
     _progress_done(quiet)
-    result.report.seconds["save"] = time.perf_counter() - start
     _emit(result.report, output_format, report_path, quiet)
     if not result.report.fused:
         click.echo(

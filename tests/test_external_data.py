@@ -29,6 +29,7 @@ from repvgg_onnx import api, io
 from repvgg_onnx.cli import main
 from repvgg_onnx.errors import ModelSaveError
 from repvgg_onnx.io import save
+from repvgg_onnx.io.mapped_weights import mapped_location
 
 synthetic = repository_module("models.synthetic")
 
@@ -368,3 +369,89 @@ def test_a_name_split_across_read_chunks_is_found(
     path.write_bytes(b"\x12\x1bout.onnx.12.0123abcd.data\x00out.onnx.34.0123abcd.data")
     names = {f"out.onnx.{pid}.0123abcd.data" for pid in (12, 34, 56)}
     assert save._names_in_file(path, names) == names - {"out.onnx.56.0123abcd.data"}
+
+
+# --- what is verified is the file about to be published ----------------------------------------
+
+
+@pytest.mark.parametrize("external", [True, False], ids=["data-file", "inline"])
+def test_save_checks_the_bytes_before_it_publishes(tmp_path: Path, external: bool) -> None:
+    """``check`` sees the model as written (weights read from the new data file), while the
+    output still holds its previous content; the model returned is that one too."""
+    path = tmp_path / "out.onnx"
+    onnx.save(SMALL, str(path))
+    previous = path.read_bytes()
+    seen = []
+
+    def check(written: onnx.ModelProto) -> None:
+        assert path.read_bytes() == previous, "checked before the output is replaced"
+        locations = {t.name: mapped_location(t) for t in written.graph.initializer}
+        mapped = {name: where for name, where in locations.items() if where}
+        if external:
+            assert mapped and {Path(f).parent for f, _, _ in mapped.values()} == {tmp_path}
+            assert {Path(f).name for f, _, _ in mapped.values()} == set(ours(path))
+        else:
+            assert not mapped
+        seen.append(weights(io.self_contained(written)))
+
+    written = io.save_model(SMALL, path, external_data=external, check=check)
+    assert seen == [weights(SMALL)] == [weights(io.self_contained(written))]
+    assert_same_outputs(run(SMALL, random_input(16)), run(path, random_input(16)))
+
+
+@pytest.mark.parametrize("external", [True, False], ids=["data-file", "inline"])
+def test_a_failed_check_publishes_nothing(tmp_path: Path, external: bool) -> None:
+    path = tmp_path / "out.onnx"
+    onnx.save(SMALL, str(path))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def refuse(written: onnx.ModelProto) -> None:
+        raise RuntimeError("the outputs differ")
+
+    with pytest.raises(RuntimeError, match="the outputs differ"):
+        io.save_model(changed(SMALL, 0.5), path, external_data=external, check=refuse)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_fuse_to_a_path_verifies_the_data_file_it_publishes(tmp_path: Path, monkeypatch) -> None:
+    """``fuse(model, output)``: the fused model verified is the one read back from the data
+    file about to be published, no second copy; the result's model reads it from there."""
+    from repvgg_onnx.verification import isolation
+
+    monkeypatch.setattr(isolation, "can_isolate", lambda: False)  # the spy runs here
+    path = tmp_path / "deploy.onnx"
+    candidates = []
+    real = api.verify_models
+
+    def spy(reference, candidate, **options):
+        candidates.append([mapped_location(t) for t in candidate.graph.initializer])
+        assert not path.exists(), "verified before it is published"
+        return real(reference, candidate, **options)
+
+    monkeypatch.setattr(api, "verify_models", spy)
+    result = api.fuse(SMALL, path, external_data=True)
+    assert result.verification.passed
+    [locations] = candidates
+    big = [where for where in locations if where]
+    assert big and {Path(f).name for f, _, _ in big} == set(ours(path))
+    assert [mapped_location(t) for t in result.model.graph.initializer] == locations
+    x = random_input(16)
+    assert_same_outputs(run(SMALL, x), run(path, x))
+    assert_same_outputs(run(SMALL, x), run(io.self_contained(result.model), x))
+
+
+def test_fuse_to_a_path_that_fails_verification_leaves_it_alone(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import repvgg_onnx.passes.readers as readers
+
+    real = readers.batchnorm_scale_shift
+    monkeypatch.setattr(
+        readers, "batchnorm_scale_shift", lambda g, b, m, v, eps: real(g, b, m, v, eps * 100)
+    )
+    path = tmp_path / "deploy.onnx"
+    onnx.save(SMALL, str(path))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(api.FuseVerificationError):
+        api.fuse(SMALL, path, external_data=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

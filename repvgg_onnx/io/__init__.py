@@ -15,9 +15,10 @@ from repvgg_onnx.io.load import (
     self_contained,
 )
 from repvgg_onnx.io.model_tensors import needs_external_data
-from repvgg_onnx.io.save import copy_without_initializers, save_model
+from repvgg_onnx.io.save import StagedModel, copy_without_initializers, save_model
 
 __all__ = [
+    "StagedModel",
     "check_output_path",
     "copy_without_initializers",
     "load_model",

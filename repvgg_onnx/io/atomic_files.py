@@ -77,55 +77,104 @@ def check_output_path(path: str | os.PathLike) -> None:
 def write_atomically(
     target: Path, write: _Writer, companions: Sequence[tuple[str, _Writer]] = ()
 ) -> None:
-    """Write ``target`` and its new ``companions`` (fresh names in its folder, never existing
-    files), then make them visible: each companion under its name, the folder fsynced, then
-    ``target`` replaced at once with ``os.replace`` and the folder fsynced again.
+    """Write ``target`` and its new ``companions`` all at once (see :class:`StagedFiles`)."""
+    with StagedFiles(target, write, companions) as staged:
+        staged.publish()
+
+
+class StagedFiles:
+    """``target`` and its new ``companions`` (fresh names in its folder, never existing files)
+    written and synced, waiting to be published; a context manager that discards them unless
+    :meth:`publish` ran.
 
     Every file is written unnamed where the system allows it (``O_TMPFILE``), else as a hidden
     sibling named after our pid (see :func:`_open_temp`); stale temporaries of ours in the
-    folder are removed first. A named model file exists only between ``os.link`` and
+    folder are removed first. Staged, each companion has its name (the folder fsynced), the
+    target none yet; :meth:`publish` replaces ``target`` at once with ``os.replace`` and
+    fsyncs the folder. A named model file exists only between ``os.link`` and
     ``os.replace``, a few microseconds.
 
-    Invariant: if this raises (even ``KeyboardInterrupt``) before ``target`` is replaced,
-    ``target`` keeps its previous content and no file of this call remains; once ``target``
-    is replaced, the companions it names stay.
+    Invariant: if staging or anything before :meth:`publish` returns raises (even
+    ``KeyboardInterrupt``), ``target`` keeps its previous content and no file of this staging
+    remains; once ``target`` is replaced, the companions it names stay. The writers are called
+    while staging and not kept: whatever they read may be freed before publishing.
     """
-    folder = target.parent
-    _remove_stale_temps(folder)
-    open_files: list[_OpenTemp] = []
-    published: list[Path] = []
-    try:
-        for name, writer in [*companions, (target.name, write)]:
-            open_files.append(_open_temp(folder, name))
-            with os.fdopen(open_files[-1].fd, "wb", closefd=False) as file:
-                writer(file)
-            os.fsync(open_files[-1].fd)
-        for temp, (name, _) in zip(open_files[:-1], companions, strict=True):
-            _publish_fresh(temp, folder / name)
-            published.append(folder / name)
-        if companions:
-            _fsync_folder(folder)
-        model = open_files[-1]
-        if model.path is None:
-            temp_path = folder / _temp_name(target.name)
-            _link_unnamed(model.fd, temp_path)
-            model.path = temp_path
-        os.replace(model.path, target)
-    except BaseException:
-        replaced = len(open_files) > len(companions) and _was_renamed(open_files[-1])
-        for path in [] if replaced else published:
-            with contextlib.suppress(OSError):
-                path.unlink()
-        for temp in open_files:
-            if temp.path is not None and not replaced:
+
+    def __init__(
+        self, target: Path, write: _Writer, companions: Sequence[tuple[str, _Writer]] = ()
+    ) -> None:
+        self._target = target
+        self._open: list[_OpenTemp] = []
+        self._named: list[Path] = []
+        self._companions = len(companions)
+        self._published = False
+        self._closed = False
+        folder = target.parent
+        _remove_stale_temps(folder)
+        try:
+            for name, writer in [*companions, (target.name, write)]:
+                self._open.append(_open_temp(folder, name))
+                with os.fdopen(self._open[-1].fd, "wb", closefd=False) as file:
+                    writer(file)
+                os.fsync(self._open[-1].fd)
+            for temp, (name, _) in zip(self._open[:-1], companions, strict=True):
+                _publish_fresh(temp, folder / name)
+                self._named.append(folder / name)
+            if companions:
+                _fsync_folder(folder)
+        except BaseException:
+            self._discard()
+            raise
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if not self._published:
+            self._discard()
+
+    def publish(self) -> None:
+        """Replace ``target`` with the staged file, then fsync the folder."""
+        folder = self._target.parent
+        try:
+            model = self._open[-1]
+            if model.path is None:
+                temp_path = folder / _temp_name(self._target.name)
+                _link_unnamed(model.fd, temp_path)
+                model.path = temp_path
+            os.replace(model.path, self._target)
+            self._published = True
+        except BaseException:
+            self._discard()
+            raise
+        self._close()
+        _fsync_folder(folder)
+
+    def _discard(self) -> None:
+        """Remove every file of this staging, unless the target was already replaced."""
+        replaced = self._published or (
+            len(self._open) > self._companions and _was_renamed(self._open[-1])
+        )
+        self._published = self._published or replaced
+        if not replaced:
+            for path in self._named:
                 with contextlib.suppress(OSError):
-                    temp.path.unlink()
-        raise
-    finally:
-        for temp in open_files:
+                    path.unlink()
+            for temp in self._open:
+                if temp.path is not None:
+                    with contextlib.suppress(OSError):
+                        temp.path.unlink()
+        self._close()
+
+    def _close(self) -> None:
+        """Close every descriptor once (a descriptor closed twice may by then be another
+        file's)."""
+        if self._closed:
+            return
+        self._closed = True
+        for temp in self._open:
             with contextlib.suppress(OSError):
                 os.close(temp.fd)
-    _fsync_folder(folder)
 
 
 @dataclass

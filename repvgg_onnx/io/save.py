@@ -14,7 +14,7 @@ import contextlib
 import os
 import re
 import secrets
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
@@ -25,9 +25,9 @@ from onnx.external_data_helper import uses_external_data
 
 from repvgg_onnx.errors import ModelSaveError
 from repvgg_onnx.io.atomic_files import (
+    StagedFiles,
     check_output_path,
     folder_entries,
-    write_atomically,
     writer_alive,
 )
 from repvgg_onnx.io.load import point_at, self_contained
@@ -52,9 +52,31 @@ _COPY_CHUNK_BYTES = 16 * 2**20
 
 
 def save_model(
-    model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None
-) -> None:
-    """Write ``model`` to ``path`` atomically; ``model`` itself is never changed.
+    model: onnx.ModelProto,
+    path: str | os.PathLike,
+    *,
+    external_data: bool | None = None,
+    check: Callable[[onnx.ModelProto], None] | None = None,
+) -> onnx.ModelProto:
+    """Write ``model`` to ``path`` atomically; ``model`` itself is never changed. Returns the
+    model as written (see :class:`StagedModel`).
+
+    ``check`` is called with that model once every byte is written and synced and before
+    ``path`` is replaced: it checks the very bytes that are about to be published, and if it
+    raises, ``path`` keeps its previous content, no file of this save remains and the error
+    propagates.
+    """
+    with StagedModel(model, path, external_data=external_data) as staged:
+        if check is not None:
+            check(staged.model)
+        staged.publish()
+    return staged.model
+
+
+class StagedModel:
+    """``model`` written for ``path`` and synced, not yet published; a context manager that
+    removes what it wrote unless :meth:`publish` ran. Holds no reference to ``model``: the
+    caller may free it (and a large model is then held once, in its file) before publishing.
 
     ``external_data=None`` stores weights in a data file only when the model would not fit in
     one protobuf; ``True`` always does, ``False`` never does. The data file gets a name never
@@ -64,31 +86,78 @@ def save_model(
     needs any more removed (see :func:`_remove_unused_data_files`); a data file of any other
     name, such as an exporter's ``model.onnx.data``, is never touched.
 
-    If anything fails (even ``KeyboardInterrupt``), ``path`` keeps its previous content and no
-    file of this save remains. Raises ``ModelSaveError`` when the output cannot be written.
+    ``self.model`` is the model as written: with a data file, its large weights read from that
+    file (absolute locations, as ``load_model(..., map_external_data=True)`` gives them), else
+    the self-contained model that was serialized.
+
+    If anything fails (even ``KeyboardInterrupt``) before :meth:`publish` returns, ``path``
+    keeps its previous content and no file of this save remains. Raises ``ModelSaveError``
+    when the output cannot be written.
     """
-    target = Path(path)
-    check_output_path(target)
-    _refuse_external_references(model, target)
-    if external_data is None:
-        external_data = needs_external_data(model)
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        path: str | os.PathLike,
+        *,
+        external_data: bool | None = None,
+    ) -> None:
+        self._target = target = Path(path)
+        check_output_path(target)
+        _refuse_external_references(model, target)
+        if external_data is None:
+            external_data = needs_external_data(model)
+        with _save_errors(target):
+            self._superseded = _data_files_named_by(target)
+            if external_data:
+                data_name = _fresh_data_name(target)
+                written = copy_without_initializers(model)
+                write_data = partial(
+                    _write_tensor_data, source=model, copy=written, location=data_name
+                )
+                write_model = partial(_write_model, model=written, path=target)
+                self._files = StagedFiles(target, write_model, [(data_name, write_data)])
+                _map_data_file(written, target.parent)
+            else:
+                written = self_contained(model)
+                self._files = StagedFiles(target, partial(_write_model, model=written, path=target))
+        self.model = written
+
+    def __enter__(self) -> StagedModel:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        self._files.__exit__(kind, error, trace)
+
+    def publish(self) -> None:
+        """Replace ``path`` with the model written, then remove the data files it superseded."""
+        with _save_errors(self._target):
+            self._files.publish()
+        _remove_unused_data_files(self._target, self._superseded)
+
+
+@contextlib.contextmanager
+def _save_errors(target: Path) -> Iterator[None]:
+    """An ``OSError`` while writing ``target`` as a one-sentence :class:`ModelSaveError`."""
     try:
-        superseded = _data_files_named_by(target)
-        if external_data:
-            data_name = _fresh_data_name(target)
-            copy = copy_without_initializers(model)
-            write_data = partial(_write_tensor_data, source=model, copy=copy, location=data_name)
-            write_model = partial(_write_model, model=copy, path=target)
-            write_atomically(target, write_model, [(data_name, write_data)])
-        else:
-            whole = self_contained(model)
-            write_atomically(target, partial(_write_model, model=whole, path=target))
+        yield
     except OSError as err:
         raise ModelSaveError(
             f"{target}: could not write the model ({err.strerror or err}); "
             "check free space and permissions of its folder."
         ) from err
-    _remove_unused_data_files(target, superseded)
+
+
+def _map_data_file(model: onnx.ModelProto, folder: Path) -> None:
+    """Point every tensor of ``model`` stored in a data file of ``folder`` at it by absolute
+    path: the form in which the passes, the sessions and a later save read weights left in
+    their file (:mod:`repvgg_onnx.io.mapped_weights`)."""
+    for tensor in all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL or mapped_location(tensor):
+            continue
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = os.fspath(folder.resolve() / entry.value)
 
 
 def _refuse_external_references(model: onnx.ModelProto, path: Path) -> None:
@@ -128,7 +197,11 @@ def _copy_fields(source, target, skip: str) -> None:
 
 
 def _write_tensor_data(
-    data_file: BinaryIO, *, source: onnx.ModelProto, copy: onnx.ModelProto, location: str
+    data_file: BinaryIO,
+    *,
+    source: onnx.ModelProto,
+    copy: onnx.ModelProto,
+    location: str,
 ) -> None:
     """Give ``copy`` the initializers of ``source``, one at a time, each of at least 1 KiB
     pointing at its bytes appended to ``data_file``; then move the bytes of ``copy``'s other
