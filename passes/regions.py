@@ -70,6 +70,12 @@ from .runtime_patterns import fused_pattern_ending_at, kept_tail_reason
 
 RULE = "affine_region"
 
+#: Ops a region may stack below its root before the tensor there is cut (becomes a source of
+#: this region and the root of another). Each level costs planning two or three Python frames,
+#: so this keeps a region's planning far inside the default recursion limit of 1,000; regions
+#: of real models are a few ops deep.
+MAX_REGION_DEPTH = 96
+
 _MOVING = (Kind.DATA_MOVEMENT, Kind.PAD)
 #: Ops that can add elements around the data: a chain holding one may be a pad.
 _BORDER_WRITERS = frozenset({"Pad", "Concat", "Expand", "Tile"})
@@ -200,11 +206,24 @@ class _Attempt:
     budget: float = math.inf
     cuts: list[gs.Tensor] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    depth: int = 0
 
     def express(self, tensor: gs.Tensor) -> Expression:
+        """``tensor`` as a sum of terms of the region's sources: itself, if it is a source; else
+        its op expanded. At :data:`MAX_REGION_DEPTH` ops below the root it is cut instead (a
+        source here, the root of a region of its own), so planning a chain or sum of any
+        length stays within Python's recursion limit and linear in its size: the pieces merge
+        in the next round."""
         if not self.finder.is_interior(tensor) or any(c is tensor for c in self.cuts):
             return Expression((Term(tensor, IDENTITY),))
-        return self.expand(self.finder.op_of(tensor))
+        if self.depth >= MAX_REGION_DEPTH:
+            self.cuts.append(tensor)
+            return Expression((Term(tensor, IDENTITY),))
+        self.depth += 1
+        try:
+            return self.expand(self.finder.op_of(tensor))
+        finally:
+            self.depth -= 1
 
     def expand(self, op: LinearOp, root: bool = False) -> Expression:
         """The output of ``op`` as a sum of terms of the region's sources."""
