@@ -133,34 +133,26 @@ def _raise(run: Callable, part: str, violations: list[str]) -> None:
 
 
 def topologically_ordered(graph: gs.Graph, before: Snapshot | None = None) -> list[str]:
-    """Every node reads only tensors written by an earlier node, graph inputs, constants and
-    omitted optionals ("") — here: no node reads a tensor that it or a later node writes (a
-    tensor no node writes is :func:`no_dangling_tensors`' finding)."""
+    """Every node (and body) reads only tensors written by an earlier node, graph inputs,
+    constants and omitted optionals ("") — here: nothing reads a tensor that it or a later
+    node writes (a tensor no node writes is :func:`no_dangling_tensors`' finding)."""
     return [
-        f"node '{node.name}' ({node.op}) reads '{tensor.name}' before node "
-        f"'{writer.name}' ({writer.op}) writes it"
-        for node, tensor, writer in _reads(graph)
+        f"{reader} reads '{tensor.name}' before {_node(writer)} writes it"
+        for reader, tensor, writer in _reads(graph)
         if writer is not None
     ]
 
 
 def no_dangling_tensors(graph: gs.Graph, before: Snapshot | None = None) -> list[str]:
-    """No node reads a variable that no node writes and that is no graph input; every graph
-    output is written by a node, or is a graph input or a constant."""
-    found = [
-        f"node '{node.name}' ({node.op}) reads '{tensor.name}', which no node writes and no "
-        "graph input provides"
-        for node, tensor, writer in _reads(graph)
+    """No node reads a variable that no node writes and that is no graph input; every output
+    of the graph (or of a body) is written by a node, or is an input or a constant."""
+    return [
+        f"{reader} '{tensor.name}' is written by no node"
+        if reader.endswith(" output")
+        else f"{reader} reads '{tensor.name}', which no node writes and no graph input provides"
+        for reader, tensor, writer in _reads(graph)
         if writer is None
     ]
-    written = {id(t) for node in graph.nodes for t in node.outputs}
-    written |= {id(t) for t in graph.inputs}
-    found += [
-        f"graph output '{tensor.name}' is written by no node"
-        for tensor in graph.outputs
-        if isinstance(tensor, gs.Variable) and id(tensor) not in written
-    ]
-    return found
 
 
 def interface_unchanged(graph: gs.Graph, before: Snapshot) -> list[str]:
@@ -200,7 +192,7 @@ def names_kept(graph: gs.Graph, before: Snapshot) -> list[str]:
             created = id(new) not in before.names and isinstance(new, gs.Variable)
             if new is not old and created and new.name != old.name:
                 found.append(
-                    f"node '{node.name}' ({node.op}) now reads the new tensor '{new.name}' "
+                    f"{_node(node)} now reads the new tensor '{new.name}' "
                     f"where it read '{old.name}'; a rewrite keeps the replaced tensor's name"
                 )
     return found + _shared_names(graph)
@@ -209,7 +201,7 @@ def names_kept(graph: gs.Graph, before: Snapshot) -> list[str]:
 def no_batchnorm_created(graph: gs.Graph, before: Snapshot) -> list[str]:
     """No BatchNormalization node that was not in the graph before the pass."""
     return [
-        f"node '{node.name}' is a BatchNormalization the pass created"
+        f"{_node(node)} is new: the pass created a BatchNormalization"
         for node in _all_nodes(graph)
         if node.op == "BatchNormalization" and id(node) not in before.nodes
     ]
@@ -234,7 +226,7 @@ def sums_are_binary(graph: gs.Graph, before: Snapshot | None = None) -> list[str
     """No standard-domain ``Sum`` of more than one input is left (canonicalize makes each a
     chain of ``Add``)."""
     return [
-        f"node '{node.name}' is a Sum of {len(node.inputs)} inputs"
+        f"{_node(node)} adds {len(node.inputs)} inputs at once"
         for node in graph.nodes
         if node.op == "Sum" and (node.domain or "") in ("", "ai.onnx") and len(node.inputs) > 1
     ]
@@ -292,31 +284,61 @@ def _read_tensors(graph: gs.Graph) -> list[gs.Tensor]:
 
 
 def _reads(
-    graph: gs.Graph, available: frozenset[int] = frozenset(), outer: dict | None = None
-) -> Iterator[tuple[gs.Node, gs.Tensor, gs.Node | None]]:
-    """Each read of a variable not yet computed where it is read: ``(node, tensor, writer)``
-    with the node writing it later (in this graph or an enclosing one), or ``None`` if no node
-    writes it. Bodies see what their graph computed before the node that holds them."""
+    graph: gs.Graph,
+    available: frozenset[int] = frozenset(),
+    outer: dict | None = None,
+    owner: str = "graph",
+) -> Iterator[tuple[str, gs.Tensor, gs.Node | None]]:
+    """Each read of a variable not yet computed where it is read: ``(reader, tensor,
+    writer)``, the reader a node or ``"<owner> output"`` (a graph's outputs are read after its
+    last node), the writer the node writing it later (in this graph or an enclosing one) or
+    ``None`` if no node writes it. Bodies see what their graph computed before the node that
+    holds them."""
     writers = dict(outer or {})
     writers.update((id(t), node) for node in graph.nodes for t in node.outputs)
     done = set(available) | {id(t) for t in graph.inputs}
     for node in graph.nodes:
         for tensor in node.inputs:
-            missing = isinstance(tensor, gs.Variable) and tensor.name and id(tensor) not in done
-            if missing:
-                yield node, tensor, writers.get(id(tensor))
+            if _unavailable(tensor, done):
+                yield _node(node), tensor, writers.get(id(tensor))
         for value in node.attrs.values():
             if isinstance(value, gs.Graph):
-                yield from _reads(value, frozenset(done), writers)
+                yield from _reads(value, frozenset(done), writers, f"body '{value.name}'")
         done.update(id(t) for t in node.outputs)
+    for tensor in graph.outputs:
+        if _unavailable(tensor, done):
+            yield f"{owner} output", tensor, writers.get(id(tensor))
+
+
+def _unavailable(tensor: gs.Tensor, done: set[int]) -> bool:
+    return isinstance(tensor, gs.Variable) and bool(tensor.name) and id(tensor) not in done
 
 
 def _interface(graph: gs.Graph) -> tuple[tuple[str, str, str, str], ...]:
     return tuple(
-        (role, tensor.name, str(tensor.dtype), str(tensor.shape))
+        (role, tensor.name, _dtype_name(tensor.dtype), _shape_text(tensor.shape))
         for role, tensors in (("input", graph.inputs), ("output", graph.outputs))
         for tensor in tensors
     )
+
+
+def _node(node: gs.Node) -> str:
+    """``node 'conv1' (Conv)``; an unnamed node by what it writes: ``the Sum node writing 's'``."""
+    if node.name:
+        return f"node '{node.name}' ({node.op})"
+    written = ", ".join(f"'{t.name}'" for t in node.outputs) or "nothing"
+    return f"the {node.op} node writing {written}"
+
+
+def _dtype_name(dtype) -> str:
+    try:
+        return np.dtype(dtype).name
+    except TypeError:  # an ONNX type numpy has no dtype for
+        return str(dtype)
+
+
+def _shape_text(shape) -> str:
+    return "unknown shape" if shape is None else str(list(shape))
 
 
 def _shared_names(graph: gs.Graph) -> list[str]:
@@ -365,11 +387,11 @@ def _first_change(graph: gs.Graph, before: Snapshot) -> str | None:
     now = list(_all_nodes(graph))
     for node in now:
         if id(node) not in before.nodes:
-            return f"node '{node.name}' is new"
+            return f"{_node(node)} is new"
         if _ids(node.inputs) != _ids(before.inputs[id(node)]):
-            return f"node '{node.name}' reads other tensors"
+            return f"{_node(node)} reads other tensors"
         if _ids(node.outputs) != _ids(before.outputs[id(node)]):
-            return f"node '{node.name}' writes other tensors"
+            return f"{_node(node)} writes other tensors"
     if len(now) != len(before.nodes):
         return "nodes were removed"
     if _interface(graph) != before.interface:
