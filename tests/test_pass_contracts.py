@@ -125,11 +125,60 @@ SMALL_GRAPHS = {
 }
 
 
+RNG = np.random.default_rng(0)
+#: Graphs for the passes no committed model gives work: a BatchNormalization read by a Conv
+#: and, through Reshape and Transpose, by a MatMul (``fold_forward``); a MatMul by a weight
+#: fed as an input, plus a bias of the output's full shape (``matmul_add_to_gemm``).
+WORK_FOR = {
+    "fold_forward": (
+        """g (float[1,4,4,4] x) => (float[1,3,4,4] y1, float[1,16,3] y2) {
+          b = BatchNormalization(x, scale, shift, mean, var)
+          y1 = Conv(b, w1)
+          f = Reshape(b, shape)
+          t = Transpose<perm = [0, 2, 1]>(f)
+          y2 = MatMul(t, w2)
+        }""",
+        {
+            "scale": RNG.uniform(0.5, 2, 4),
+            "shift": RNG.normal(size=4),
+            "mean": RNG.normal(size=4),
+            "var": RNG.uniform(0.5, 2, 4),
+            "w1": RNG.normal(size=(3, 4, 1, 1)),
+            "shape": np.array([1, 4, 16]),
+            "w2": RNG.normal(size=(4, 3)),
+        },
+    ),
+    "matmul_add_to_gemm": (
+        """g (float[2,4] x, float[4,3] w) => (float[2,3] y) {
+          m = MatMul(x, w)
+          y = Add(m, c)
+        }""",
+        {"c": RNG.normal(size=(2, 3))},
+    ),
+}
+
+
+def parse(text: str, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    model = onnx.parser.parse_model(HEADER + text)
+    for name, value in weights.items():
+        kept = value if value.dtype.kind in "iub" else value.astype(np.float32)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(kept, name))
+    onnx.checker.check_model(model)
+    return model
+
+
 @pytest.mark.parametrize("name", SMALL_GRAPHS)
 def test_every_pass_keeps_its_contract_on_what_canonicalize_removes(name):
-    model = onnx.parser.parse_model(HEADER + SMALL_GRAPHS[name])
-    onnx.checker.check_model(model)
-    assert "canonicalize" in fuse_checked(model)
+    assert "canonicalize" in fuse_checked(parse(SMALL_GRAPHS[name], {}))
+
+
+@pytest.mark.parametrize("rule", WORK_FOR)
+def test_every_pass_keeps_its_contract_where_the_last_passes_have_work(rule):
+    """The committed models give ``fold_forward`` and ``matmul_add_to_gemm`` nothing to do."""
+    model = parse(*WORK_FOR[rule])
+    fuse_checked(model)
+    _, outcome = fuse_graph(model)
+    assert {block.rule for block in outcome.fused} == {rule}
 
 
 # --- each check catches what breaks it -----------------------------------------------------
