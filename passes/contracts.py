@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import wraps
+from typing import TypeVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -63,6 +64,8 @@ class Snapshot:
 
 
 Check = Callable[[gs.Graph, Snapshot], list[str]]
+PassFunction = Callable[[gs.Graph], PassResult]
+_Declared = TypeVar("_Declared", bound=Callable)
 
 
 @dataclass(frozen=True)
@@ -77,17 +80,19 @@ class Contract:
 CONTRACT_ATTRIBUTE = "contract"
 
 
-def contract(requires: tuple[Check, ...] = (), ensures: tuple[Check, ...] = ()):
+def contract(
+    requires: tuple[Check, ...] = (), ensures: tuple[Check, ...] = ()
+) -> Callable[[_Declared], _Declared]:
     """Declare a pass's contract: sets ``pass.contract``, returns the pass itself unchanged."""
 
-    def declare(run):
+    def declare(run: _Declared) -> _Declared:
         setattr(run, CONTRACT_ATTRIBUTE, Contract(requires, ensures))
         return run
 
     return declare
 
 
-def same_contract_as(wrapped: Callable):
+def same_contract_as(wrapped: Callable) -> Callable[[_Declared], _Declared]:
     """Declare for a pass that wraps ``wrapped`` (same graph edits) ``wrapped``'s contract."""
     declared = contract_of(wrapped)
     if declared is None:
@@ -103,7 +108,7 @@ class ContractViolation(AssertionError):
     """A pass was given, or left, a graph its contract rules out."""
 
 
-def checked(run: Callable[[gs.Graph], PassResult]) -> Callable[[gs.Graph], PassResult]:
+def checked(run: PassFunction) -> PassFunction:
     """``run`` with its contract checked on every call: ``requires`` before, ``ensures`` and
     an honest :attr:`PassResult.modified` after; a violation raises
     :class:`ContractViolation` listing them all, each prefixed by the pass's name."""
@@ -215,9 +220,7 @@ def constants_unedited(graph: gs.Graph, before: Snapshot) -> list[str]:
         kept = before.constants.get(id(tensor))
         if kept is None:
             continue
-        values = _current_values(tensor)
-        same = values is not None and values.dtype == kept[1].dtype
-        if not (same and np.array_equal(values, kept[1])):
+        if not _same_values(_current_values(tensor), kept[1]):
             found.append(f"constant '{tensor.name}' was edited in place")
     return found
 
@@ -379,6 +382,15 @@ def _current_values(tensor: gs.Tensor) -> np.ndarray | None:
         return np.asarray(stored.load() if isinstance(stored, LazyValues) else stored)
     except (ValueError, TypeError):
         return None
+
+
+def _same_values(now: np.ndarray | None, was: np.ndarray) -> bool:
+    """The same type, shape and elements, bit for bit (a NaN equals itself)."""
+    if now is None or now.dtype != was.dtype or now.shape != was.shape:
+        return False
+    if now.dtype.hasobject:  # strings: no bytes to compare
+        return bool(np.array_equal(now, was))
+    return np.ascontiguousarray(now).tobytes() == np.ascontiguousarray(was).tobytes()
 
 
 def _first_change(graph: gs.Graph, before: Snapshot) -> str | None:

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
+from peer_graphs import ALL_CASES, RAISES, PeerCase
 
 from repvgg_onnx.errors import UnsupportedModelError
 from repvgg_onnx.passes.contracts import (
@@ -80,6 +81,17 @@ def test_every_pass_keeps_its_contract_on_every_committed_model(path):
         return
     calls = fuse_checked(model)
     assert set(calls) >= {run.__name__ for run in DEFAULT_PASSES}
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=lambda case: case.id)
+def test_every_pass_keeps_its_contract_on_every_peer_case(case: PeerCase):
+    """The peer tools' fold cases (:mod:`peer_graphs`) give the passes work the committed
+    models do not (``matmul_add_to_gemm``, overridable initializers, no-ops before outputs)."""
+    if case.expect == RAISES:
+        with pytest.raises(UnsupportedModelError):
+            fuse_checked(case.build())
+    else:
+        fuse_checked(case.build())
 
 
 def test_every_default_pass_declares_a_contract():
@@ -327,6 +339,13 @@ def test_constants_unedited_catches_new_values_in_an_old_constant():
     assert constants_unedited(graph, before) == ["constant 'w' was edited in place"]
     graph.nodes[1].inputs[1] = gs.Constant("w2", np.ones((1, 4), np.float32))
     assert constants_unedited(graph, before) == []
+
+
+def test_constants_unedited_takes_a_nan_for_itself():
+    graph = chain()
+    graph.nodes[1].op = "Add"
+    graph.nodes[1].inputs.append(gs.Constant("w", np.array([[np.nan, 1, 2, 3]], np.float32)))
+    assert constants_unedited(graph, Snapshot.of(graph)) == []
 
 
 def test_sums_are_binary_catches_a_sum_of_three():
