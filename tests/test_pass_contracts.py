@@ -3,6 +3,7 @@ every committed model; each check catches the graph that breaks it, with its sen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from repvgg_onnx.passes.contracts import (
 from repvgg_onnx.passes.pass_result import PassResult
 from repvgg_onnx.pipeline.function_inlining import inline_for_passes
 from repvgg_onnx.pipeline.fuse_model import fuse_graph
-from repvgg_onnx.pipeline.pass_fixpoint import DEFAULT_PASSES
+from repvgg_onnx.pipeline.pass_fixpoint import DEFAULT_PASSES, Pass
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 COMMITTED = sorted(MODELS.rglob("*.onnx"))
@@ -40,10 +41,10 @@ COMMITTED = sorted(MODELS.rglob("*.onnx"))
 REFUSED: dict[str, str] = {}
 
 
-def counted(passes, calls: list[str]):
+def counted(passes: Sequence[Pass], calls: list[str]) -> tuple[Pass, ...]:
     """Each pass checked, and each call recorded in ``calls``."""
 
-    def record(run):
+    def record(run: Pass) -> Pass:
         def recorded(graph: gs.Graph) -> PassResult:
             calls.append(run.__name__)
             return run(graph)
