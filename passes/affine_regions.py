@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from .contracts import KEEPS_INTERFACE_AND_NAMES, WELL_FORMED, contract
 from .graph_utils import UniqueNames, splice_nodes
 from .pass_result import FusedBlock, PassResult
 from .regions import RULE, RegionFinder, RegionPlan
 from .rewrite import chain_nodes
 
 
+@contract(requires=WELL_FORMED, ensures=KEEPS_INTERFACE_AND_NAMES)
 def fuse_affine_regions(graph: gs.Graph) -> PassResult:
     """Plan every region (no edits), then rewrite the ones that gain; report both."""
     plans, skipped = RegionFinder(graph).plan_all()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .contracts import KEEPS_INTERFACE_AND_NAMES, WELL_FORMED, contract, sums_are_binary
 from .graph_utils import (
     UniqueNames,
     attribute,
@@ -47,6 +48,7 @@ _NEUTRAL_ELEMENT = {"Add": 0.0, "Sub": 0.0, "Mul": 1.0, "Div": 1.0, "Pow": 1.0}
 _COMMUTATIVE = ("Add", "Mul")
 
 
+@contract(requires=WELL_FORMED, ensures=(*KEEPS_INTERFACE_AND_NAMES, sums_are_binary))
 def canonicalize(graph: gs.Graph) -> PassResult:
     """Apply every canonicalization once; ``rewrites`` counts the nodes changed."""
     rewrites = 0

@@ -26,6 +26,7 @@ import onnx_graphsurgeon as gs
 from repvgg_onnx.graph.gs_versions import node_proto
 
 from .constant_evaluation import NodeValues, Runtime, evaluate_constants
+from .contracts import KEEPS_INTERFACE_AND_NAMES, WELL_FORMED, contract
 from .graph_utils import (
     attribute,
     constant_values,
@@ -51,6 +52,7 @@ _UNFOLDABLE = "_repvgg_onnx_unfoldable"
 MAX_FOLDED_ELEMENTS = 1 << 16
 
 
+@contract(requires=WELL_FORMED, ensures=KEEPS_INTERFACE_AND_NAMES)
 def fold_constants(graph: gs.Graph, runtime: Runtime | None = None) -> PassResult:
     """Replace every foldable node's outputs by constants; ``shapes_stale`` when any was.
 

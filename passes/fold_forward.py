@@ -27,6 +27,7 @@ import onnx_graphsurgeon as gs
 
 from repvgg_onnx.algebra.linear_forms import ChannelAffine, NotComposableError, compose
 
+from .contracts import KEEPS_INTERFACE_AND_NAMES, WELL_FORMED, contract
 from .graph_utils import (
     UniqueNames,
     attribute,
@@ -57,6 +58,7 @@ class _Reader:
     specs: tuple[NodeSpec, ...]
 
 
+@contract(requires=WELL_FORMED, ensures=KEEPS_INTERFACE_AND_NAMES)
 def fold_forward(graph: gs.Graph) -> PassResult:
     """Fold each per-channel op with several readers (or readers through axis moves)."""
     fused, skipped, placements = [], [], []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .contracts import KEEPS_INTERFACE_AND_NAMES, WELL_FORMED, contract
 from .graph_utils import (
     UniqueNames,
     broadcasts_into,
@@ -31,6 +32,7 @@ RULE = "matmul_add_to_gemm"
 _GEMM_TYPES = ("float16", "float32", "float64", "bfloat16")
 
 
+@contract(requires=WELL_FORMED, ensures=KEEPS_INTERFACE_AND_NAMES)
 def fuse_matmul_add_into_gemm(graph: gs.Graph) -> PassResult:
     """Rewrite every exact ``Add(MatMul(A, B), C)`` of matrices into one Gemm."""
     names = UniqueNames(graph)

@@ -31,12 +31,14 @@ import onnx_graphsurgeon as gs
 
 from repvgg_onnx.errors import ModelRunError
 from repvgg_onnx.passes.constant_evaluation import evaluate_in_order
+from repvgg_onnx.passes.contracts import same_contract_as
 from repvgg_onnx.passes.fold_constants import fold_constants
 from repvgg_onnx.passes.pass_result import PassResult
 from repvgg_onnx.verification.isolation import can_isolate, isolated
 from repvgg_onnx.verification.sessions import create_session
 
 
+@same_contract_as(fold_constants)
 def fold_constants_on_onnxruntime(graph: gs.Graph) -> PassResult:
     """:func:`~repvgg_onnx.passes.fold_constants.fold_constants` with onnxruntime's values."""
     return fold_constants(graph, runtime=onnxruntime_values)

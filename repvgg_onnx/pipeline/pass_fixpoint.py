@@ -70,7 +70,11 @@ def run_passes(
     each round).
 
     Invariant: every pass preserves the graph's function and its topological order, so the
-    fixpoint does too.
+    fixpoint does too. What else a pass keeps (no dangling reads, graph inputs and outputs,
+    tensor names, no BatchNormalization created, no constant edited) is its ``contract``
+    (:mod:`repvgg_onnx.passes.contracts`); the graph is sorted first to meet what they require.
+    Nothing is checked here: ``tests/test_pass_contracts.py`` runs the passes wrapped in
+    :func:`~repvgg_onnx.passes.contracts.checked` on every committed model.
     """
     check_inference_graph(graph)
     ensure_topological_order(graph)
