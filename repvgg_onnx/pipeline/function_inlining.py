@@ -31,6 +31,7 @@ from repvgg_onnx.graph.local_functions import (
     function_id,
     inline_functions,
 )
+from repvgg_onnx.graph.upstream import upstream_nodes
 from repvgg_onnx.pipeline.fuse_model import fuse_graph
 from repvgg_onnx.pipeline.pass_fixpoint import DEFAULT_PASSES, Pass
 
@@ -127,15 +128,7 @@ def replaced_nodes(
     producer = {name: node for node in before.node for name in node.output if name}
     kept = {value.name for value in after.input} | {t.name for t in after.initializer}
     kept |= {name for node in after.node for name in node.output}
-    found: dict[int, onnx.NodeProto] = {}
-    pending = list(outputs)
-    while pending:
-        node = producer.get(pending.pop())
-        if node is None or id(node) in found:
-            continue
-        found[id(node)] = node
-        pending += [name for name in node.input if name and name not in kept]
-    return list(found.values())
+    return upstream_nodes(outputs, producer, kept.__contains__)
 
 
 def _call_tree_copy(

@@ -15,6 +15,7 @@ import onnx
 from repvgg_onnx.algebra.linear_forms import conv_label
 from repvgg_onnx.graph.local_functions import FunctionId, function_id, inline_functions
 from repvgg_onnx.graph.node_metadata import BRANCHES_KEY, RULE_KEY
+from repvgg_onnx.graph.upstream import upstream_nodes
 from repvgg_onnx.passes.readers import READERS
 from repvgg_onnx.reports.render.formats import Rendered
 from repvgg_onnx.reports.render.schema import SCHEMA_VERSION, verdict
@@ -232,15 +233,8 @@ def _subgraph(
 ) -> list[onnx.NodeProto]:
     """The nodes computing ``outputs`` back to ``boundary`` tensors (``outputs`` excepted),
     in graph order (``order``: node id → position)."""
-    found: dict[int, onnx.NodeProto] = {}
-    pending = list(outputs)
-    while pending:
-        node = producer.get(pending.pop())
-        if node is None or id(node) in found:
-            continue
-        found[id(node)] = node
-        pending.extend(i for i in node.input if i and (i not in boundary or i in outputs))
-    return sorted(found.values(), key=lambda n: order.get(id(n), 0))
+    found = upstream_nodes(outputs, producer, lambda name: name in boundary and name not in outputs)
+    return sorted(found, key=lambda n: order.get(id(n), 0))
 
 
 def _block_node(node: onnx.NodeProto, model: onnx.ModelProto, constants: set[str]) -> BlockNode:
