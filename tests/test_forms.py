@@ -245,3 +245,11 @@ def test_a_new_form_is_fused_by_the_unchanged_passes(shape, monkeypatch):
     fused, _ = fuse_model(model)
     assert op_counts(fused) == {"Conv": 1, "Relu": 1}
     assert_same_function(model, fused)
+
+
+def test_a_sum_names_the_form_that_cannot_be_summed_before_a_channel_mismatch():
+    """The forms that are no per-channel map are asked first (as before the forms had one
+    interface): a ConvTranspose is named even after a per-channel map of the wrong width."""
+    narrow = channel_affine(np.ones(3), 0.0)
+    with pytest.raises(IncompatibleBranchesError, match="b is a ConvTranspose"):
+        sum_forms([narrow, FORMS["transposed"]], ["a", "b"], spatial_rank=2, channels=C)
