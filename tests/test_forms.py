@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_linear_forms import apply
@@ -33,7 +34,9 @@ from repvgg_onnx.algebra.linear_forms import (
 )
 from repvgg_onnx.algebra.transposed_conv import TransposedConv
 from repvgg_onnx.passes import readers
+from repvgg_onnx.passes.graph_utils import UniqueNames
 from repvgg_onnx.passes.readers import Kind, Layout, LinearOp
+from repvgg_onnx.passes.rewrite import chain_nodes, node_specs
 
 RNG = np.random.default_rng(7)
 C = 4
@@ -165,6 +168,8 @@ class Negation(LinearForm):
     in_channels = out_channels = spatial_rank = None
 
     def compose(self, inner: LinearForm, rtol: float) -> LinearForm:
+        if inner.is_identity:
+            return self
         return inner.scale_outputs(np.array([-1.0]), np.array([0.0]))
 
     def scale_outputs(self, scale: np.ndarray, shift: np.ndarray) -> LinearForm:
@@ -238,13 +243,24 @@ def negation_model(shape: str) -> onnx.ModelProto:
 
 @pytest.mark.parametrize("shape", ["after", "before", "beside"])
 def test_a_new_form_is_fused_by_the_unchanged_passes(shape, monkeypatch):
+    """After a conv the conv scales its outputs; before one, the conv asks the Negation how it
+    reads it (``read_by``); beside one, the Negation becomes a summand."""
     model = negation_model(shape)
     unread, _ = fuse_model(model)
     assert op_counts(unread).get("Neg") == 1  # without its reader, Neg is no linear op
     monkeypatch.setitem(readers.READERS, "Neg", read_neg)
-    fused, _ = fuse_model(model)
+    fused, result = fuse_model(model)
     assert op_counts(fused) == {"Conv": 1, "Relu": 1}
+    assert [block.result for block in result.fused] == ["Conv3x3"]
     assert_same_function(model, fused)
+
+
+def test_a_new_form_is_written_as_the_nodes_it_names():
+    graph = gs.Graph()
+    source, output = gs.Variable("x", np.float32, [1, C]), gs.Variable("y", np.float32, [1, C])
+    specs = node_specs(Negation(), np.dtype(np.float32), False, 2)
+    [node] = chain_nodes(specs, source, output, "neg", UniqueNames(graph))
+    assert (node.op, node.inputs, node.outputs) == ("Neg", [source], [output])
 
 
 def test_a_sum_names_the_form_that_cannot_be_summed_before_a_channel_mismatch():
