@@ -10,6 +10,9 @@ that onnxruntime finds equal to the model it replaced.
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -269,3 +272,21 @@ def test_a_sum_names_the_form_that_cannot_be_summed_before_a_channel_mismatch():
     narrow = channel_affine(np.ones(3), 0.0)
     with pytest.raises(IncompatibleBranchesError, match="b is a ConvTranspose"):
         sum_forms([narrow, FORMS["transposed"]], ["a", "b"], spatial_rank=2, channels=C)
+
+
+def test_the_algebra_imports_numpy_and_itself_only():
+    """Forms describe their nodes as plain data: nothing in ``algebra/`` imports ONNX,
+    graphsurgeon or another layer of the package."""
+    allowed = {"numpy", "__future__", "abc", "collections", "dataclasses", "math", "typing"}
+    folder = Path(__file__).resolve().parent.parent / "repvgg_onnx" / "algebra"
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                inside = name.startswith("repvgg_onnx.algebra")
+                assert inside or name.split(".")[0] in allowed, f"{path.name} imports {name}"
