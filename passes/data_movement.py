@@ -32,23 +32,26 @@ from repvgg_onnx.algebra.linear_forms import pad_conv
 from repvgg_onnx.graph.gs_versions import node_proto
 
 from .graph_utils import constant_values, static_shape
+from .pass_result import Refusal
 from .reference_evaluator import reference_evaluator
 
 #: Probe values ``1…n`` are exact in float32 up to 2**24.
 MAX_PROBE_ELEMENTS = 1 << 24
 
 
-def chain_as_pad(nodes: list[gs.Node], source: gs.Tensor, opset: int) -> AffineConv | str:
+def chain_as_pad(nodes: list[gs.Node], source: gs.Tensor, opset: int) -> AffineConv | Refusal:
     """The Pad that ``nodes`` (each after the nodes it reads; the last one the top; every
     variable input ``source`` or another node's output) compute from ``source``, or why they
     are not one."""
     shape = static_shape(source)
     if shape is None or len(shape) < 3:
-        return (
+        return Refusal.because(
             f"the shape of '{source.name}' is not static, so {describe_nodes(nodes)} cannot be read"
         )
     if math.prod(shape) > MAX_PROBE_ELEMENTS:
-        return f"'{source.name}' is too large to read {describe_nodes(nodes)} exactly"
+        return Refusal.because(
+            f"'{source.name}' is too large to read {describe_nodes(nodes)} exactly"
+        )
     try:
         model = _chain_model(nodes, source, shape, opset)
         evaluator = reference_evaluator(model)
@@ -56,7 +59,9 @@ def chain_as_pad(nodes: list[gs.Node], source: gs.Tensor, opset: int) -> AffineC
         [first] = evaluator.run(None, {"x": probe})
         [second] = evaluator.run(None, {"x": -probe})
     except Exception as error:  # the reference evaluator raises assorted types
-        return f"{describe_nodes(nodes)} could not be evaluated ({type(error).__name__})"
+        return Refusal.because(
+            f"{describe_nodes(nodes)} could not be evaluated ({type(error).__name__})"
+        )
     return _as_pad(np.asarray(first, np.float64), np.asarray(second, np.float64), shape, nodes)
 
 
@@ -91,7 +96,7 @@ def _chain_model(
 
 def _as_pad(
     first: np.ndarray, second: np.ndarray, shape: tuple[int, ...], nodes: list[gs.Node]
-) -> AffineConv | str:
+) -> AffineConv | Refusal:
     """The pad that maps probe ``p`` to ``first`` and ``−p`` to ``second``, or why there is
     none: every output element must be a copy or a constant, every input element copied exactly
     once, all by the same spatial offset (no batch or channel move), none cropped, and the
@@ -101,30 +106,36 @@ def _as_pad(
     copy = (first == -second) & (first >= 1) & (first <= size) & (first == np.round(first))
     names = describe_nodes(nodes)
     if first.ndim != len(shape):
-        return f"{names} change the rank of their input, so they are not a pad"
+        return Refusal.because(f"{names} change the rank of their input, so they are not a pad")
     if not np.all(constant | copy):
-        return f"{names} compute values that are neither copies of their input nor constants"
+        return Refusal.because(
+            f"{names} compute values that are neither copies of their input nor constants"
+        )
     copied = np.bincount(first[copy].astype(np.int64) - 1, minlength=size)
     if np.any(copied != 1):
         how = "more than once" if np.any(copied > 1) else "not at all"
-        return f"{names} copy some input elements {how}, so they are not a pad"
+        return Refusal.because(f"{names} copy some input elements {how}, so they are not a pad")
     sources = np.unravel_index(first[copy].astype(np.int64) - 1, shape)
     targets = np.nonzero(copy)
     offsets = [t - s for t, s in zip(targets, sources, strict=True)]
     if any(np.any(o != o.flat[0]) for o in offsets):
-        return f"{names} move input elements relative to each other, so they are not a pad"
+        return Refusal.because(
+            f"{names} move input elements relative to each other, so they are not a pad"
+        )
     begin = [int(o.flat[0]) for o in offsets[2:]]
     end = [out - inp - b for out, inp, b in zip(first.shape[2:], shape[2:], begin, strict=True)]
     if any(o.flat[0] for o in offsets[:2]) or first.shape[:2] != shape[:2]:
-        return f"{names} move or add elements along the batch or channel axis, not a spatial pad"
+        return Refusal.because(
+            f"{names} move or add elements along the batch or channel axis, not a spatial pad"
+        )
     if min(begin + end, default=0) < 0:
-        return f"{names} crop their input, so they are not a pad"
+        return Refusal.because(f"{names} crop their input, so they are not a pad")
     border = np.where(constant, first, np.nan)
     values = np.moveaxis(border, 1, 0).reshape(shape[1], -1)
     fill = np.nanmax(values, axis=1) if np.any(constant) else np.zeros(shape[1])
     if np.any(constant) and not np.all(np.isnan(values) | (values == fill[:, None])):
-        return f"{names} pad with values that differ within a channel"
+        return Refusal.because(f"{names} pad with values that differ within a channel")
     fill = np.where(np.isnan(fill), 0.0, fill)
     if not np.all(np.isfinite(fill)):
-        return f"{names} pad with inf"
+        return Refusal.because(f"{names} pad with inf")
     return pad_conv(shape[1], begin + end, fill)

@@ -36,7 +36,7 @@ from .graph_utils import (
     replace_uses,
     static_shape,
 )
-from .pass_result import PassResult, Skipped
+from .pass_result import PassResult, Refusal
 
 RULE = "fold_constants"
 
@@ -74,7 +74,7 @@ def fold_constants(graph: gs.Graph, runtime: Runtime | None = None) -> PassResul
         elif decision.outputs is None:  # not evaluated again in later rounds
             setattr(node, _UNFOLDABLE, decision.refusal or "")
     skipped = [
-        Skipped(RULE, node.name or node.outputs[0].name, reason)
+        Refusal(RULE, node.name or node.outputs[0].name, reason)
         for node in graph.nodes
         if (reason := getattr(node, _UNFOLDABLE, None))
     ]

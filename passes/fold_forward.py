@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from repvgg_onnx.algebra.linear_forms import ChannelAffine, NotComposableError, compose
+from repvgg_onnx.algebra.form import NodeSpec
+from repvgg_onnx.algebra.linear_forms import compose
 
 from .contracts import KEEPS_INTERFACE_AND_NAMES, WELL_FORMED, contract
 from .graph_utils import (
@@ -38,9 +40,9 @@ from .graph_utils import (
     splice_nodes,
     static_shape,
 )
-from .pass_result import FusedBlock, PassResult, Skipped
+from .pass_result import FusedBlock, PassResult, Refusal, attempt
 from .readers import Kind, LinearOp, read_node
-from .rewrite import NodeSpec, chain_nodes, node_specs
+from .rewrite import chain_nodes, node_specs
 from .runtime_patterns import fused_pattern_ending_at, kept_tail_reason
 
 RULE = "fold_forward"
@@ -67,13 +69,15 @@ def fold_forward(graph: gs.Graph) -> PassResult:
         if node.op in _NEVER_PER_CHANNEL:
             continue
         reading = read_node(node)
-        if not isinstance(reading, LinearOp) or not isinstance(reading.form, ChannelAffine):
+        if not isinstance(reading, LinearOp) or reading.form is None:
+            continue
+        if reading.form.channel_map() is None:
             continue
         plan = _plan(graph, reading)
         if plan is None:
             continue
-        if isinstance(plan, str):
-            skipped.append(Skipped(RULE, node.name, plan))
+        if isinstance(plan, Refusal):
+            skipped.append(plan.by(RULE, node.name))
             continue
         fused.extend(_rewrite(reading, plan, names, placements))
     if fused:
@@ -81,7 +85,7 @@ def fold_forward(graph: gs.Graph) -> PassResult:
     return PassResult(fused=fused, skipped=skipped)
 
 
-def _plan(graph: gs.Graph, op: LinearOp) -> list[_Reader] | str | None:
+def _plan(graph: gs.Graph, op: LinearOp) -> list[_Reader] | Refusal | None:
     """The readers to rewrite, a reason to stop, or ``None`` when this is not a candidate
     (one direct linear reader is the region pass's; a graph output must keep its value)."""
     output = op.output
@@ -98,20 +102,19 @@ def _plan(graph: gs.Graph, op: LinearOp) -> list[_Reader] | str | None:
         pattern = _runtime_fused_pattern_read(op)
         if pattern is not None:
             readers_text = ", ".join(f"{r.node.op} '{r.node.name}'" for end in ends for r in end)
-            return kept_tail_reason(op.node, pattern, readers_text)
+            return Refusal.because(kept_tail_reason(op.node, pattern, readers_text))
     readers = []
     for reader in [op for end in ends for op in end]:
-        try:
-            composed = compose(reader.form, op.form)
-        except NotComposableError as error:
-            return (
+        composed = attempt(partial(compose, reader.form, op.form))
+        if isinstance(composed, Refusal):
+            return composed.prefixed(
                 f"{op.node.op} '{op.node.name}' cannot fold into {reader.node.op} "
-                f"'{reader.node.name}' that reads it: {error}"
+                f"'{reader.node.name}' that reads it: "
             )
         dtype = _dtype(reader.node)
         specs = node_specs(composed, dtype, reader.kind is Kind.MATMUL, _rank(reader.node))
-        if isinstance(specs, str):
-            return f"{op.node.op} '{op.node.name}' is left as it is: {specs}"
+        if isinstance(specs, Refusal):
+            return specs.prefixed(f"{op.node.op} '{op.node.name}' is left as it is: ")
         readers.append(_Reader(reader, tuple(specs)))
     return readers
 

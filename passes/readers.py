@@ -20,18 +20,12 @@ from repvgg_onnx.algebra.affine_conv import (
     AffineConv,
     affine_conv,
     batchnorm_scale_shift,
+    conv_label,
     same_pads,
 )
-from repvgg_onnx.algebra.linear_forms import (
-    ChannelAffine,
-    Form,
-    TransposedConv,
-    average_pool_conv,
-    channel_affine,
-    conv_label,
-    multiply_adds,
-    pad_conv,
-)
+from repvgg_onnx.algebra.channel_affine import ChannelAffine, channel_affine
+from repvgg_onnx.algebra.linear_forms import Form, average_pool_conv, pad_conv
+from repvgg_onnx.algebra.transposed_conv import TransposedConv
 
 from .graph_utils import (
     attribute,
@@ -42,6 +36,7 @@ from .graph_utils import (
     is_standard,
     rank,
 )
+from .pass_result import Refusal
 
 
 class Kind(Enum):
@@ -97,12 +92,9 @@ class LinearOp:
         return self.node.outputs[0]
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """A node that looks like a linear op but is not exactly one; ``reason`` is one sentence."""
-
-    node: gs.Node
-    reason: str
+def _refused(node: gs.Node, reason: str) -> Refusal:
+    """``node`` looks like a linear op but is not exactly one, for ``reason``."""
+    return Refusal.because(reason, node.name)
 
 
 Reading = LinearOp | Refusal | None
@@ -115,7 +107,7 @@ def read_node(node: gs.Node) -> Reading:
     if reader is None or not node.outputs:
         return None
     if not is_standard(node):
-        return Refusal(
+        return _refused(
             node,
             f"{node.op} '{node.name}' is in the domain '{node.domain}', not the standard one, "
             "so it is not read as the standard op",
@@ -125,52 +117,64 @@ def read_node(node: gs.Node) -> Reading:
 
 def _constant_input(
     node: gs.Node, index: int, what: str, *, check_finite: bool = True
-) -> np.ndarray | str:
+) -> np.ndarray | Refusal:
     """A constant, finite, floating input of ``node``, or why it is not one (with
     ``check_finite=False``, the caller checks finiteness itself, with :func:`_non_finite`)."""
     if index >= len(node.inputs) or is_omitted(node.inputs[index]):
-        return f"{node.op} '{node.name}' has no {what}"
+        return _refused(node, f"{node.op} '{node.name}' has no {what}")
     tensor = node.inputs[index]
     values = constant_values(tensor)
     if values is None and is_overridable(tensor):
-        return (
+        return _refused(
+            node,
             f"{node.op} '{node.name}' has a {what} '{tensor.name}' that is also a graph input, "
-            "so a caller may feed another value"
+            "so a caller may feed another value",
         )
     if values is None:
-        return f"{node.op} '{node.name}' has a {what} that is not constant ('{tensor.name}')"
+        return _refused(
+            node, f"{node.op} '{node.name}' has a {what} that is not constant ('{tensor.name}')"
+        )
     if values.dtype.kind != "f":
-        return f"{node.op} '{node.name}' has a {values.dtype} {what}, not floating point"
+        return _refused(
+            node, f"{node.op} '{node.name}' has a {values.dtype} {what}, not floating point"
+        )
     if check_finite and not np.isfinite(values).all():
         return _non_finite(node, index, what)
     return values
 
 
-def _non_finite(node: gs.Node, index: int, what: str) -> str:
-    return f"{node.op} '{node.name}' has a {what} holding inf or NaN ('{node.inputs[index].name}')"
+def _non_finite(node: gs.Node, index: int, what: str) -> Refusal:
+    return _refused(
+        node,
+        f"{node.op} '{node.name}' has a {what} holding inf or NaN ('{node.inputs[index].name}')",
+    )
 
 
-def _conv_geometry(node: gs.Node, kernel_shape) -> dict | str:
+def _conv_geometry(node: gs.Node, kernel_shape) -> dict | Refusal:
     """Strides, dilations and explicit pads, with ``auto_pad`` resolved where it does not
     depend on the input size (``VALID``; ``SAME_*`` with stride 1), else kept symbolic."""
     spatial = len(kernel_shape)
     strides = list(attribute(node, "strides", None) or [1] * spatial)
     dilations = list(attribute(node, "dilations", None) or [1] * spatial)
     if len(strides) != spatial or len(dilations) != spatial:
-        return f"{node.op} '{node.name}' has strides or dilations that do not fit its kernel"
+        return _refused(
+            node, f"{node.op} '{node.name}' has strides or dilations that do not fit its kernel"
+        )
     if any(s < 1 for s in strides) or any(d < 1 for d in dilations):
-        return f"{node.op} '{node.name}' has strides or dilations below 1"
+        return _refused(node, f"{node.op} '{node.name}' has strides or dilations below 1")
     auto_pad = attribute(node, "auto_pad", "NOTSET")
     pads = list(attribute(node, "pads", None) or [0] * (2 * spatial))
     geometry = {"strides": strides, "dilations": dilations, "auto_pad": "NOTSET"}
     if auto_pad == "NOTSET":
         if len(pads) != 2 * spatial or any(p < 0 for p in pads):
-            return f"{node.op} '{node.name}' has pads {pads} that do not fit its kernel"
+            return _refused(
+                node, f"{node.op} '{node.name}' has pads {pads} that do not fit its kernel"
+            )
         return geometry | {"pads": pads}
     if auto_pad == "VALID":
         return geometry | {"pads": [0] * (2 * spatial)}
     if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
-        return f"{node.op} '{node.name}' has an unknown auto_pad {auto_pad!r}"
+        return _refused(node, f"{node.op} '{node.name}' has an unknown auto_pad {auto_pad!r}")
     if any(s != 1 for s in strides):
         return geometry | {"pads": [0] * (2 * spatial), "auto_pad": auto_pad}
     any_size = [1] * spatial  # with stride 1 the pads do not depend on the input size
@@ -182,26 +186,26 @@ def _conv_geometry(node: gs.Node, kernel_shape) -> dict | str:
 def read_conv(node: gs.Node) -> Reading:
     """``Conv(x, W, b)``: already the normal form. Needs constant weights."""
     weight = _constant_input(node, 1, "weight")
-    if isinstance(weight, str):
-        return Refusal(node, weight)
+    if isinstance(weight, Refusal):
+        return weight
     bias = None
     if len(node.inputs) > 2 and not is_omitted(node.inputs[2]):
         bias = _constant_input(node, 2, "bias")
-        if isinstance(bias, str):
-            return Refusal(node, bias)
+        if isinstance(bias, Refusal):
+            return bias
     if weight.ndim < 3:
-        return Refusal(node, f"Conv '{node.name}' has a weight of rank {weight.ndim}")
+        return _refused(node, f"Conv '{node.name}' has a weight of rank {weight.ndim}")
     geometry = _conv_geometry(node, weight.shape[2:])
-    if isinstance(geometry, str):
-        return Refusal(node, geometry)
+    if isinstance(geometry, Refusal):
+        return geometry
     groups = int(attribute(node, "group", 1))
     channels = dim(node.inputs[0], 1)
     if groups < 1 or weight.shape[0] % groups or (channels not in (None, weight.shape[1] * groups)):
-        return Refusal(node, f"Conv '{node.name}': group {groups} does not fit its weight")
+        return _refused(node, f"Conv '{node.name}': group {groups} does not fit its weight")
     try:
         form = affine_conv(weight, bias, groups=groups, **geometry)
     except ValueError as error:
-        return Refusal(node, f"Conv '{node.name}': {error}")
+        return _refused(node, f"Conv '{node.name}': {error}")
     label = conv_label(weight.shape[2:], groups, form.strides)
     return LinearOp(
         node, Kind.CONV, (node.inputs[0],), form, label, Layout.CHANNELS_FIRST, dtype=weight.dtype
@@ -212,16 +216,16 @@ def read_conv_transpose(node: gs.Node) -> Reading:
     """``ConvTranspose(x, W, b)``: absorbs per-output-channel maps after it; its geometry
     attributes are kept verbatim."""
     weight = _constant_input(node, 1, "weight")
-    if isinstance(weight, str):
-        return Refusal(node, weight)
+    if isinstance(weight, Refusal):
+        return weight
     bias = np.zeros(0)
     if len(node.inputs) > 2 and not is_omitted(node.inputs[2]):
         bias = _constant_input(node, 2, "bias")
-        if isinstance(bias, str):
-            return Refusal(node, bias)
+        if isinstance(bias, Refusal):
+            return bias
     groups = int(attribute(node, "group", 1))
     if weight.ndim < 3 or groups < 1 or weight.shape[0] % groups:
-        return Refusal(node, f"ConvTranspose '{node.name}' has a weight that does not fit it")
+        return _refused(node, f"ConvTranspose '{node.name}' has a weight that does not fit it")
     out_channels = weight.shape[1] * groups
     bias = np.zeros(out_channels) if bias.size == 0 else bias.astype(np.float64)
     kept = tuple(sorted((k, v) for k, v in node.attrs.items() if k != "group"))
@@ -237,28 +241,26 @@ def read_batchnorm(node: gs.Node) -> Reading:
     """Inference BatchNormalization: ``γ(x − μ)/sqrt(var + ε) + β`` per channel (axis 1).
     Exact when it uses running statistics: not in training mode, ``var + ε > 0``."""
     if is_training_batchnorm(node):
-        return Refusal(node, f"BatchNormalization '{node.name}' runs in training mode")
+        return _refused(node, f"BatchNormalization '{node.name}' runs in training mode")
     if attribute(node, "spatial", 1) == 0:
-        return Refusal(node, f"BatchNormalization '{node.name}' has spatial=0")
+        return _refused(node, f"BatchNormalization '{node.name}' has spatial=0")
     values = []
     for index, name in enumerate(_BATCHNORM_PARAMETERS, start=1):
         value = _constant_input(node, index, name, check_finite=False)
-        if isinstance(value, str):  # a parameter before it that is not finite is named first
-            return Refusal(node, _first_non_finite(node, values) or value)
+        if isinstance(value, Refusal):  # a parameter before it that is not finite is named first
+            return _first_non_finite(node, values) or value
         values.append(value)
     if any(v.ndim != 1 for v in values) or len({v.size for v in values}) != 1:
-        return Refusal(
-            node,
-            _first_non_finite(node, values)
-            or f"BatchNormalization '{node.name}' has parameters of unequal shape",
+        return _first_non_finite(node, values) or _refused(
+            node, f"BatchNormalization '{node.name}' has parameters of unequal shape"
         )
     parameters = np.array(values, dtype=np.float64)  # [4, C]: one conversion, one check
     if not np.isfinite(parameters).all():
-        return Refusal(node, _first_non_finite(node, values))
+        return _first_non_finite(node, values)
     gamma, beta, mean, var = parameters
     eps = float(attribute(node, "epsilon", 1e-5))
     if (var + eps <= 0).any():
-        return Refusal(node, f"BatchNormalization '{node.name}' has var + epsilon <= 0")
+        return _refused(node, f"BatchNormalization '{node.name}' has var + epsilon <= 0")
     scale, shift = batchnorm_scale_shift(gamma, beta, mean, var, eps)
     layout = Layout.ANY if rank(node.inputs[0]) == 2 else Layout.CHANNELS_FIRST
     return LinearOp(
@@ -270,7 +272,7 @@ def read_batchnorm(node: gs.Node) -> Reading:
 _BATCHNORM_PARAMETERS = ("scale", "bias", "mean", "variance")
 
 
-def _first_non_finite(node: gs.Node, values: list[np.ndarray]) -> str | None:
+def _first_non_finite(node: gs.Node, values: list[np.ndarray]) -> Refusal | None:
     """Why the first of the BatchNormalization parameters read so far that holds inf or NaN
     is refused, as :func:`_constant_input` would say it; ``None`` if all are finite."""
     for index, (value, name) in enumerate(
@@ -290,29 +292,34 @@ def is_training_batchnorm(node: gs.Node) -> bool:
     return bool(attribute(node, "training_mode", 0)) or bool(extra_outputs)
 
 
-def _channel_layout(values: np.ndarray, data: gs.Tensor, node: gs.Node) -> Layout | str:
+def _channel_layout(values: np.ndarray, data: gs.Tensor, node: gs.Node) -> Layout | Refusal:
     """The channel axis a constant operand varies along, if it is one value per channel (or
     one value) and broadcasting it does not change the data's shape."""
     data_rank = rank(data)
     if data_rank is None:
-        return f"{node.op} '{node.name}': the rank of '{data.name}' is unknown"
+        return _refused(node, f"{node.op} '{node.name}': the rank of '{data.name}' is unknown")
     if values.ndim > data_rank:
-        return f"{node.op} '{node.name}': its constant has more dims than '{data.name}'"
+        return _refused(
+            node, f"{node.op} '{node.name}': its constant has more dims than '{data.name}'"
+        )
     shape = (1,) * (data_rank - values.ndim) + values.shape
     varying = [axis for axis, size in enumerate(shape) if size != 1]
     for axis in varying:
         if dim(data, axis) not in (None, shape[axis]):
-            return f"{node.op} '{node.name}': its constant would broadcast '{data.name}'"
+            return _refused(
+                node, f"{node.op} '{node.name}': its constant would broadcast '{data.name}'"
+            )
     if not varying or (varying == [1] and data_rank == 2):
         return Layout.ANY
     if varying == [1]:
         return Layout.CHANNELS_FIRST
     if varying == [data_rank - 1] and data_rank >= 3:
         return Layout.CHANNELS_LAST
-    return (
+    return _refused(
+        node,
         f"{node.op} '{node.name}' multiplies by a constant of shape {list(values.shape)} that "
         f"varies along axis {varying[-1]} of the rank-{data_rank} '{data.name}', "
-        "not one value per channel"
+        "not one value per channel",
     )
 
 
@@ -336,12 +343,12 @@ def read_elementwise(node: gs.Node) -> Reading:
     if node.op == "Div" and index == 0:
         return None
     if not np.issubdtype(values.dtype, np.floating):
-        return Refusal(node, f"{node.op} '{node.name}' has a {values.dtype} constant")
+        return _refused(node, f"{node.op} '{node.name}' has a {values.dtype} constant")
     if not np.all(np.isfinite(values)) or (node.op == "Div" and np.any(values == 0)):
-        return Refusal(node, f"{node.op} '{node.name}' has a constant holding inf, NaN or 0")
+        return _refused(node, f"{node.op} '{node.name}' has a constant holding inf, NaN or 0")
     layout = _channel_layout(values, data, node)
-    if isinstance(layout, str):
-        return Refusal(node, layout)
+    if isinstance(layout, Refusal):
+        return layout
     flat = values.astype(np.float64).reshape(-1)
     if node.op == "Mul":
         kind, form = Kind.SCALE, channel_affine(flat, 0.0)
@@ -370,16 +377,16 @@ def read_average_pool(node: gs.Node) -> Reading:
     kernel_shape = list(attribute(node, "kernel_shape", []))
     channels = dim(node.inputs[0], 1)
     if not kernel_shape or channels is None:
-        return Refusal(node, f"AveragePool '{node.name}': channel count or kernel unknown")
+        return _refused(node, f"AveragePool '{node.name}': channel count or kernel unknown")
     geometry = _conv_geometry(node, kernel_shape)
-    if isinstance(geometry, str):
-        return Refusal(node, geometry)
+    if isinstance(geometry, Refusal):
+        return geometry
     if geometry["auto_pad"] != "NOTSET":
-        return Refusal(node, f"AveragePool '{node.name}' pads by the input size (auto_pad)")
+        return _refused(node, f"AveragePool '{node.name}' pads by the input size (auto_pad)")
     if attribute(node, "ceil_mode", 0):
-        return Refusal(node, f"AveragePool '{node.name}' has ceil_mode=1 (partial windows)")
+        return _refused(node, f"AveragePool '{node.name}' has ceil_mode=1 (partial windows)")
     if any(geometry["pads"]) and not attribute(node, "count_include_pad", 0):
-        return Refusal(
+        return _refused(
             node,
             f"AveragePool '{node.name}' divides border windows by fewer taps (count_include_pad=0)",
         )
@@ -390,28 +397,28 @@ def read_average_pool(node: gs.Node) -> Reading:
     return LinearOp(node, Kind.AVERAGE_POOL, (node.inputs[0],), form, label, Layout.CHANNELS_FIRST)
 
 
-def _pad_parameters(node: gs.Node) -> tuple[list[int], float | np.ndarray] | str:
+def _pad_parameters(node: gs.Node) -> tuple[list[int], float | np.ndarray] | Refusal:
     """Pads ``(begins…, ends…)`` over all axes and the fill value, from attributes (opset < 11)
     or constant inputs (with ``axes``, opset 18)."""
     data_rank = rank(node.inputs[0])
     if data_rank is None:
-        return f"Pad '{node.name}': the rank of its input is unknown"
+        return _refused(node, f"Pad '{node.name}': the rank of its input is unknown")
     if "pads" in node.attrs:
         return list(attribute(node, "pads", [])), float(attribute(node, "value", 0.0))
     pads = constant_values(node.inputs[1]) if len(node.inputs) > 1 else None
     if pads is None:
-        return f"Pad '{node.name}' has pads that are not constant"
+        return _refused(node, f"Pad '{node.name}' has pads that are not constant")
     value: float | np.ndarray = 0.0
     if len(node.inputs) > 2 and not is_omitted(node.inputs[2]):
         constant = constant_values(node.inputs[2])
         if constant is None or constant.size != 1:
-            return f"Pad '{node.name}' has a fill value that is not one constant"
+            return _refused(node, f"Pad '{node.name}' has a fill value that is not one constant")
         value = constant.astype(np.float64).reshape(-1)
     pads = [int(p) for p in pads.reshape(-1)]
     if len(node.inputs) > 3 and not is_omitted(node.inputs[3]):
         axes = constant_values(node.inputs[3])
         if axes is None:
-            return f"Pad '{node.name}' has axes that are not constant"
+            return _refused(node, f"Pad '{node.name}' has axes that are not constant")
         full = [0] * (2 * data_rank)
         for position, axis in enumerate(int(a) % data_rank for a in axes.reshape(-1)):
             full[axis], full[data_rank + axis] = pads[position], pads[len(axes) + position]
@@ -424,17 +431,17 @@ def read_pad(node: gs.Node) -> Reading:
     the fill value. Reflect/edge modes, negative pads or pads of N and C are not linear maps of
     this form."""
     if attribute(node, "mode", "constant") != "constant":
-        return Refusal(node, f"Pad '{node.name}' uses mode {attribute(node, 'mode', '')!r}")
+        return _refused(node, f"Pad '{node.name}' uses mode {attribute(node, 'mode', '')!r}")
     parameters = _pad_parameters(node)
-    if isinstance(parameters, str):
-        return Refusal(node, parameters)
+    if isinstance(parameters, Refusal):
+        return parameters
     pads, value = parameters
     data_rank = len(pads) // 2
     channels = dim(node.inputs[0], 1)
     if data_rank < 3 or len(pads) != 2 * data_rank or channels is None:
-        return Refusal(node, f"Pad '{node.name}' is not a spatial pad of an [N, C, ...] tensor")
+        return _refused(node, f"Pad '{node.name}' is not a spatial pad of an [N, C, ...] tensor")
     if any(pads[axis] or pads[data_rank + axis] for axis in (0, 1)) or min(pads) < 0:
-        return Refusal(node, f"Pad '{node.name}' pads the batch or channel axis, or crops")
+        return _refused(node, f"Pad '{node.name}' pads the batch or channel axis, or crops")
     spatial = pads[2:data_rank] + pads[data_rank + 2 :]
     form = pad_conv(channels, spatial, value)
     return LinearOp(node, Kind.PAD, (node.inputs[0],), form, "Pad", Layout.CHANNELS_FIRST)
@@ -450,21 +457,21 @@ def read_gemm(node: gs.Node) -> Reading:
     if attribute(node, "transA", 0):
         return None
     weight = _constant_input(node, 1, "weight")
-    if isinstance(weight, str):
-        return Refusal(node, weight)
+    if isinstance(weight, Refusal):
+        return weight
     if weight.ndim != 2:
-        return Refusal(node, f"Gemm '{node.name}' has a weight of rank {weight.ndim}")
+        return _refused(node, f"Gemm '{node.name}' has a weight of rank {weight.ndim}")
     matrix = weight if attribute(node, "transB", 0) else weight.T
     matrix = float(attribute(node, "alpha", 1.0)) * matrix.astype(np.float64)
     bias = None
     if len(node.inputs) > 2 and not is_omitted(node.inputs[2]):
         constant = _constant_input(node, 2, "bias")
-        if isinstance(constant, str):
-            return Refusal(node, constant)
+        if isinstance(constant, Refusal):
+            return constant
         if constant.size not in (1, matrix.shape[0]) or constant.ndim > 2:
-            return Refusal(node, f"Gemm '{node.name}' adds a bias that is not per output")
+            return _refused(node, f"Gemm '{node.name}' adds a bias that is not per output")
         if constant.ndim == 2 and constant.shape[0] != 1:
-            return Refusal(node, f"Gemm '{node.name}' adds a bias that is not per output")
+            return _refused(node, f"Gemm '{node.name}' adds a bias that is not per output")
         bias = float(attribute(node, "beta", 1.0)) * np.broadcast_to(
             constant.astype(np.float64).reshape(-1), (matrix.shape[0],)
         )
@@ -479,11 +486,11 @@ def read_matmul(node: gs.Node) -> Reading:
     if len(node.inputs) != 2 or constant_values(node.inputs[0]) is not None:
         return None
     weight = _constant_input(node, 1, "weight")
-    if isinstance(weight, str):
-        return Refusal(node, weight)
+    if isinstance(weight, Refusal):
+        return weight
     data_rank = rank(node.inputs[0])
     if weight.ndim != 2 or data_rank is None or data_rank < 2:
-        return Refusal(node, f"MatMul '{node.name}' is not x·W with a 2-d constant W")
+        return _refused(node, f"MatMul '{node.name}' is not x·W with a 2-d constant W")
     layout = Layout.ANY if data_rank == 2 else Layout.CHANNELS_LAST
     form = _linear_form(weight.T, None)
     return LinearOp(
@@ -594,10 +601,10 @@ READERS: dict[str, Reader] = {
 
 
 def cost_of(op: LinearOp, channels: int | None) -> float:
-    """Multiply-adds per output position of one op, as ``multiply_adds`` counts them (an Add of
+    """Multiply-adds per output position of one op, as its form counts them (an Add of
     two tensors costs one per channel; moving data costs nothing)."""
     if op.form is None:
         return float(channels or 1) if op.kind is Kind.SUM else 0.0
     if op.kind is Kind.PAD:
         return 0.0
-    return multiply_adds(op.form, channels)
+    return op.form.multiply_adds(channels)

@@ -10,21 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from repvgg_onnx.algebra.affine_conv import AffineConv
 from repvgg_onnx.algebra.evolve import evolve
-from repvgg_onnx.algebra.linear_forms import (
-    ChannelAffine,
-    Form,
-    channel_affine,
-    compose,
-    describe_form,
-    input_channels,
-    output_channels,
-)
+from repvgg_onnx.algebra.form import NodeSpec
+from repvgg_onnx.algebra.linear_forms import Form, channel_affine, compose
 
 from .graph_utils import dim, rank, static_shape
+from .pass_result import Refusal
 from .readers import Kind, Layout, LinearOp
-from .rewrite import NodeSpec
 
 #: Ops with a weight tensor: two of them in a row are two layers, not a fold missed.
 WEIGHTED = frozenset({Kind.CONV, Kind.CONV_TRANSPOSE, Kind.GEMM, Kind.MATMUL})
@@ -51,7 +43,7 @@ class Term:
     @property
     def is_raw(self) -> bool:
         """The source itself, untouched: no node, no map."""
-        return not self.nodes and isinstance(self.form, ChannelAffine) and self.form.is_identity
+        return not self.nodes and self.form.is_identity
 
     def describe(self) -> str:
         """``"Conv3x3+BN"``, ``"−BN"``, ``"Identity"``."""
@@ -147,22 +139,15 @@ def channels_of(tensor: gs.Tensor) -> int | None:
     return dim(tensor, 1) if (rank(tensor) or 0) >= 2 else None
 
 
-def positions_per_output(form: Form) -> float:
-    """Positions of an op's input per position of its output (its strides' product)."""
-    if isinstance(form, AffineConv):
-        return float(math.prod(form.strides))
-    return 1.0
-
-
-def shape_facts(terms, source: gs.Tensor, layout: Layout) -> tuple[int, int] | str:
-    """``(spatial rank, channels)`` of a sum of terms of ``source``."""
-    convs = [t.form for t in terms if isinstance(t.form, AffineConv)]
-    channel_counts = [input_channels(t.form) for t in terms] + [
-        output_channels(t.form) for t in terms
-    ]
+def shape_facts(terms, source: gs.Tensor, layout: Layout) -> tuple[int, int] | Refusal:
+    """``(spatial rank, channels)`` of a sum of terms of ``source``: as the first term whose form
+    fixes them says, else from the forms' channels and ``source``'s shape."""
+    fixed = (t.form.summand_geometry for t in terms)
+    geometry = next((g for g in fixed if g is not None), None)
+    channel_counts = [t.form.in_channels for t in terms] + [t.form.out_channels for t in terms]
     channels = next((c for c in channel_counts if c is not None), None)
-    if convs:
-        return convs[0].spatial_rank, convs[0].in_channels
+    if geometry is not None:
+        return geometry
     source_rank = rank(source)
     if layout is Layout.CHANNELS_LAST or source_rank == 2:
         spatial = 0
@@ -171,9 +156,9 @@ def shape_facts(terms, source: gs.Tensor, layout: Layout) -> tuple[int, int] | s
         spatial = source_rank - 2
         channels = channels or dim(source, 1)
     else:
-        return f"the rank of '{source.name}' is unknown"
+        return Refusal.because(f"the rank of '{source.name}' is unknown")
     if channels is None:
-        return f"the channel count of '{source.name}' is unknown"
+        return Refusal.because(f"the channel count of '{source.name}' is unknown")
     return spatial, channels
 
 
@@ -206,9 +191,3 @@ def dtype_of(term: Term) -> np.dtype:
             if isinstance(tensor, gs.Constant) and np.issubdtype(tensor.dtype, np.floating):
                 return np.dtype(tensor.dtype)
     return np.dtype(np.float32)
-
-
-def describe_specs(form: Form, specs: list[NodeSpec]) -> str:
-    if isinstance(form, AffineConv) and form.spatial_rank > 0:
-        return describe_form(form)
-    return "+".join(spec.op for spec in specs) or "Identity"

@@ -21,30 +21,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import onnx_graphsurgeon as gs
 
-from repvgg_onnx.algebra.affine_conv import AffineConv, IncompatibleBranchesError
 from repvgg_onnx.algebra.evolve import evolve
-from repvgg_onnx.algebra.linear_forms import (
-    IDENTITY,
-    ChannelAffine,
-    Form,
-    NotComposableError,
-    TransposedConv,
-    channel_affine,
-    compose,
-    composed_cost,
-    emittable_reason,
-    multiply_adds,
-    sum_forms,
-)
+from repvgg_onnx.algebra.linear_forms import IDENTITY, Form, channel_affine, compose, sum_forms
 from repvgg_onnx.io.mapped_weights import release_mapped_pages
 
 from .data_movement import chain_as_pad, describe_nodes
 from .graph_utils import constant_values, describe_uses, has_single_use, producer, rank
-from .pass_result import Skipped
-from .readers import Kind, Layout, LinearOp, Refusal, cost_of, keeps_channels, read_node
+from .pass_result import Refusal, attempt
+from .readers import Kind, Layout, LinearOp, cost_of, keeps_channels, read_node
 from .region_terms import (
     WEIGHTED,
     Emission,
@@ -53,13 +41,11 @@ from .region_terms import (
     Term,
     border_rtol,
     channels_of,
-    describe_specs,
     dtype_of,
     meet,
     negate,
     node_text,
     opset_of,
-    positions_per_output,
     positions_ratio,
     same_leading_dims,
     shape_facts,
@@ -135,7 +121,7 @@ class RegionFinder:
         reader = self.readings.get(id(tensor.outputs[0]))
         return isinstance(reader, LinearOp) and any(t is tensor for t in reader.inputs)
 
-    def plan_all(self) -> tuple[list[RegionPlan], list[Skipped]]:
+    def plan_all(self) -> tuple[list[RegionPlan], list[Refusal]]:
         """Plans for every region worth rewriting, and the candidates skipped (with reasons)."""
         pending = [
             reading.output
@@ -205,7 +191,7 @@ class _Attempt:
     local_costs: bool
     budget: float = math.inf
     cuts: list[gs.Tensor] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
+    skipped: list[Refusal] = field(default_factory=list)
     depth: int = 0
 
     def express(self, tensor: gs.Tensor) -> Expression:
@@ -232,8 +218,8 @@ class _Attempt:
         if op.kind is Kind.RESHAPE:
             return self._expand_reshape(op, root)
         chain = self._data_movement_chain(op, root)
-        if isinstance(chain, str):
-            self.skipped.append(Skipped(RULE, op.node.name, chain))
+        if isinstance(chain, Refusal):
+            self.skipped.append(chain.by(RULE, op.node.name))
             chain = None
         if chain is not None:
             return self._expand_chain(op, *chain)
@@ -278,10 +264,8 @@ class _Attempt:
             return self._cut(op, op.input, None)
         inner = self.express(op.input)
         for term in inner.terms:
-            form = term.form
-            spatial = isinstance(form, AffineConv) and form.spatial_rank > 0
             channels_first = term.layout is Layout.CHANNELS_FIRST
-            if term.is_raw or spatial or isinstance(form, TransposedConv) or channels_first:
+            if term.is_raw or term.form.spatial_rank or channels_first:
                 return self._cut(op, op.input, None)
         terms = [evolve(t, layout=Layout.CHANNELS_LAST, reshaped=True) for t in inner.terms]
         terms[0] = evolve(terms[0], nodes=(*terms[0].nodes, op.node))
@@ -291,7 +275,7 @@ class _Attempt:
 
     def _data_movement_chain(
         self, op: LinearOp, root: bool
-    ) -> tuple[list[LinearOp], gs.Tensor] | str | None:
+    ) -> tuple[list[LinearOp], gs.Tensor] | Refusal | None:
         """The element-moving ops ``op`` tops (inputs before readers) and the one tensor they
         all move, if they can write a border (a Pad, Concat, Expand or Tile; at the root of a
         region, where no linear op reads the result, only a Pad) and are more than a lone Pad
@@ -306,7 +290,7 @@ class _Attempt:
             return None
         if len(sources) > 1:
             names = ", ".join(f"'{t.name}'" for t in sources.values())
-            return (
+            return Refusal.because(
                 f"{describe_nodes([o.node for o in chain])} read {len(sources)} tensors "
                 f"({names}), not one, so they are not a pad"
             )
@@ -348,10 +332,10 @@ class _Attempt:
     def _expand_chain(self, op: LinearOp, chain: list[LinearOp], source: gs.Tensor) -> Expression:
         nodes = tuple(o.node for o in chain)
         form = chain_as_pad(list(nodes), source, opset_of(self.finder.graph))
-        if isinstance(form, str):
+        if isinstance(form, Refusal):
             self.finder.unreadable.update(id(node) for node in nodes)
             self.cuts.extend(t for o in chain for t in o.inputs)
-            self.skipped.append(Skipped(RULE, op.node.name, form))
+            self.skipped.append(form.by(RULE, op.node.name))
             return self._keep(op)
         inner = self.express(source)
         return self._apply(op, form, inner, nodes, "Pad", source)
@@ -374,23 +358,23 @@ class _Attempt:
         """``form(inner)``: distributed over the terms if per-channel, else composed with
         the terms merged (one source only)."""
         op_cost = self.finder.cost(op)
-        if isinstance(form, ChannelAffine):
+        if form.channel_map() is not None:
             return self._apply_channel_affine(op, form, inner, nodes, label, input_tensor)
         groups = inner.by_source()
         if len(groups) != 1:
             return self._cut(op, input_tensor, None, form, nodes, label)
         merged = self._merge(inner)
-        if isinstance(merged, str):
-            return self._cut(op, input_tensor, merged, form, nodes, label)
+        if isinstance(merged, Refusal):
+            return self._cut(op, input_tensor, merged.reason, form, nodes, label)
         layout = meet(op.layout, merged.layout)
         if layout is None:
             return self._cut(op, input_tensor, None, form, nodes, label)
         tail = self._runtime_fused_tail(op, merged)
         if tail is not None:
-            self.skipped.append(Skipped(RULE, merged.nodes[-1].name, tail))
+            self.skipped.append(tail.by(RULE, merged.nodes[-1].name))
             return self._cut(op, input_tensor, None, form, nodes, label)
-        cost = op_cost + merged.cost * positions_per_output(form)
-        new_cost = composed_cost(form, merged.form, channels_of(op.output))
+        cost = op_cost + merged.cost * form.input_positions_per_output()
+        new_cost = form.composed_cost(merged.form, channels_of(op.output))
         too_costly = new_cost > self.budget or (self.local_costs and new_cost > cost)
         if too_costly and not merged.is_raw:
             before = f" ({merged.nodes[-1].op} '{merged.nodes[-1].name}')" if merged.nodes else ""
@@ -400,12 +384,12 @@ class _Attempt:
             )
             reported = not (op.kind in WEIGHTED and merged.weighted)
             return self._cut(op, input_tensor, reason if reported else None, form, nodes, label)
-        try:
-            composite = compose(form, merged.form, border_rtol(op))
-        except NotComposableError as error:
+        composite = attempt(lambda: compose(form, merged.form, border_rtol(op)))
+        if isinstance(composite, Refusal):
             before = f" ({merged.nodes[-1].op} '{merged.nodes[-1].name}')" if merged.nodes else ""
             reason = (
-                f"{node_text(op)} cannot absorb the {merged.describe()}{before} before it: {error}"
+                f"{node_text(op)} cannot absorb the {merged.describe()}{before} before it: "
+                + composite.reason
             )
             reported = not merged.is_raw and not (op.kind in WEIGHTED and merged.weighted)
             return self._cut(op, input_tensor, reason if reported else None, form, nodes, label)
@@ -422,7 +406,7 @@ class _Attempt:
         )
         return Expression((term,))
 
-    def _runtime_fused_tail(self, op: LinearOp, merged: Term) -> str | None:
+    def _runtime_fused_tail(self, op: LinearOp, merged: Term) -> Refusal | None:
         """Why bare Mul/Div/Add/Sub constants read by a weighted op stay before it, or
         ``None``: they end a non-linear pattern onnxruntime fuses (a GELU's ``· 0.5``, a
         LayerNorm's ``· γ + β``; see :mod:`runtime_patterns`). After any other non-linear op
@@ -436,28 +420,28 @@ class _Attempt:
         pattern = fused_pattern_ending_at(merged.source)
         if pattern is None:
             return None
-        return kept_tail_reason(merged.nodes[-1], pattern, node_text(op))
+        return Refusal.because(kept_tail_reason(merged.nodes[-1], pattern, node_text(op)))
 
     def _apply_channel_affine(
-        self, op, form: ChannelAffine, inner: Expression, nodes, label, input_tensor
+        self, op, form: Form, inner: Expression, nodes, label, input_tensor
     ) -> Expression:
+        """A per-channel map applied to each term of ``inner``, its shift to the first only."""
         terms = []
-        scale_only = channel_affine(form.scale, 0.0)
+        scale_only = channel_affine(form.channel_map()[0], 0.0)
         for index, term in enumerate(inner.terms):
             layout = meet(op.layout, term.layout)
             step = form if index == 0 else scale_only
-            try:
-                if layout is None:
-                    raise NotComposableError("its channel axis differs")
-                composed = compose(step, term.form)
-            except NotComposableError:
+            if layout is None:
+                return self._cut(op, input_tensor, None, form, nodes, label)
+            composed = attempt(partial(compose, step, term.form))
+            if isinstance(composed, Refusal):
                 return self._cut(op, input_tensor, None, form, nodes, label)
             terms.append(evolve(term, form=composed, labels=(*term.labels, label), layout=layout))
         cost = inner.cost + self.finder.cost(op)
         terms[0] = evolve(terms[0], nodes=terms[0].nodes + nodes)
         return Expression(tuple(terms), inner.nodes, cost)
 
-    def _merge(self, inner: Expression) -> Term | str:
+    def _merge(self, inner: Expression) -> Term | Refusal:
         """The terms of one source as a single term (their Add nodes included)."""
         terms = inner.terms
         if len(terms) == 1:
@@ -468,18 +452,20 @@ class _Attempt:
         for term in terms:
             layout = meet(layout, term.layout) or layout
         shape = shape_facts(terms, source, layout)
-        if isinstance(shape, str):
+        if isinstance(shape, Refusal):
             return shape
-        try:
-            form = sum_forms(
+        form = attempt(
+            lambda: sum_forms(
                 [t.form for t in terms],
                 [t.describe() for t in terms],
                 spatial_rank=shape[0],
                 channels=shape[1],
                 input_size=spatial_size(source, shape[0]),
-            )
-        except (IncompatibleBranchesError, ValueError) as error:
-            return str(error)
+            ),
+            errors=(ValueError,),
+        )
+        if isinstance(form, Refusal):
+            return form
         label = "(" + ", ".join(t.describe() for t in terms) + ")"
         weighted = any(t.weighted for t in terms)
         reshaped = any(t.reshaped for t in terms)
@@ -498,9 +484,9 @@ class _Attempt:
         """Stop the region below ``op``: its input becomes a source (and a region root)."""
         self.cuts.append(input_tensor)
         if reason:
-            self.skipped.append(Skipped(RULE, op.node.name, reason))
+            self.skipped.append(Refusal(RULE, op.node.name, reason))
         form = op.form if form is None else form
-        if form is None or emittable_reason(form):
+        if form is None or form.emittable_reason():
             return self._keep(op)
         term = Term(
             input_tensor,
@@ -526,8 +512,8 @@ class _Attempt:
         emissions = []
         for term, form in emitted:
             emission = self._emission(term, form, root, expression.final is not None)
-            if isinstance(emission, str):
-                self.skipped.append(Skipped(RULE, op.node.name, emission))
+            if isinstance(emission, Refusal):
+                self.skipped.append(emission.by(RULE, op.node.name))
                 return None
             emissions.append(emission)
         new_nodes = sum(e.node_count for e in emissions) + len(emissions) - 1
@@ -549,52 +535,50 @@ class _Attempt:
         """The terms of one source merged, or ``None`` to keep them apart (with a reason)."""
         if len(terms) == 1:
             term = terms[0]
-            if not term.is_raw and multiply_adds(term.form) > term.cost and not self.local_costs:
+            if not term.is_raw and term.form.multiply_adds() > term.cost and not self.local_costs:
                 raise _Costly
             return term, term.form
         merged = self._merge(Expression(tuple(terms)))
-        if isinstance(merged, str):
+        if isinstance(merged, Refusal):
             names = ", ".join(t.describe() for t in terms)
-            self.skipped.append(
-                Skipped(
-                    RULE, terms[0].nodes[-1].name if terms[0].nodes else "", f"{names}: {merged}"
-                )
-            )
+            anchor = terms[0].nodes[-1].name if terms[0].nodes else ""
+            self.skipped.append(merged.prefixed(f"{names}: ").by(RULE, anchor))
             return None
         adds = (len(terms) - 1) * (channels_of(terms[0].source) or 1)
         budget = sum(t.cost for t in terms) + adds
-        if multiply_adds(merged.form) > budget:
+        if merged.form.multiply_adds() > budget:
             if not self.local_costs:
                 raise _Costly
             names = ", ".join(t.describe() for t in terms)
             reason = (
                 f"merging {names} of '{terms[0].source.name}' would cost "
-                f"{multiply_adds(merged.form):.0f} multiply-adds per output instead of {budget:.0f}"
+                f"{merged.form.multiply_adds():.0f} multiply-adds per output instead of "
+                f"{budget:.0f}"
             )
-            self.skipped.append(Skipped(RULE, terms[0].nodes[-1].name, reason))
+            self.skipped.append(Refusal(RULE, terms[0].nodes[-1].name, reason))
             return None
         return merged, merged.form
 
     def _emission(
         self, term: Term, form: Form, root: gs.Tensor, reshaped_after: bool
-    ) -> Emission | str:
+    ) -> Emission | Refusal:
         if term.is_raw:
             return Emission(term.source, (), f"'{term.source.name}'")
-        reason = emittable_reason(form)
+        reason = form.emittable_reason()
         if reason:
-            return f"{term.describe()} cannot be one node: {reason}"
+            return Refusal.because(f"{term.describe()} cannot be one node: {reason}")
         if term.reshaped and not reshaped_after and not same_leading_dims(term.source, root):
-            return (
+            return Refusal.because(
                 f"{term.describe()} reshapes '{term.source.name}' into the shape of "
                 f"'{root.name}', which one linear op cannot do"
             )
         channels_last = term.layout is Layout.CHANNELS_LAST
         specs = node_specs(form, dtype_of(term), channels_last, rank(term.source))
-        if isinstance(specs, str):
-            return f"{term.describe()} is left as it is: {specs}"
+        if isinstance(specs, Refusal):
+            return specs.prefixed(f"{term.describe()} is left as it is: ")
         if not specs:
             return Emission(term.source, (), f"'{term.source.name}'")
-        return Emission(term.source, tuple(specs), describe_specs(form, specs))
+        return Emission(term.source, tuple(specs), form.label(specs))
 
     def _explain_kept_channel_op(self, op: LinearOp, replaced: tuple[gs.Node, ...]) -> None:
         """A per-channel op left alone right after a linear op says why: that op's output is
@@ -608,7 +592,7 @@ class _Attempt:
             return
         reason = _describe_source(self.finder, source, op.node)
         self.skipped.append(
-            Skipped(
+            Refusal(
                 RULE, op.node.name, f"{node_text(op)} cannot fold into the op before it: {reason}"
             )
         )
@@ -623,7 +607,7 @@ class _Attempt:
             return
         parts = [_describe_source(self.finder, group[0].source, op.node) for group in groups]
         self.skipped.append(
-            Skipped(
+            Refusal(
                 RULE,
                 op.node.name,
                 "the terms read different tensors: " + "; ".join(parts) + ", so the Add stays",

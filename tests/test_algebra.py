@@ -9,15 +9,15 @@ from hypothesis import strategies as st
 
 from repvgg_onnx.algebra.affine_conv import (
     AffineConv,
-    IncompatibleBranchesError,
     affine_conv,
     fold_batchnorm,
     identity_conv,
     materialize,
-    merge_affine_convs,
     regroup_kernel,
     same_pads,
 )
+from repvgg_onnx.algebra.conv_merge import merge_affine_convs
+from repvgg_onnx.algebra.form import IncompatibleBranchesError
 
 
 def convolve(x: np.ndarray, conv: AffineConv) -> np.ndarray:

@@ -11,9 +11,10 @@ of the block's input ``x``::
 - a BatchNormalization on ``x`` itself is a depthwise 1x1 kernel ``γ/σ`` with bias ``β − μγ/σ``;
 - the bare identity is a depthwise 1x1 kernel of ones.
 
-Merging parallel branches is then a single operation (:func:`merge_affine_convs`): express
-every kernel in one grouping, place each one at its offset inside the merged kernel (centres
-aligned), and sum kernels and biases. Nothing here knows about ONNX.
+:class:`AffineConv` answers every question of :class:`~repvgg_onnx.algebra.form.LinearForm`:
+two convolutions compose into one (kernels convolved, strides multiplied), it is written as a
+Conv, or as a Gemm or MatMul when it has no spatial dims. Merging parallel branches is
+:mod:`~repvgg_onnx.algebra.conv_merge`. Nothing here knows about ONNX.
 """
 
 from __future__ import annotations
@@ -25,17 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from repvgg_onnx.algebra.evolve import evolve
-
-
-class IncompatibleBranchesError(ValueError):
-    """Raised by :func:`merge_affine_convs` when the branches do not compute one convolution.
-
-    The message is one sentence a user understands, naming the branches at fault.
-    """
+from repvgg_onnx.algebra.form import LinearForm, NodeSpec, NotComposableError, cast
 
 
 @dataclass(frozen=True)
-class AffineConv:
+class AffineConv(LinearForm):
     """``y = scale ⊙ conv(x, kernel) + bias``, ONNX Conv semantics, any number of spatial dims.
 
     Invariants: ``kernel`` is ``[Cout, Cin/groups, *kernel_shape]``, ``bias`` and ``scale``
@@ -96,6 +91,61 @@ class AffineConv:
     @property
     def pads_end(self) -> tuple[int, ...]:
         return self.pads[self.spatial_rank :]
+
+    def compose(self, inner: LinearForm, rtol: float) -> LinearForm:
+        """``conv(inner(x))``: the inner form says how a conv reads it (:meth:`read_by`)."""
+        return self if inner.is_identity else inner.read_by(self, rtol)
+
+    def read_by(self, conv: AffineConv, rtol: float) -> AffineConv:
+        return _compose_convs(conv, self, rtol)
+
+    def scale_outputs(self, scale: np.ndarray, shift: np.ndarray) -> AffineConv:
+        return scale_and_shift(self, scale, shift)
+
+    @property
+    def summand_geometry(self) -> tuple[int, int]:
+        return self.spatial_rank, self.in_channels
+
+    def as_summand(self, label: str, channels: int, spatial_rank: int) -> AffineConv:
+        return self
+
+    def multiply_adds(self, channels: int | None = None) -> float:
+        return float(self.out_channels * self.kernel.shape[1] * math.prod(self.kernel_shape))
+
+    def composed_cost(self, inner: LinearForm, channels: int | None) -> float:
+        return inner.cost_read_by(self, channels)
+
+    def cost_read_by(self, conv: AffineConv, channels: int | None) -> float:
+        """The composed kernel's taps (:func:`_composed_lattice`) in ``gcd`` of the groups."""
+        if conv.spatial_rank != self.spatial_rank:
+            return conv.multiply_adds(channels)
+        groups = math.gcd(conv.groups, self.groups)
+        _, shape = _composed_lattice(conv, self)
+        return float(conv.out_channels * (self.in_channels // groups) * math.prod(shape))
+
+    def input_positions_per_output(self) -> float:
+        return float(math.prod(self.strides))
+
+    def emittable_reason(self) -> str | None:
+        if self.is_padded and self.pad_value is not None and np.any(self.pad_value):
+            return "it pads with a non-zero value, which no ONNX Conv does"
+        return None
+
+    def node_specs(
+        self, dtype: np.dtype, channels_last: bool, source_rank: int | None
+    ) -> list[NodeSpec]:
+        """A Conv; with no spatial dims a Gemm on ``[N, C]``, else MatMul (and Add)."""
+        if self.spatial_rank == 0:
+            return _linear_specs(self, dtype, source_rank == 2)
+        return [_conv_spec(self, dtype)]
+
+    def describe(self) -> str:
+        if self.spatial_rank == 0:
+            return "Linear"
+        return conv_label(self.kernel_shape, self.groups, self.strides)
+
+    def label(self, specs: Sequence[NodeSpec]) -> str:
+        return self.describe() if self.spatial_rank > 0 else super().label(specs)
 
 
 def affine_conv(
@@ -258,12 +308,12 @@ def materialize(conv: AffineConv, dtype: np.dtype = np.float64) -> AffineConv:
     if conv.scale is None and conv.kernel.dtype == dtype:
         return conv
     kernel = np.empty(conv.kernel.shape, dtype)
-    for rows in _row_chunks(conv.kernel.shape):
-        kernel[rows] = _scaled_rows(conv, rows)
+    for rows in row_chunks(conv.kernel.shape):
+        kernel[rows] = scaled_rows(conv, rows)
     return evolve(conv, kernel=kernel, scale=None)
 
 
-def _scaled_rows(conv: AffineConv, rows: slice) -> np.ndarray:
+def scaled_rows(conv: AffineConv, rows: slice) -> np.ndarray:
     """Output channels ``rows`` of the effective kernel ``kernel·scale``, in float64."""
     if conv.scale is None:
         return conv.kernel[rows].astype(np.float64)
@@ -276,232 +326,205 @@ def _scaled_rows(conv: AffineConv, rows: slice) -> np.ndarray:
 _CHUNK_ELEMENTS = 1 << 16
 
 
-def _row_chunks(shape: Sequence[int]) -> list[slice]:
+def row_chunks(shape: Sequence[int]) -> list[slice]:
     """Slices of output channels of about ``_CHUNK_ELEMENTS`` elements each."""
     step = max(1, _CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
     return [slice(start, min(start + step, shape[0])) for start in range(0, shape[0], step)]
 
 
-def _window(kernel_shape: Sequence[int], offsets: Sequence[int]) -> tuple[slice, ...]:
-    """The index of a kernel placed at ``offsets`` inside a larger one (all channels)."""
-    spatial = (slice(o, o + k) for o, k in zip(offsets, kernel_shape, strict=True))
-    return (slice(None), slice(None), *spatial)
+def conv_label(kernel_shape: Sequence[int], groups: int = 1, strides: Sequence[int] = ()) -> str:
+    """``"Conv3x3/g4/s2x2"``: a conv as every report labels it (``fuse``, ``inspect``, ``diff``
+    and the HTML pictures): its kernel, then its groups and strides where not 1."""
+    text = "Conv" + "x".join(str(k) for k in kernel_shape)
+    if groups > 1:
+        text += f"/g{groups}"
+    if any(s != 1 for s in strides):
+        text += "/s" + "x".join(str(s) for s in strides)
+    return text
 
 
-def describe_kernel(conv: AffineConv) -> str:
-    """``"3x3"``, ``"1x1"``, ``"7"``: the kernel shape as people write it."""
-    return "x".join(str(k) for k in conv.kernel_shape)
+def _conv_spec(conv: AffineConv, dtype: np.dtype) -> NodeSpec:
+    with np.errstate(over="ignore", invalid="ignore"):
+        conv = materialize(conv, dtype)
+    attrs = {
+        "dilations": list(conv.dilations),
+        "group": conv.groups,
+        "kernel_shape": list(conv.kernel_shape),
+        "strides": list(conv.strides),
+    }
+    if conv.has_explicit_pads:
+        attrs["pads"] = list(conv.pads)
+    else:
+        attrs["auto_pad"] = conv.auto_pad
+    return NodeSpec("Conv", attrs, (("weight", conv.kernel), ("bias", cast(conv.bias, dtype))))
 
 
-def merge_affine_convs(
-    branches: Sequence[AffineConv],
-    labels: Sequence[str] | None = None,
-    dtype: np.dtype = np.float64,
-    input_size: Sequence[int | None] | None = None,
-) -> AffineConv:
-    """The one affine conv equal to the sum of ``branches`` applied to the same input.
+def _linear_specs(conv: AffineConv, dtype: np.dtype, two_dimensional: bool) -> list[NodeSpec]:
+    conv = materialize(conv)
+    matrix = regroup_kernel(conv.kernel, conv.groups, 1)
+    bias = cast(conv.bias, dtype)
+    if two_dimensional:
+        constants = (("weight", cast(matrix, dtype)), ("bias", bias))
+        return [NodeSpec("Gemm", {"transB": 1}, constants)]
+    specs = [NodeSpec("MatMul", {}, (("weight", cast(matrix.T, dtype)),))]
+    if np.any(conv.bias):
+        specs.append(NodeSpec("Add", {}, (("bias", bias),)))
+    return specs
 
-    Each branch is placed by its begin pads, not by its centre: along a dim, output ``o`` of a
-    branch reads input ``o·s − p_begin + d·t`` for its taps ``t < k``, so a branch's taps are
-    the input offsets ``−p_begin + d·t`` and the merged kernel holds every branch's taps at
-    their offsets (zeros elsewhere). That sum is exact — equal to the sum of the branches at
-    every output — iff all branches share strides, input and output channels and spatial rank;
-    every kernel with more than one tap along a dim uses the same dilation there; every
-    branch's first tap lies a whole number of dilations from the merged kernel's first tap
-    (all taps on one grid); and every branch has the same number of outputs. The last holds
-    for every input size when ``p_begin + p_end − d·(k − 1)`` is equal per dim; otherwise it
-    is checked for the static ``input_size`` (one entry per spatial dim, ``None`` if unknown):
-    ``⌊(n + p_begin + p_end − d·(k − 1) − 1) / s⌋ + 1`` equal — TF's ``SAME`` padding on an even
-    input with stride 2 pads a 3x3 by ``(0, 1)`` and a 1x1 by ``(0, 0)``, so the 1x1 lands on
-    the 3x3's first tap, and both give ``n/2`` outputs. Centred branches (the usual RepVGG
-    case) put every smaller kernel at the centre of the largest. A branch with
-    ``auto_pad=SAME_*`` is placed by the pads it has on the static ``input_size``
-    (:func:`same_pads`), and refused when that size is unknown. Also, the grouping of the
-    branch with the most taps (the fused conv's grouping) must divide every other branch's
-    grouping, so no kernel is densified beyond the main branch. Otherwise raises
-    :class:`IncompatibleBranchesError`.
 
-    The merged kernel is summed in float64, a chunk of output channels at a time, and stored
-    as ``dtype``.
+def input_channel_index(conv: AffineConv) -> np.ndarray:
+    """``[Cout, Cin/groups]``: the input channel each kernel column reads."""
+    out_per_group = conv.out_channels // conv.groups
+    in_per_group = conv.kernel.shape[1]
+    group = np.arange(conv.out_channels) // out_per_group
+    return group[:, None] * in_per_group + np.arange(in_per_group)[None, :]
+
+
+def pad_values(conv: AffineConv) -> np.ndarray:
+    """The value the padded border of the conv's input holds, per input channel."""
+    if conv.pad_value is None:
+        return np.zeros(conv.in_channels)
+    return per_channel(conv.pad_value, conv.in_channels, "pad values")
+
+
+#: Border values this close to the pad value (in the tensor's own units) count as equal: a
+#: shift computed as ``β − μγ/σ`` from float32 constants is ~1e-8 where it "is" zero.
+BORDER_ATOL = 1e-6
+
+
+def require_border_value(border: np.ndarray, pad_value: np.ndarray, rtol: float) -> None:
+    """The inner map's value on the padded border must be the outer op's pad value."""
+    scale = max(float(np.max(np.abs(border), initial=0.0)), float(np.max(np.abs(pad_value))))
+    if np.all(np.abs(border - pad_value) <= BORDER_ATOL + rtol * scale):
+        return
+    worst = int(np.argmax(np.abs(border - pad_value)))
+    raise NotComposableError(
+        f"the padding would see the inner map's bias {border[worst]:.4g} on channel {worst} "
+        f"where it expects {pad_value[worst]:.4g}"
+    )
+
+
+def auto_pad_reason(conv: AffineConv) -> str:
+    """Why nothing composes into the input side of a conv whose pads depend on the input."""
+    return (
+        f"auto_pad={conv.auto_pad} with strides {list(conv.strides)} pads by the input size, "
+        "so nothing can be composed into its input side"
+    )
+
+
+def _compose_convs(outer: AffineConv, inner: AffineConv, rtol: float) -> AffineConv:
+    """Two convolutions as one: kernels convolved, strides multiplied, pads mapped back.
+
+    Along one dim the inner conv reads ``x[m·s₁ − p₁ + d₁·t₁]`` and the outer reads
+    ``z[o·s₂ − p₂ + d₂·t₂]``, so the composition reads ``x[o·s₁s₂ − (p₂s₁ + p₁) +
+    s₁d₂·t₂ + d₁·t₁]``: stride ``s₁s₂``, begin pad ``p₂s₁ + p₁`` (end likewise), taps on
+    the lattice of ``gcd(s₁d₂, d₁)``. The output size matches for every input size. Groups
+    become ``gcd(g₁, g₂)`` (block-diagonal products).
     """
-    if not branches:
-        raise ValueError("nothing to merge")
-    names = list(labels) if labels is not None else [f"branch {i}" for i in range(len(branches))]
-    first = branches[0]
-    sizes = tuple(input_size) if input_size is not None else (None,) * first.spatial_rank
-    branches = [
-        _with_explicit_pads(branch, sizes, name)
-        for branch, name in zip(branches, names, strict=True)
+    if outer.spatial_rank != inner.spatial_rank:
+        raise NotComposableError(
+            f"a {outer.spatial_rank}-d map cannot read a {inner.spatial_rank}-d map's output"
+        )
+    for conv in (outer, inner):
+        if not conv.has_explicit_pads:
+            raise NotComposableError(auto_pad_reason(conv))
+    if any(outer.pads):
+        if any(k != 1 for k in inner.kernel_shape):
+            raise NotComposableError(
+                f"the zero padding of the outer {_kernel_text(outer)} map would read values the "
+                f"inner {_kernel_text(inner)} kernel computes from the input's border"
+            )
+        require_border_value(_border_value(inner), pad_values(outer), rtol)
+    groups = math.gcd(outer.groups, inner.groups)
+    outer64, inner64 = materialize(outer), materialize(inner)
+    kernel, dilations = _convolve_kernels(outer64, inner64, groups)
+    strides = tuple(a * b for a, b in zip(outer.strides, inner.strides, strict=True))
+    begin = [
+        p * s + q
+        for p, s, q in zip(outer.pads_begin, inner.strides, inner.pads_begin, strict=False)
     ]
-    for branch, name in zip(branches, names, strict=True):
-        if branch.pad_value is not None and any(branch.pads) and np.any(branch.pad_value):
-            raise IncompatibleBranchesError(
-                f"{name} pads with a non-zero value, which a merged conv cannot do"
-            )
-    _require_equal(branches, names, lambda b: b.spatial_rank, "spatial rank")
-    _require_equal(branches, names, lambda b: b.out_channels, "output channels")
-    _require_equal(branches, names, lambda b: b.in_channels, "input channels")
-    _require_equal(branches, names, lambda b: b.strides, "strides")
-    groups = _merged_groups(branches, names)
-    dilations = _merged_dilations(branches, names)
-    begin, spatial_shape, end, offsets = _merged_window(branches, names, dilations, sizes)
-    shape = (first.out_channels, first.in_channels // groups, *spatial_shape)
-    kernel = np.empty(shape, dtype)
-    for rows in _row_chunks(shape):
-        chunk = np.zeros((rows.stop - rows.start, *shape[1:]))
-        for branch, branch_offsets in zip(branches, offsets, strict=True):
-            regrouped = regroup_kernel(
-                _scaled_rows(branch, rows), branch.groups, groups, rows.start, shape[0]
-            )
-            chunk[_window(regrouped.shape[2:], branch_offsets)] += regrouped
-        kernel[rows] = chunk
-    bias = np.sum([branch.bias for branch in branches], axis=0, dtype=np.float64)
-    return AffineConv(kernel, bias, first.strides, dilations, begin + end, groups)
-
-
-def _with_explicit_pads(
-    branch: AffineConv, input_size: tuple[int | None, ...], name: str
-) -> AffineConv:
-    """``branch`` with its ``auto_pad=SAME_*`` written as the explicit pads it has on an input
-    of the static ``input_size`` (:func:`same_pads`), or itself if its pads are explicit."""
-    if branch.has_explicit_pads:
-        return branch
-    if None in input_size:
-        raise IncompatibleBranchesError(
-            f"{name} uses auto_pad={branch.auto_pad} with strides {_show(branch.strides)}, "
-            "whose padding depends on the input size, which is not static here"
-        )
-    pads = same_pads(
-        input_size, branch.kernel_shape, branch.strides, branch.dilations, branch.auto_pad
+    end = [
+        p * s + q for p, s, q in zip(outer.pads_end, inner.strides, inner.pads_end, strict=False)
+    ]
+    return AffineConv(
+        kernel=kernel,
+        bias=outer64.bias + _apply_to_constant(outer64, inner64.bias),
+        strides=strides,
+        dilations=dilations,
+        pads=tuple(begin + end),
+        groups=groups,
+        pad_value=inner.pad_value if any(inner.pads) else None,
     )
-    return evolve(branch, pads=pads, auto_pad="NOTSET")
 
 
-def _require_equal(branches, names, key, what: str) -> None:
-    reference = key(branches[0])
-    for branch, name in zip(branches, names, strict=True):
-        if key(branch) != reference:
-            raise IncompatibleBranchesError(
-                f"{what} differ: {names[0]} has {_show(reference)}, {name} has {_show(key(branch))}"
-            )
+def _kernel_text(conv: AffineConv) -> str:
+    return "x".join(str(k) for k in conv.kernel_shape) or "linear"
 
 
-def _show(value) -> str:
-    if isinstance(value, tuple):
-        return "x".join(str(v) for v in value)
-    return str(value)
+def _border_value(conv: AffineConv) -> np.ndarray:
+    """What a pointwise conv outputs where its input is padding: ``W·pad_value + b``."""
+    return materialize(conv).bias + _apply_to_constant(materialize(conv), pad_values(conv))
 
 
-def _merged_groups(branches: Sequence[AffineConv], names: Sequence[str]) -> int:
-    """The grouping of the branch with the most taps (the densest of those, on a tie).
-
-    Every other branch's grouping must be a multiple of it, so merging never densifies the
-    main branch: a dense 1x1 beside a depthwise 3x3 is refused rather than made a dense 3x3.
-    """
-    main = max(
-        range(len(branches)),
-        key=lambda i: (math.prod(branches[i].kernel_shape), -branches[i].groups),
-    )
-    groups = branches[main].groups
-    for branch, name in zip(branches, names, strict=True):
-        if branch.groups % groups:
-            raise IncompatibleBranchesError(
-                f"groups differ: {names[main]} has groups {groups}, {name} has groups "
-                f"{branch.groups}; merging would make the fused conv denser than its main branch"
-            )
-    return groups
+def _apply_to_constant(conv: AffineConv, values: np.ndarray) -> np.ndarray:
+    """``Σ_taps W·v`` per output channel: the conv (no bias) of a constant input ``v[c]``."""
+    groups = conv.groups
+    taps = conv.kernel.reshape((*conv.kernel.shape[:2], -1)).sum(axis=2)
+    blocks = taps.reshape(groups, conv.out_channels // groups, -1)
+    inputs = np.asarray(values, np.float64).reshape(groups, -1)
+    return np.einsum("gom,gm->go", blocks, inputs).reshape(-1)
 
 
-def _merged_dilations(branches: Sequence[AffineConv], names: Sequence[str]) -> tuple[int, ...]:
-    """Per dim, the dilation shared by every kernel with more than one tap there (else 1)."""
-    dilations = []
-    for dim in range(branches[0].spatial_rank):
-        used = {
-            (branch.dilations[dim], name)
-            for branch, name in zip(branches, names, strict=True)
-            if branch.kernel_shape[dim] > 1
-        }
-        values = sorted({d for d, _ in used})
-        if len(values) > 1:
-            listed = ", ".join(f"{name} {d}" for d, name in sorted(used))
-            raise IncompatibleBranchesError(f"dilations differ along dim {dim}: {listed}")
-        dilations.append(values[0] if values else 1)
-    return tuple(dilations)
-
-
-def _merged_window(
-    branches: Sequence[AffineConv],
-    names: Sequence[str],
-    dilations: tuple[int, ...],
-    input_size: tuple[int | None, ...],
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], list[tuple[int, ...]]]:
-    """Pads and kernel shape of the union of all taps, and each branch's offset inside it.
-
-    Along one dim a branch reads input ``o·s − p_begin + d·t`` for taps ``t < k``. The merged
-    kernel starts at the smallest first tap and ends at the largest last tap; a branch fits
-    if its first tap is a whole number of dilations from the start. The merged end pad keeps
-    the branches' output count: when ``p_begin + p_end − d·(k − 1)`` is the same for every
-    branch, the same expression for every input size; else, for the static input size, the
-    smallest end pad (at least 0) whose last output reads the largest last tap.
-    """
-    begin, shape, end = [], [], []
-    offsets: list[list[int]] = [[] for _ in branches]
-    for dim, (dilation, size_in) in enumerate(zip(dilations, input_size, strict=True)):
-        firsts = [-b.pads_begin[dim] for b in branches]
-        lasts = [
-            f + dilation * (b.kernel_shape[dim] - 1) for f, b in zip(firsts, branches, strict=True)
-        ]
-        start = min(firsts)
-        for index, (first, name) in enumerate(zip(firsts, names, strict=True)):
-            if (first - start) % dilation:
-                raise IncompatibleBranchesError(
-                    f"pads do not align along dim {dim}: the taps of {name} fall between the "
-                    f"dilation-{dilation} taps of the other branches"
-                )
-            offsets[index].append((first - start) // dilation)
-        size = (max(lasts) - start) // dilation + 1
-        begin.append(-start)
-        shape.append(size)
-        end.append(_merged_end_pad(branches, names, dim, lasts, size_in))
-    return tuple(begin), tuple(shape), tuple(end), [tuple(o) for o in offsets]
-
-
-def _merged_end_pad(
-    branches: Sequence[AffineConv],
-    names: Sequence[str],
-    dim: int,
-    lasts: Sequence[int],
-    size_in: int | None,
-) -> int:
-    """The end pad along ``dim`` that gives the merged kernel (last tap ``max(lasts)``) the
-    branches' output count, or :class:`IncompatibleBranchesError` if their counts differ.
-
-    A branch with last tap offset ``l`` and end pad ``p_end`` has
-    ``⌊(n − 1 + p_end − l) / s⌋ + 1`` outputs, so ``p_end − l`` equal for all branches means
-    equal counts for every ``n``; otherwise only the static ``n`` can decide.
-    """
-    reaches = [b.pads_end[dim] - last for b, last in zip(branches, lasts, strict=True)]
-    if len(set(reaches)) == 1:
-        return reaches[0] + max(lasts)
-    stride = branches[0].strides[dim]
-    if size_in is None:
-        raise IncompatibleBranchesError(
-            f"pads do not align along dim {dim}: {_pads_text(branches, names)}; their output "
-            "sizes agree only for some input sizes, and this input's size is not static"
+def _convolve_kernels(
+    outer: AffineConv, inner: AffineConv, groups: int
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The composed kernel ``[Cout, Cin/groups, *K]`` and its dilations (float64)."""
+    outer_k, inner_k = outer.kernel_shape, inner.kernel_shape
+    steps_outer, steps_inner = _tap_steps(outer, inner)
+    dilations, shape = _composed_lattice(outer, inner)
+    a = regroup_kernel(outer.kernel, outer.groups, groups)
+    b = regroup_kernel(inner.kernel, inner.groups, groups)
+    cout, cmid, cin = outer.out_channels, inner.out_channels, inner.in_channels
+    a = a.reshape(groups, cout // groups, cmid // groups, -1)
+    b = b.reshape(groups, cmid // groups, (cin // groups) * math.prod(inner_k))
+    kernel = np.zeros((groups, cout // groups, cin // groups, *shape))
+    inner_window = [
+        step // lattice if k > 1 else 1
+        for step, lattice, k in zip(steps_inner, dilations, inner_k, strict=True)
+    ]
+    for flat, tap in enumerate(np.ndindex(*outer_k)):
+        product = np.matmul(a[..., flat], b).reshape(
+            groups, cout // groups, cin // groups, *inner_k
         )
-    counts = [(size_in - 1 + reach) // stride + 1 for reach in reaches]
-    if len(set(counts)) > 1:
-        raise IncompatibleBranchesError(
-            f"pads do not align along dim {dim}: {_pads_text(branches, names)}, so on an input "
-            f"of size {size_in} their outputs differ in size ("
-            + ", ".join(f"{name} {count}" for name, count in zip(names, counts, strict=True))
-            + ")"
+        window = tuple(
+            slice(
+                step * t // lattice,
+                step * t // lattice + stride * (k - 1) + 1,
+                stride,
+            )
+            for t, step, lattice, stride, k in zip(
+                tap, steps_outer, dilations, inner_window, inner_k, strict=True
+            )
         )
-    return max(0, (counts[0] - 1) * stride + max(lasts) - (size_in - 1))
+        kernel[(slice(None),) * 3 + window] += product
+    return kernel.reshape(cout, cin // groups, *shape), tuple(dilations)
 
 
-def _pads_text(branches: Sequence[AffineConv], names: Sequence[str]) -> str:
-    return ", ".join(
-        f"{name} has pads {_show(b.pads)} and kernel {describe_kernel(b)}"
-        for b, name in zip(branches, names, strict=True)
-    )
+def _tap_steps(outer: AffineConv, inner: AffineConv) -> tuple[list[int], list[int]]:
+    """Per dim, the input distance between the outer kernel's taps and the inner's."""
+    steps_outer = [s * d for s, d in zip(inner.strides, outer.dilations, strict=True)]
+    return steps_outer, list(inner.dilations)
+
+
+def _composed_lattice(outer: AffineConv, inner: AffineConv) -> tuple[list[int], list[int]]:
+    """Dilations and kernel shape of ``outer ∘ inner``: taps on the lattice of
+    ``gcd(s₁d₂, d₁)`` spanning both kernels."""
+    steps_outer, steps_inner = _tap_steps(outer, inner)
+    dilations, shape = [], []
+    for k_o, k_i, step_o, step_i in zip(
+        outer.kernel_shape, inner.kernel_shape, steps_outer, steps_inner, strict=True
+    ):
+        lattice = math.gcd(step_o if k_o > 1 else 0, step_i if k_i > 1 else 0) or 1
+        dilations.append(lattice)
+        shape.append((step_o * (k_o - 1) + step_i * (k_i - 1)) // lattice + 1)
+    return dilations, shape

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
-from repvgg_onnx.algebra.linear_forms import conv_label
+from repvgg_onnx.algebra.affine_conv import conv_label
 from repvgg_onnx.graph.local_functions import FunctionId, function_id, inline_functions
 from repvgg_onnx.graph.node_metadata import BRANCHES_KEY, RULE_KEY
 from repvgg_onnx.graph.upstream import upstream_nodes
