@@ -31,6 +31,7 @@ from .graph_utils import (
     attribute,
     broadcasts_into,
     constant_values,
+    ensure_topological_order,
     is_graph_output,
     is_omitted,
     is_standard,
@@ -69,7 +70,8 @@ def canonicalize(graph: gs.Graph) -> PassResult:
                 rewrites += _bypass(graph, node, operand)
         rewrites += sum(_canonicalize_body(body) for body in _bodies(node))
     if rewrites:
-        graph.cleanup().toposort()
+        graph.cleanup()
+        ensure_topological_order(graph)
     return PassResult(rewrites=rewrites)
 
 

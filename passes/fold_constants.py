@@ -30,6 +30,7 @@ from .contracts import KEEPS_INTERFACE_AND_NAMES, WELL_FORMED, contract
 from .graph_utils import (
     attribute,
     constant_values,
+    ensure_topological_order,
     is_graph_output,
     is_omitted,
     is_standard,
@@ -79,7 +80,8 @@ def fold_constants(graph: gs.Graph, runtime: Runtime | None = None) -> PassResul
         if (reason := getattr(node, _UNFOLDABLE, None))
     ]
     if folded:
-        graph.cleanup().toposort()
+        graph.cleanup()
+        ensure_topological_order(graph)
     return PassResult(skipped=skipped, rewrites=folded, shapes_stale=bool(folded))
 
 
