@@ -1,0 +1,148 @@
+"""The GitHub Action (``action.yml``): its one step runs ``scripts/github_action.sh``, which
+runs here as the runner would, with the job summary, the step outputs and the action's path
+pointing at temporary files and this checkout (the tool is already installed)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import yaml
+
+from helpers import assert_same_function
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "github_action.sh"
+SAMPLE = ROOT / "models" / "samples" / "repvgg_a0_half.onnx"
+TINY = ROOT / "models" / "fixtures" / "tiny_block"
+
+
+def action() -> dict:
+    return yaml.safe_load((ROOT / "action.yml").read_text())
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """What a run of the action's step left: exit code, log, summary and outputs."""
+
+    code: int
+    stdout: str
+    stderr: str
+    summary: str
+    outputs: dict[str, str]
+
+
+def run_action(workspace: Path, **inputs: str) -> StepRun:
+    """The action's step in ``workspace`` with ``inputs`` (``fail_if_fusable`` for
+    ``fail-if-fusable``), as the composite step passes them: ``INPUT_*`` variables."""
+    summary, outputs = workspace / "step_summary.md", workspace / "github_output"
+    summary.write_text("")
+    outputs.write_text("")
+    env = {
+        **os.environ,
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "GITHUB_OUTPUT": str(outputs),
+        "GITHUB_ACTION_PATH": str(ROOT),
+        "RUNNER_TEMP": str(workspace),
+        "REPVGG_ONNX_INSTALLED": "true",
+        **{f"INPUT_{name.upper()}": value for name, value in inputs.items()},
+    }
+    done = subprocess.run(
+        ["bash", str(SCRIPT)],
+        cwd=workspace,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    pairs = [line.split("=", 1) for line in outputs.read_text().splitlines()]
+    return StepRun(done.returncode, done.stdout, done.stderr, summary.read_text(), dict(pairs))
+
+
+def test_the_action_passes_every_input_to_the_script_and_reads_every_output():
+    declared = action()
+    (step,) = declared["runs"]["steps"]
+    assert declared["runs"]["using"] == "composite"
+    assert step["run"] == 'bash "${{ github.action_path }}/scripts/github_action.sh"'
+    script = SCRIPT.read_text()
+    for name in declared["inputs"]:
+        variable = "INPUT_" + name.upper().replace("-", "_")
+        assert step["env"][variable] == f"${{{{ inputs.{name} }}}}"
+        assert variable in script, f"the script never reads {variable}"
+    for name, output in declared["outputs"].items():
+        assert output["value"] == f"${{{{ steps.run.outputs.{name} }}}}"
+        assert re.search(rf'echo "{name}=', script), f"the script never sets {name}"
+    assert declared["inputs"]["fail-if-fusable"]["default"] == "true"
+    assert [n for n, i in declared["inputs"].items() if i.get("required")] == ["model"]
+
+
+def test_a_training_form_model_fails_the_step_with_an_annotation(tmp_path):
+    shutil.copy(SAMPLE, tmp_path / "model.onnx")
+    step = run_action(tmp_path, model="model.onnx")
+    assert step.code == 1, step.stderr
+    assert step.outputs["verdict"] == "failed" and step.outputs["fused-blocks"] == "0"
+    assert step.stdout.splitlines() == [
+        "::error file=model.onnx,title=repvgg-onnx%3A training-form model::22 fusable blocks "
+        "remain; run repvgg-onnx fuse model.onnx model.deploy.onnx before shipping."
+    ]
+    lines = step.summary.splitlines()
+    assert lines[0] == "## repvgg-onnx: ❌ failed"
+    assert lines[2] == (
+        "### repvgg-onnx inspect `model.onnx`: ❌ 22 fusable blocks (training form)"
+    )
+    assert Path(step.outputs["report-path"]).read_text() == step.summary
+
+
+def test_fuse_writes_the_deploy_form_and_the_step_passes(tmp_path):
+    shutil.copy(SAMPLE, tmp_path / "model.onnx")
+    step = run_action(tmp_path, model="model.onnx", fuse="dist/model.deploy.onnx")
+    assert step.code == 0, step.stderr
+    assert step.outputs["verdict"] == "passed" and step.outputs["fused-blocks"] == "22"
+    fused = onnx.load(tmp_path / "dist" / "model.deploy.onnx")
+    assert_same_function(onnx.load(SAMPLE), fused)
+    assert {node.op_type for node in fused.graph.node}.isdisjoint({"BatchNormalization", "Add"})
+    assert step.stdout.splitlines() == [
+        "::notice file=dist/model.deploy.onnx,title=repvgg-onnx::deploy form: nothing left to fuse."
+    ]
+    headings = [line for line in step.summary.splitlines() if line.startswith("#")]
+    assert headings == [
+        "## repvgg-onnx: ✅ passed",
+        "### repvgg-onnx fuse: 22 blocks fused",
+        "### repvgg-onnx diff: `model.onnx` → `dist/model.deploy.onnx`",
+        "### repvgg-onnx inspect `dist/model.deploy.onnx`: ✅ no fusable block, no "
+        "BatchNormalization (deploy form)",
+    ]
+
+
+def test_without_the_gate_several_models_are_reported_and_pass(tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(TINY, models)
+    step = run_action(
+        tmp_path, model="models/ts17.onnx\nmodels/reference.onnx", fail_if_fusable="false"
+    )
+    assert step.code == 0, step.stderr
+    assert step.stdout == ""  # no gate, no annotation
+    assert step.outputs["verdict"] == "passed"
+    assert step.summary.splitlines()[2] == (
+        "### repvgg-onnx inspect: ❌ 2 models: 1 in training form (models/ts17.onnx), "
+        "1 in deploy form"
+    )
+
+
+def test_an_unusable_input_is_an_error_verdict(tmp_path):
+    step = run_action(tmp_path, model="missing.onnx", fuse="out.onnx")
+    assert step.code == 1
+    assert step.outputs["verdict"] == "error"
+    assert step.summary.splitlines()[:3] == [
+        "## repvgg-onnx: ❌ error (exit 2)",
+        "",
+        "### repvgg-onnx fuse: ❌ error (exit 2)",
+    ]
+    assert "missing.onnx: file not found" in step.summary
+    assert not (tmp_path / "out.onnx").exists()
