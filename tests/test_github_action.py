@@ -14,11 +14,12 @@ from pathlib import Path
 import onnx
 import yaml
 
-from helpers import assert_same_function
+from helpers import assert_same_function, ci_doc_block
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "github_action.sh"
 SAMPLE = ROOT / "models" / "samples" / "repvgg_a0_half.onnx"
+SAMPLE_DEPLOY = ROOT / "models" / "samples" / "repvgg_a0_half.deploy.onnx"
 TINY = ROOT / "models" / "fixtures" / "tiny_block"
 
 
@@ -91,6 +92,7 @@ def test_a_training_form_model_fails_the_step_with_an_annotation(tmp_path):
         "::error file=model.onnx,title=repvgg-onnx%3A training-form model::22 fusable blocks "
         "remain; run repvgg-onnx fuse model.onnx model.deploy.onnx before shipping."
     ]
+    assert step.stdout == ci_doc_block("action")  # what docs/ci.md says it printed
     lines = step.summary.splitlines()
     assert lines[0] == "## repvgg-onnx: ❌ failed"
     assert lines[2] == (
@@ -99,25 +101,55 @@ def test_a_training_form_model_fails_the_step_with_an_annotation(tmp_path):
     assert Path(step.outputs["report-path"]).read_text() == step.summary
 
 
-def test_fuse_writes_the_deploy_form_and_the_step_passes(tmp_path):
-    shutil.copy(SAMPLE, tmp_path / "model.onnx")
-    step = run_action(tmp_path, model="model.onnx", fuse="dist/model.deploy.onnx")
+def documented_action_step() -> dict:
+    """The step of docs/ci.md's workflow that uses this action."""
+    workflow = yaml.safe_load(ci_doc_block("workflow.yml"))
+    (step,) = [
+        step
+        for job in workflow["jobs"].values()
+        for step in job["steps"]
+        if step.get("uses", "").startswith("your-org/repvgg-onnx@")
+    ]
+    return step
+
+
+def test_the_documented_workflow_fuses_checks_the_golden_outputs_and_passes(tmp_path):
+    """docs/ci.md's workflow, its action inputs as written, on the sample: the fused model is
+    written and computes what the sample computes, every check passes, the outputs are set."""
+    inputs = documented_action_step()["with"]
+    assert set(inputs) <= set(action()["inputs"])
+    (tmp_path / inputs["model"]).parent.mkdir(parents=True)
+    shutil.copy(SAMPLE, tmp_path / inputs["model"])  # what the exporter step would write
+    (tmp_path / inputs["reference"]).parent.mkdir(parents=True)
+    golden = ["--save-outputs", inputs["reference"], "--quiet"]
+    record = subprocess.run(  # the golden outputs, recorded once (docs/ci.md says how)
+        ["repvgg-onnx", "verify", SAMPLE, SAMPLE_DEPLOY, *golden],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert record.returncode == 0, record.stderr
+    step = run_action(tmp_path, **inputs)
     assert step.code == 0, step.stderr
     assert step.outputs["verdict"] == "passed" and step.outputs["fused-blocks"] == "22"
-    fused = onnx.load(tmp_path / "dist" / "model.deploy.onnx")
+    fused = onnx.load(tmp_path / inputs["fuse"])
     assert_same_function(onnx.load(SAMPLE), fused)
     assert {node.op_type for node in fused.graph.node}.isdisjoint({"BatchNormalization", "Add"})
     assert step.stdout.splitlines() == [
-        "::notice file=dist/model.deploy.onnx,title=repvgg-onnx::deploy form: nothing left to fuse."
+        f"::notice file={inputs['fuse']},title=repvgg-onnx::deploy form: nothing left to fuse."
     ]
     headings = [line for line in step.summary.splitlines() if line.startswith("#")]
     assert headings == [
         "## repvgg-onnx: ✅ passed",
         "### repvgg-onnx fuse: 22 blocks fused",
-        "### repvgg-onnx diff: `model.onnx` → `dist/model.deploy.onnx`",
-        "### repvgg-onnx inspect `dist/model.deploy.onnx`: ✅ no fusable block, no "
+        f"### repvgg-onnx diff: `{inputs['model']}` → `{inputs['fuse']}`",
+        "### repvgg-onnx verify: ✅ same function",
+        f"### repvgg-onnx inspect `{inputs['fuse']}`: ✅ no fusable block, no "
         "BatchNormalization (deploy form)",
     ]
+    assert f"`{inputs['reference']}`" in step.summary  # the verify report names the golden file
+    assert Path(step.outputs["report-path"]).read_text() == step.summary
 
 
 def test_without_the_gate_several_models_are_reported_and_pass(tmp_path):

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from test_functions import if_model
 
 import repvgg_onnx
+from helpers import ci_doc_block
 from repvgg_onnx.cli import main
 from repvgg_onnx.reports.render.formats import render
 from repvgg_onnx.reports.render.github import escape_data, escape_property, workflow_command
@@ -227,3 +228,14 @@ def test_workflow_command_escaping():
         "::error file=a%3Ab.onnx,title=t%2C1::x%0Ay"
     )
     assert workflow_command("notice", "plain") == "::notice::plain"
+
+
+def test_the_documented_many_model_output(monkeypatch):
+    """docs/ci.md's ``inspect models/samples --fail-if-fusable``: its last lines as printed."""
+    monkeypatch.chdir(MODELS.parent)
+    result = CliRunner().invoke(main, ["inspect", "models/samples", "--fail-if-fusable"])
+    assert result.exit_code == 1
+    printed = result.stdout.splitlines()[-3:] + result.stderr.splitlines()
+    documented = ci_doc_block("inspect-many").splitlines()
+    assert documented[0] == "$ repvgg-onnx inspect models/samples --fail-if-fusable"
+    assert documented[1] == "…" and documented[2:] == printed

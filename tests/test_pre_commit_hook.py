@@ -18,6 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
+
+from helpers import ci_doc_block
+from repvgg_onnx.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "models" / "samples"
@@ -79,16 +83,28 @@ def test_pre_commit_try_repo_refuses_the_training_form_only(repository, tmp_path
         "error: training.onnx: 22 fusable blocks remain; run repvgg-onnx fuse training.onnx "
         "training.deploy.onnx before shipping."
     ]
+    documented = ci_doc_block("pre-commit")  # what docs/ci.md says the hook printed
+    assert documented in done.stdout
 
 
-def test_the_hooks_entry_passes_the_deploy_form(repository):
-    entry = shlex.split(hook()["entry"])
-    passing = subprocess.run(
-        [*entry, "deploy.onnx"], cwd=repository, capture_output=True, text=True, check=False
-    )
-    assert (passing.returncode, passing.stdout, passing.stderr) == (0, "", "")
-    failing = subprocess.run(
-        [*entry, "training.onnx"], cwd=repository, capture_output=True, text=True, check=False
-    )
-    assert failing.returncode == 1
+def test_the_hooks_entry_passes_the_deploy_form(repository, monkeypatch):
+    """The hook's own command line, as pre-commit runs it, on each model alone."""
+    program, *args = shlex.split(hook()["entry"])
+    assert program == "repvgg-onnx"
+    monkeypatch.chdir(repository)
+    passing = CliRunner().invoke(main, [*args, "deploy.onnx"])
+    assert (passing.exit_code, passing.stdout, passing.stderr) == (0, "", "")
+    failing = CliRunner().invoke(main, [*args, "training.onnx"])
+    assert failing.exit_code == 1 and failing.stdout == ""
     assert "run repvgg-onnx fuse training.onnx" in failing.stderr
+
+
+def test_the_documented_config_is_valid_and_names_this_hook(tmp_path):
+    """docs/ci.md's ``.pre-commit-config.yaml``, read by pre-commit's own config loader."""
+    from pre_commit.clientlib import load_config
+
+    config = tmp_path / ".pre-commit-config.yaml"
+    config.write_text(ci_doc_block("pre-commit-config.yaml"))
+    (repo,) = load_config(str(config))["repos"]
+    assert [h["id"] for h in repo["hooks"]] == [HOOK_ID]
+    assert repo["repo"].endswith("/repvgg-onnx") and repo["rev"]
