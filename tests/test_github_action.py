@@ -178,3 +178,12 @@ def test_an_unusable_input_is_an_error_verdict(tmp_path):
     ]
     assert "missing.onnx: file not found" in step.summary
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_the_readme_uses_the_action_as_docs_ci_does():
+    """README's short step has the inputs of docs/ci.md's workflow, which the tests run."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)
+    (step,) = [yaml.safe_load(b)[0] for b in blocks if "uses: your-org/repvgg-onnx@" in b]
+    documented = documented_action_step()
+    assert (step["uses"], step["with"]) == (documented["uses"], documented["with"])

@@ -108,3 +108,8 @@ def test_the_documented_config_is_valid_and_names_this_hook(tmp_path):
     (repo,) = load_config(str(config))["repos"]
     assert [h["id"] for h in repo["hooks"]] == [HOOK_ID]
     assert repo["repo"].endswith("/repvgg-onnx") and repo["rev"]
+
+
+def test_the_readme_shows_the_documented_config():
+    readme = (ROOT / "README.md").read_text()
+    assert f"```yaml\n{ci_doc_block('pre-commit-config.yaml')}```" in readme
