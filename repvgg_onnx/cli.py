@@ -615,18 +615,24 @@ def _names_many(argument: Path) -> bool:
 
 def _model_paths(arguments: tuple[Path, ...]) -> list[Path]:
     """The models the arguments name, in order, each once: a folder's ``*.onnx`` files
-    (recursively, sorted), a pattern's matches (sorted; ``**`` crosses folders), a file
-    itself. A folder or pattern that names no model stays, to be reported unusable."""
+    (recursively, sorted), a pattern's matches (sorted; ``**`` crosses folders; a folder it
+    matches stands for its models), a file itself. A folder or pattern that names no model
+    stays, to be reported unusable."""
     found: list[Path] = []
     for argument in arguments:
-        if argument.is_dir():
-            matches = sorted(p for p in argument.rglob("*.onnx") if p.is_file())
-        elif _names_many(argument):
-            matches = sorted(Path(p) for p in glob.glob(str(argument), recursive=True))
-        else:
-            matches = [argument]
+        named = [argument]
+        if _names_many(argument) and not argument.is_dir():
+            named = sorted(Path(p) for p in glob.glob(str(argument), recursive=True))
+        matches = [model for path in named for model in _models_in(path)]
         found += matches or [argument]
     return list(dict.fromkeys(found))
+
+
+def _models_in(path: Path) -> list[Path]:
+    """A folder's ``*.onnx`` files, recursively and sorted; anything else, itself."""
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*.onnx") if p.is_file())
+    return [path]
 
 
 def _inspect_or_unusable(path: Path) -> Inspection | Unusable:

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,13 @@ SCRIPT = ROOT / "scripts" / "github_action.sh"
 SAMPLE = ROOT / "models" / "samples" / "repvgg_a0_half.onnx"
 SAMPLE_DEPLOY = ROOT / "models" / "samples" / "repvgg_a0_half.deploy.onnx"
 TINY = ROOT / "models" / "fixtures" / "tiny_block"
+
+
+#: The environment with this interpreter's ``repvgg-onnx`` first on PATH (installed already).
+TOOL_ON_PATH = {
+    **os.environ,
+    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+}
 
 
 def action() -> dict:
@@ -45,7 +53,7 @@ def run_action(workspace: Path, **inputs: str) -> StepRun:
     summary.write_text("")
     outputs.write_text("")
     env = {
-        **os.environ,
+        **TOOL_ON_PATH,
         "GITHUB_STEP_SUMMARY": str(summary),
         "GITHUB_OUTPUT": str(outputs),
         "GITHUB_ACTION_PATH": str(ROOT),
@@ -125,6 +133,7 @@ def test_the_documented_workflow_fuses_checks_the_golden_outputs_and_passes(tmp_
     record = subprocess.run(  # the golden outputs, recorded once (docs/ci.md says how)
         ["repvgg-onnx", "verify", SAMPLE, SAMPLE_DEPLOY, *golden],
         cwd=tmp_path,
+        env=TOOL_ON_PATH,
         capture_output=True,
         text=True,
         check=False,

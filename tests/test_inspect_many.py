@@ -98,6 +98,12 @@ def test_a_pattern_the_shell_left_alone_is_expanded_sorted(folder):
         f"{folder}/b_training.onnx",
         f"{folder}/sub/c_training.onnx",
     ]
+    folders = invoke("inspect", f"{folder}/su?", f"{folder}/b_*", "--format", "json")
+    assert [m["path"] for m in validated(folders.stdout)["models"]] == [
+        f"{folder}/sub/c_training.onnx",  # a folder the pattern matches: its models
+        f"{folder}/sub/d_if.onnx",
+        f"{folder}/b_training.onnx",
+    ]
 
 
 def test_the_gate_refuses_exactly_what_it_refuses_for_one_model(folder):

@@ -28,28 +28,20 @@ def workflow_command(command: str, message: str, **properties: str) -> str:
 
 
 def render_github(report: dict) -> str:
-    """One annotation per model of an ``inspect`` or ``inspect_many`` report (an error report:
-    one ``::error`` line)."""
-    if "error" in report and report.get("kind") != "inspect":
-        return workflow_command("error", report["error"]["message"], title="repvgg-onnx")
+    """One annotation per model of an ``inspect`` or ``inspect_many`` report, on its file:
+    ``::error`` for a model the gate refuses (with the fix) or that could not be read,
+    ``::notice`` for the others."""
     models = report["models"] if report["kind"] == "inspect_many" else [report]
     states = model_states({"models": models})
     return "\n".join(_annotation(state, model) for state, model in zip(states, models, strict=True))
 
 
 def _annotation(state: ModelState, model: dict) -> str:
+    where = {"file": model["path"]} if model.get("path") else {}
     if state.label == "unusable":
-        return workflow_command(
-            "error", state.detail, file=state.path, title="repvgg-onnx: unusable model"
-        )
+        return workflow_command("error", state.detail, **where, title="repvgg-onnx: unusable model")
     if state.label == "training form":
-        return workflow_command(
-            "error",
-            f"{state.detail}; {gate_fix(model)}.",
-            file=state.path,
-            title="repvgg-onnx: training-form model",
-        )
+        message = f"{state.detail}; {gate_fix(model)}."
+        return workflow_command("error", message, **where, title="repvgg-onnx: training-form model")
     detail = state.detail or "nothing left to fuse"
-    return workflow_command(
-        "notice", f"{state.label}: {detail}.", file=state.path, title="repvgg-onnx"
-    )
+    return workflow_command("notice", f"{state.label}: {detail}.", **where, title="repvgg-onnx")
