@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import os
 import sys
 import unicodedata
@@ -20,7 +21,9 @@ from click.core import ParameterSource
 
 from repvgg_onnx import api, io
 from repvgg_onnx.errors import InputSpecError, ReparamError
+from repvgg_onnx.reports.inspection import Inspection, Inspections, Unusable
 from repvgg_onnx.reports.render.formats import Rendered, render
+from repvgg_onnx.reports.render.gate import gate_failure, gate_fix
 from repvgg_onnx.reports.render.schema import error_report
 from repvgg_onnx.verification.compare import (
     DEFAULT_ATOL_SCALE,
@@ -55,7 +58,7 @@ def _command(kind: str) -> Callable:
                 if debug:
                     raise
                 reported = getattr(error, "report", None) is not None  # its report is out
-                message = f"error: {error}" + (f" Use {error.hint}." if error.hint else "")
+                message = f"error: {_error_line(error)}"
                 _fail(kind, message, error.exit_code, None if reported else report_path)
             except KeyboardInterrupt:
                 _fail(kind, "interrupted; nothing was written.", EXIT_INTERRUPTED, report_path)
@@ -71,6 +74,11 @@ def _command(kind: str) -> Callable:
         return wrapper
 
     return decorate
+
+
+def _error_line(error: ReparamError) -> str:
+    """The error's sentence and, when it has one, what to use instead."""
+    return f"{error}" + (f" Use {error.hint}." if error.hint else "")
 
 
 def _fail(kind: str, message: str, code: int, report_path: Path | None = None) -> None:
@@ -522,30 +530,56 @@ def diff_command(
     _emit(result, output_format, report_path, quiet)
 
 
-@main.command("inspect", short_help="Summarize MODEL.onnx and list what fuse would do.")
-@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
+@main.command("inspect", short_help="Summarize models and list what fuse would do.")
+@click.argument(
+    "model_args", metavar="MODEL.onnx...", nargs=-1, required=True, type=click.Path(path_type=Path)
+)
 @click.option(
     "--fail-if-fusable",
     is_flag=True,
-    help="Exit 1 if fuse would change the model, or a control-flow body holds a "
+    help="Exit 1 if fuse would change a model, or a control-flow body holds a "
     "BatchNormalization or linear branches: a training-form model must not ship.",
 )
-@_format_option("text", "markdown", "json")
+@_format_option("text", "markdown", "json", "github")
 @_report_option
 @_command("inspect")
 def inspect_command(
+    model_args: tuple[Path, ...],
+    fail_if_fusable: bool,
+    output_format: str,
+    report_path: Path | None,
+    quiet: bool,
+) -> None:
+    """Summarize each MODEL.onnx and list what fuse would do to it, writing nothing.
+
+    Inputs and outputs, opsets, op counts, parameters and size; each fusable block with its
+    branches, and each candidate fuse would leave alone with the reason. A folder stands for
+    its .onnx files (recursively, sorted), a quoted pattern (\"models/*.onnx\") for its
+    matches. Several models: every one is reported, then one line per model and a summary
+    line; the exit code is the worst (2 for an unusable model beats 1 for a fusable one).
+    """
+    _check_report_path(report_path)
+    if len(model_args) == 1 and not _names_many(model_args[0]):
+        _inspect_one(model_args[0], fail_if_fusable, output_format, report_path, quiet)
+        return
+    models = []
+    for path in _model_paths(model_args):
+        _progress(f"inspecting {path}", quiet)
+        models.append(_inspect_or_unusable(path))
+    _progress_done(quiet)
+    inspections = Inspections(tuple(models))
+    _emit(inspections, output_format, report_path, quiet)
+    sys.exit(_report_many(inspections.to_dict(), fail_if_fusable))
+
+
+def _inspect_one(
     model_path: Path,
     fail_if_fusable: bool,
     output_format: str,
     report_path: Path | None,
     quiet: bool,
 ) -> None:
-    """Summarize MODEL.onnx and list what fuse would do to it, writing nothing.
-
-    Inputs and outputs, opsets, op counts, parameters and size; each fusable block with its
-    branches, and each candidate fuse would leave alone with the reason.
-    """
-    _check_report_path(report_path)
+    """``inspect`` of one file: its report, and the gate's error line and exit 1."""
     _progress(f"inspecting {model_path}", quiet)
     inspection = api.inspect(model_path)
     _progress_done(quiet)
@@ -564,3 +598,62 @@ def inspect_command(
             err=True,
         )
         sys.exit(EXIT_CHECK_FAILED)
+
+
+_PATTERN_CHARACTERS = frozenset("*?[")
+
+
+def _names_many(argument: Path) -> bool:
+    """A folder, or a pattern the shell left unexpanded (no such file, holds ``*?[``)."""
+    return argument.is_dir() or (
+        not argument.exists() and bool(_PATTERN_CHARACTERS & set(str(argument)))
+    )
+
+
+def _model_paths(arguments: tuple[Path, ...]) -> list[Path]:
+    """The models the arguments name, in order, each once: a folder's ``*.onnx`` files
+    (recursively, sorted), a pattern's matches (sorted; ``**`` crosses folders; a folder it
+    matches stands for its models), a file itself. A folder or pattern that names no model
+    stays, to be reported unusable."""
+    found: list[Path] = []
+    for argument in arguments:
+        named = [argument]
+        if _names_many(argument) and not argument.is_dir():
+            named = sorted(Path(p) for p in glob.glob(str(argument), recursive=True))
+        matches = [model for path in named for model in _models_in(path)]
+        found += matches or [argument]
+    return list(dict.fromkeys(found))
+
+
+def _models_in(path: Path) -> list[Path]:
+    """A folder's ``*.onnx`` files, recursively and sorted; anything else, itself."""
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*.onnx") if p.is_file())
+    return [path]
+
+
+def _inspect_or_unusable(path: Path) -> Inspection | Unusable:
+    """``path`` inspected, or, when it cannot be (missing, corrupt, a folder or pattern with
+    no model), the one line that says why and its exit code."""
+    try:
+        if _names_many(path):
+            kind = "folder" if path.is_dir() else "pattern"
+            raise InputSpecError(f"{path}: this {kind} names no .onnx file.")
+        return api.inspect(path)
+    except ReparamError as error:
+        return Unusable(str(path), _escape_control_characters(_error_line(error)), error.exit_code)
+
+
+def _report_many(report: dict, fail_if_fusable: bool) -> int:
+    """One error line on stderr per unusable model and, with ``fail_if_fusable``, per model
+    the gate refuses (with its fix); the worst exit code: 2 unusable, 1 refused, 0."""
+    codes = [EXIT_OK]
+    for model in report["models"]:
+        if "error" in model:
+            click.echo(f"error: {model['error']['message']}", err=True)
+            codes.append(model["error"]["exit_code"])
+        elif fail_if_fusable and (failure := gate_failure(model)) is not None:
+            message = f"{model['path']}: {failure}; {gate_fix(model)}."
+            click.echo(f"error: {_escape_control_characters(message)}", err=True)
+            codes.append(EXIT_CHECK_FAILED)
+    return max(codes)

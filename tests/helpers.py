@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,3 +278,14 @@ def if_reading_outer_tensors(then_nodes: list[onnx.NodeProto], then_output: str)
         ),
         helper.make_node("Clip", ["picked", "", "c"], ["later"]),
     ]
+
+
+def ci_doc_block(name: str) -> str:
+    """The fenced block of docs/ci.md marked ``<!-- recipe: NAME -->`` or ``<!-- output: NAME
+    -->``: a recipe the tests run, or an output they compare with what the tool printed."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "ci.md").read_text()
+    match = re.search(
+        rf"<!-- (?:recipe|output): {re.escape(name)} -->\n```\w*\n(.*?)```", text, re.S
+    )
+    assert match, f"docs/ci.md lost its {name} block"
+    return match.group(1)

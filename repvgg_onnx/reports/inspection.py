@@ -13,7 +13,8 @@ from repvgg_onnx.pipeline.function_inlining import Inlining, inline_for_passes
 from repvgg_onnx.pipeline.fuse_model import fuse_graph
 from repvgg_onnx.reports.control_flow import SubgraphFinding, branch_sum_nodes, subgraph_findings
 from repvgg_onnx.reports.render.formats import Rendered
-from repvgg_onnx.reports.render.schema import SCHEMA_VERSION, verdict
+from repvgg_onnx.reports.render.gate import gate_failure
+from repvgg_onnx.reports.render.schema import SCHEMA_VERSION, error_report, verdict
 from repvgg_onnx.reports.summary import ModelSummary
 
 
@@ -79,6 +80,41 @@ class Inspection(Rendered):
             "inlining": self.inlining.to_dict(),
             "in_subgraphs": [finding.to_dict() for finding in self.in_subgraphs],
             "branch_sums": [asdict(remaining) for remaining in self.branch_sums],
+        }
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """A model ``inspect`` could not read: its path, the error's one line and exit code."""
+
+    path: str
+    message: str
+    exit_code: int
+
+    def to_dict(self) -> dict:
+        return error_report("inspect", self.message, self.exit_code) | {"path": self.path}
+
+
+@dataclass(frozen=True)
+class Inspections(Rendered):
+    """``inspect`` of several models, in the order given: each an :class:`Inspection` or,
+    when it could not be read, an :class:`Unusable`. ``gate_failed`` lists the paths of
+    the models ``--fail-if-fusable`` refuses (exactly as it refuses one model alone) and
+    ``unusable`` the paths that could not be inspected."""
+
+    models: tuple[Inspection | Unusable, ...]
+
+    def to_dict(self) -> dict:
+        reports = [model.to_dict() for model in self.models]
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "inspect_many",
+            "verdict": verdict("skipped", "inspect runs no model; fuse verifies what it writes"),
+            "models": reports,
+            "gate_failed": [
+                r["path"] for r in reports if "error" not in r and gate_failure(r) is not None
+            ],
+            "unusable": [r["path"] for r in reports if "error" in r],
         }
 
 

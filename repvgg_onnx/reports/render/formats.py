@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from repvgg_onnx.reports.render.github import render_github
 from repvgg_onnx.reports.render.html import render_html
 from repvgg_onnx.reports.render.markdown import render_markdown
 from repvgg_onnx.reports.render.text import render_text
@@ -30,13 +31,16 @@ class Rendered:
 
 
 def render(report: dict, output_format: str) -> str:
-    """``report`` as ``"text"``, ``"markdown"``, ``"json"`` or ``"html"``."""
+    """``report`` as ``"text"``, ``"markdown"``, ``"json"``, ``"html"`` or ``"github"``
+    (workflow commands; ``inspect`` reports only)."""
     if output_format == "json":
         return json.dumps(report, indent=2, ensure_ascii=False, default=_json_default)
     if output_format == "html":
         return render_html(report)
     if output_format == "markdown":
         return render_markdown(report)
+    if output_format == "github":
+        return render_github(report)
     return render_text(report)
 
 

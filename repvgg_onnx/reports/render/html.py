@@ -14,12 +14,13 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from functools import partial
 
+from repvgg_onnx.reports.render.gate import model_states
 from repvgg_onnx.reports.render.schema import SCHEMA_VERSION, report_verdict
 from repvgg_onnx.reports.render.svg import PictureNode, block_picture, common_scope
 from repvgg_onnx.reports.render.svg import as_dict as _dict
 from repvgg_onnx.reports.render.svg import as_list as _list
 from repvgg_onnx.reports.render.svg import esc as _e
-from repvgg_onnx.reports.render.text import inlining_lines, reference_name
+from repvgg_onnx.reports.render.text import inlining_lines, many_summary_line, reference_name
 
 #: Blocks of a diff shown open; the rest start collapsed so a 200-block page stays short.
 OPEN_BLOCKS = 10
@@ -403,6 +404,22 @@ def _inspect_body(report: dict) -> tuple[str, str]:
     return f"inspect {path}", "\n".join(parts)
 
 
+def _inspect_many_body(report: dict) -> tuple[str, str]:
+    """A table of every model's state, then each readable model's inspect page."""
+    states = model_states(report)
+    failing = bool(_list(report.get("gate_failed")) or _list(report.get("unusable")))
+    rows = [[f"<code>{_e(s.path)}</code>", _e(s.label), _text(s.detail)] for s in states]
+    parts = [
+        _header("inspect", _e(_plural(len(states), "model"))),
+        _banner("fail" if failing else "pass", _e(many_summary_line(report))),
+        _table(["Model", "State", "Why"], rows),
+    ]
+    for model in _list(report.get("models")):
+        if "error" not in _dict(model):
+            parts.append(_inspect_body(_dict(model))[1])
+    return f"inspect {_plural(len(states), 'model')}", "\n".join(parts)
+
+
 def _error_body(report: dict) -> tuple[str, str]:
     """The page of a run that stopped on an error: what went wrong and the exit code."""
     error = _dict(report.get("error"))
@@ -423,6 +440,7 @@ _RENDERERS = {
     "fuse": _fuse_body,
     "verify": _verify_body,
     "inspect": _inspect_body,
+    "inspect_many": _inspect_many_body,
 }
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from repvgg_onnx.reports.render.gate import model_states
 from repvgg_onnx.reports.render.schema import report_verdict
 from repvgg_onnx.reports.render.text import (
     change_text,
     comparison_line,
     inlining_lines,
     interface_lines,
+    many_summary_line,
     number,
     plural,
     rewrite_text,
@@ -200,6 +202,30 @@ def _inspect_markdown(report: dict, budget: Budget) -> str:
     return "\n".join(lines) + "\n"
 
 
+_STATE_MARKS = {
+    "training form": "❌",
+    "unusable": "❌",
+    "not deploy form": "⚠️",
+    "deploy form": "✅",
+}
+
+
+def _inspect_many_markdown(report: dict, budget: Budget) -> str:
+    """The summary line, a table of every model's state, then each readable model's page."""
+    states = model_states(report)
+    failing = bool(report["gate_failed"] or report["unusable"])
+    mark = "❌" if failing else "✅"
+    lines = [f"### repvgg-onnx inspect: {mark} {_cell(many_summary_line(report))}", ""]
+    lines += [f"**{markdown_verdict(report)}**", ""]
+    lines += ["| model | state | why |", "| --- | --- | --- |"]
+    lines += [
+        f"| {_code(s.path)} | {_STATE_MARKS[s.label]} {s.label} | {_cell(s.detail)} |"
+        for s in states
+    ]
+    pages = [_inspect_markdown(m, budget) for m in report["models"] if "error" not in m]
+    return "\n".join(lines) + "\n" + "".join(f"\n{page}" for page in pages)
+
+
 def _op_table(before: dict, after: dict) -> list[str]:
     ops = sorted(set(before) | set(after), key=lambda op: (before.get(op) == after.get(op), op))
     lines = ["| op | before | after | change |", "| --- | ---: | ---: | ---: |"]
@@ -271,4 +297,5 @@ _MARKDOWN: dict[str, Callable[[dict, Budget], str]] = {
     "verify": _verify_markdown,
     "diff": _diff_markdown,
     "inspect": _inspect_markdown,
+    "inspect_many": _inspect_many_markdown,
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from repvgg_onnx.reports.render.gate import model_states
 from repvgg_onnx.reports.render.schema import report_verdict
 
 
@@ -249,9 +250,39 @@ def _inspect_text(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _inspect_many_text(report: dict) -> str:
+    """Each model's report (an unusable one's error line), then one line per model and the
+    summary line."""
+    parts = [render_text(model) for model in report["models"]]
+    states = model_states(report)
+    width = max((len(state.label) for state in states), default=0)
+    lines = [f"  {state.label:<{width}}  {state.path}{state.detail_suffix}" for state in states]
+    return "\n\n".join([*parts, "\n".join([*lines, many_summary_line(report)])])
+
+
+def many_summary_line(report: dict) -> str:
+    """``4 models: 2 in training form (a.onnx, b.onnx), 1 unusable (c.onnx), 1 in deploy
+    form``."""
+    states = model_states(report)
+    counts: dict[str, list[str]] = {}
+    for state in states:
+        counts.setdefault(state.label, []).append(state.path)
+    named = {"training form", "unusable"}
+    pieces = [
+        f"{len(paths)} {'in ' if label.endswith('form') else ''}{label}"
+        + (f" ({', '.join(paths)})" if label in named else "")
+        for label, paths in sorted(counts.items(), key=lambda item: _STATE_ORDER[item[0]])
+    ]
+    return f"{plural(len(states), 'model')}: {', '.join(pieces) or 'none'}"
+
+
+_STATE_ORDER = {"training form": 0, "unusable": 1, "not deploy form": 2, "deploy form": 3}
+
+
 _TEXT: dict[str, Callable[[dict], str]] = {
     "fuse": _fuse_text,
     "verify": _verify_text,
     "diff": _diff_text,
     "inspect": _inspect_text,
+    "inspect_many": _inspect_many_text,
 }
