@@ -23,7 +23,7 @@ from repvgg_onnx import api, io
 from repvgg_onnx.errors import InputSpecError, ReparamError
 from repvgg_onnx.reports.inspection import Inspection, Inspections, Unusable
 from repvgg_onnx.reports.render.formats import Rendered, render
-from repvgg_onnx.reports.render.gate import gate_failure, gate_fix
+from repvgg_onnx.reports.render.gate import fuse_command, gate_failure, gate_fix
 from repvgg_onnx.reports.render.schema import error_report
 from repvgg_onnx.verification.compare import (
     DEFAULT_ATOL_SCALE,
@@ -587,7 +587,7 @@ def _inspect_one(
     if fail_if_fusable and inspection.fusable:
         click.echo(
             f"error: {len(inspection.fusable)} fusable block(s) remain; run "
-            f"repvgg-onnx fuse {model_path} <out>.onnx before shipping.",
+            f"{fuse_command(str(model_path))} before shipping.",
             err=True,
         )
         sys.exit(EXIT_CHECK_FAILED)

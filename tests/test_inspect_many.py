@@ -158,8 +158,8 @@ def test_one_model_is_reported_as_before(folder):
     gated = invoke("inspect", path, "--fail-if-fusable", "-q")
     assert gated.exit_code == 1
     assert gated.stderr == (
-        f"error: 1 fusable block(s) remain; run repvgg-onnx fuse {path} <out>.onnx before "
-        "shipping.\n"
+        f"error: 1 fusable block(s) remain; run repvgg-onnx fuse {path} "
+        f"{folder / 'b_training.deploy.onnx'} before shipping.\n"
     )
 
 
