@@ -22,6 +22,7 @@ what a reference tested to agree with onnxruntime on that op computes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -60,16 +61,75 @@ def evaluate_constants(
     runtime: Runtime | None,
 ) -> list[NodeValues]:
     """One :class:`NodeValues` per node of ``nodes`` (each reads ``values`` or earlier nodes'
-    outputs); ``outputs`` is ``None`` with no refusal when nothing could compute the node."""
+    outputs); ``outputs`` is ``None`` with no refusal when nothing could compute the node.
+
+    Nodes that compute the same thing (same op, attributes and input values, as exporters
+    repeat a layer's index bookkeeping) are evaluated once (:func:`distinct_nodes`); each
+    copy gets its original's values and decision."""
     index_values = evaluate_index_ops(nodes, values, opset)
     if index_values is not None:
         return [NodeValues([index_values[name] for name in node.output]) for node in nodes]
-    pending = runtime(nodes, values, opset) if runtime is not None else dict
+    distinct, same_as = distinct_nodes(nodes, values)
+    pending = runtime(distinct, values, opset) if runtime is not None else dict
     try:
-        reference = evaluate_in_order(run_reference, nodes, values, opset)
+        reference = evaluate_in_order(run_reference, distinct, values, opset)
     finally:
         computed = pending()  # always collected: a worker's reply must not wait for the next
+    for copy, original in same_as.items():
+        for results in (computed, reference):
+            if original in results:
+                results[copy] = results[original]
     return [_decide(node, computed, reference, runtime is not None) for node in nodes]
+
+
+def distinct_nodes(
+    nodes: Sequence[onnx.NodeProto], values: dict[str, np.ndarray]
+) -> tuple[list[onnx.NodeProto], dict[str, str]]:
+    """``nodes`` without the ones that repeat an earlier node's computation, and for each
+    output of a repeat the output of the original it equals.
+
+    Two nodes compute the same thing when they have the same op, domain and attributes and
+    read the same values: equal constants (type, shape and bytes) or the same outputs of
+    nodes that compute the same thing. (Nondeterministic ops never reach constant folding.)
+    A kept node that reads a repeat's output reads its original's instead."""
+    keys: dict[str, object] = {
+        name: _value_key(value) for name, value in values.items() if isinstance(value, np.ndarray)
+    }
+    first: dict[tuple, onnx.NodeProto] = {}
+    same_as: dict[str, str] = {}
+    distinct: list[onnx.NodeProto] = []
+    for node in nodes:
+        key = (
+            node.op_type,
+            node.domain,
+            tuple(sorted(a.SerializeToString(deterministic=True) for a in node.attribute)),
+            tuple(keys.get(name, ("unknown", name)) if name else "" for name in node.input),
+            len(node.output),
+        )
+        original = first.get(key)
+        if original is not None:
+            same_as.update(zip(node.output, original.output, strict=True))
+        else:
+            first[key] = node
+            distinct.append(_reading_originals(node, same_as))
+        for index, name in enumerate(node.output):
+            keys[name] = (key, index)
+    return distinct, same_as
+
+
+def _value_key(value: np.ndarray) -> tuple:
+    data = np.ascontiguousarray(value)
+    return (data.dtype.str, data.shape, hashlib.blake2b(data.tobytes(), digest_size=16).digest())
+
+
+def _reading_originals(node: onnx.NodeProto, same_as: dict[str, str]) -> onnx.NodeProto:
+    """``node``, reading each original in place of a repeat's output (a copy if it changes)."""
+    if not any(name in same_as for name in node.input):
+        return node
+    renamed = onnx.NodeProto()
+    renamed.CopyFrom(node)
+    renamed.input[:] = [same_as.get(name, name) for name in node.input]
+    return renamed
 
 
 def evaluate_in_order(

@@ -407,3 +407,97 @@ def test_fuse_no_verify_writes_onnxruntimes_reading_of_negative_axes(tmp_path):
 def test_the_constant_model_has_the_oldest_ir_version_its_opset_allows(opset, ir_version):
     """onnxruntime 1.18 (the oldest we support) refuses IR versions newer than 10."""
     assert constant_model([], {}, [], opset).ir_version == ir_version
+
+
+# --- repeated index bookkeeping is evaluated once ----------------------------------------------
+
+
+def _layer_bookkeeping(layer: int, scale: str) -> list[onnx.NodeProto]:
+    """What a TorchScript export repeats per layer: the same index ops on the same values."""
+    return [
+        helper.make_node("Mul", [scale, "two"], [f"scaled{layer}"]),
+        helper.make_node("Unsqueeze", [f"scaled{layer}", "axes"], [f"column{layer}"]),
+        helper.make_node("Add", [f"column{layer}", "one"], [f"shifted{layer}"]),
+    ]
+
+
+def _bookkeeping_values() -> dict[str, np.ndarray]:
+    return {
+        "s": np.array([1.5, -2.0, 0.25], np.float32),
+        "t": np.array([1.5, -2.0, 0.25], np.float32),  # equal to s: the same value
+        "u": np.array([1.5, -2.0, 0.5], np.float32),
+        "two": np.array(2.0, np.float32),
+        "one": np.array(1.0, np.float32),
+        "axes": np.array([1], np.int64),
+    }
+
+
+def test_repeated_nodes_on_equal_values_are_evaluated_once():
+    nodes = _layer_bookkeeping(0, "s") + _layer_bookkeeping(1, "t") + _layer_bookkeeping(2, "u")
+    distinct, same_as = constant_evaluation.distinct_nodes(nodes, _bookkeeping_values())
+    assert len(distinct) == 6  # layer 1 repeats layer 0; layer 2 reads another value
+    assert same_as == {"scaled1": "scaled0", "column1": "column0", "shifted1": "shifted0"}
+    assert [list(node.input) for node in distinct[3:]] == [
+        ["u", "two"],
+        ["scaled2", "axes"],
+        ["column2", "one"],
+    ]
+
+
+def test_different_attributes_are_different_computations():
+    values = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["a"], axis=0),
+        helper.make_node("Flatten", ["x"], ["b"], axis=1),
+        helper.make_node("Flatten", ["x"], ["c"], axis=0),
+    ]
+    distinct, same_as = constant_evaluation.distinct_nodes(nodes, values)
+    assert [node.output[0] for node in distinct] == ["a", "b"]
+    assert same_as == {"c": "a"}
+
+
+def test_a_kept_node_reads_the_original_of_a_repeat():
+    values = _bookkeeping_values()
+    nodes = [
+        *_layer_bookkeeping(0, "s"),
+        *_layer_bookkeeping(1, "t"),
+        helper.make_node("Sub", ["shifted1", "u"], ["difference"]),
+    ]
+    distinct, _ = constant_evaluation.distinct_nodes(nodes, values)
+    assert list(distinct[-1].input) == ["shifted0", "u"]
+    assert list(nodes[-1].input) == ["shifted1", "u"], "the caller's node is not changed"
+
+
+def test_every_repeat_gets_the_values_its_own_evaluation_gives(monkeypatch):
+    """Decisions with repeats evaluated once equal those of every node evaluated alone."""
+    values = _bookkeeping_values()
+    nodes = [
+        *_layer_bookkeeping(0, "s"),
+        *_layer_bookkeeping(1, "t"),
+        *_layer_bookkeeping(2, "u"),
+        helper.make_node("Sub", ["shifted1", "shifted2"], ["difference"]),
+    ]
+    once = evaluate_constants(nodes, values, 17, onnxruntime_values)
+    monkeypatch.setattr(
+        constant_evaluation, "distinct_nodes", lambda nodes, values: (list(nodes), {})
+    )
+    alone = evaluate_constants(nodes, values, 17, onnxruntime_values)
+    assert len(once) == len(alone) == len(nodes)
+    for mine, theirs in zip(once, alone, strict=True):
+        assert mine.refusal == theirs.refusal
+        for a, b in zip(mine.outputs, theirs.outputs, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+    np.testing.assert_array_equal(
+        once[-1].outputs[0], (2 * values["t"] + 1 - 2 * values["u"] - 1)[:, None]
+    )
+
+
+def test_equal_bytes_of_another_type_or_shape_are_another_value():
+    values = {
+        "a": np.zeros(4, np.float32),
+        "b": np.zeros(4, np.int32),  # the same 16 bytes
+        "c": np.zeros((2, 2), np.float32),
+    }
+    nodes = [helper.make_node("Identity", [name], [f"{name}_out"]) for name in values]
+    distinct, same_as = constant_evaluation.distinct_nodes(nodes, values)
+    assert len(distinct) == 3 and not same_as
