@@ -94,6 +94,22 @@ def _chain_model(
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
+def _common_offset(first: np.ndarray, copy: np.ndarray, shape: tuple[int, ...]) -> list[int] | None:
+    """The one offset by which every input element was copied (each exactly once), or
+    ``None`` if they moved by different offsets.
+
+    The first input element (probe value 1, at the origin) lands at the offset itself; the
+    copies then agree on it iff they are the probe placed there, element for element."""
+    landed = np.flatnonzero(copy.reshape(-1) & (first.reshape(-1) == 1))
+    offset = [int(i) for i in np.unravel_index(int(landed[0]), first.shape)]
+    window = tuple(slice(o, o + n) for o, n in zip(offset, shape, strict=True))
+    if any(o + n > m for o, n, m in zip(offset, shape, first.shape, strict=True)):
+        return None
+    placed = np.zeros(first.shape)
+    placed[window] = np.arange(1, math.prod(shape) + 1, dtype=np.float64).reshape(shape)
+    return offset if np.array_equal(np.where(copy, first, 0.0), placed) else None
+
+
 def _as_pad(
     first: np.ndarray, second: np.ndarray, shape: tuple[int, ...], nodes: list[gs.Node]
 ) -> AffineConv | Refusal:
@@ -115,16 +131,14 @@ def _as_pad(
     if np.any(copied != 1):
         how = "more than once" if np.any(copied > 1) else "not at all"
         return Refusal.because(f"{names} copy some input elements {how}, so they are not a pad")
-    sources = np.unravel_index(first[copy].astype(np.int64) - 1, shape)
-    targets = np.nonzero(copy)
-    offsets = [t - s for t, s in zip(targets, sources, strict=True)]
-    if any(np.any(o != o.flat[0]) for o in offsets):
+    offset = _common_offset(first, copy, shape)
+    if offset is None:
         return Refusal.because(
             f"{names} move input elements relative to each other, so they are not a pad"
         )
-    begin = [int(o.flat[0]) for o in offsets[2:]]
+    begin = offset[2:]
     end = [out - inp - b for out, inp, b in zip(first.shape[2:], shape[2:], begin, strict=True)]
-    if any(o.flat[0] for o in offsets[:2]) or first.shape[:2] != shape[:2]:
+    if any(offset[:2]) or first.shape[:2] != shape[:2]:
         return Refusal.because(
             f"{names} move or add elements along the batch or channel axis, not a spatial pad"
         )

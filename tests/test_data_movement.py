@@ -229,6 +229,13 @@ def reordered_interior() -> onnx.ModelProto:
     return graph.model(concat_border(graph, graph.node("Concat", [right, left], axis=3)))
 
 
+def transposed_interior() -> onnx.ModelProto:
+    """Rows and columns swapped: every element copied once, the first one where it was, the
+    others moved relative to it."""
+    graph = Graph()
+    return graph.model(concat_border(graph, graph.node("Transpose", ["inner"], perm=[0, 1, 3, 2])))
+
+
 def border_varies_within_a_channel() -> onnx.ModelProto:
     graph = Graph()
     side = graph.strip(SIZE, 1)
@@ -293,6 +300,7 @@ REFUSED = [
     (nan_in_the_border, "neither copies of their input nor constants"),
     (duplicated_interior, "copy some input elements more than once"),
     (reordered_interior, "move input elements relative to each other"),
+    (transposed_interior, "move input elements relative to each other"),
     (border_varies_within_a_channel, "pad with values that differ within a channel"),
     (tile_repeats_the_interior, "copy some input elements more than once"),
     (concat_along_channels, "along the batch or channel axis"),
