@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,7 +119,7 @@ def peer_jobs(source: Path, out_dir: Path) -> dict[str, PeerJob]:
     return jobs
 
 
-def first_line(text: str) -> str:
+def last_line(text: str) -> str:
     """The last non-empty line of ``text`` (a traceback's exception), cut to 120 characters."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     line = lines[-1] if lines else "no message"
@@ -131,10 +131,11 @@ def run_rounds(
     rounds: int,
     timeout: float,
     shuffler: random.Random,
-    run=run_child,
+    run: Callable[..., ChildRun] = run_child,
 ) -> dict[str, JobRecord]:
     """One untimed load + save (the file into the page cache), then ``rounds`` shuffled rounds
-    of every job that has neither timed out nor failed. Load + save has no time limit."""
+        of every job that has neither timed out nor failed. Load + save has no time limit; ``run``
+    is :func:`bench.run_child` (a stand-in in the tests)."""
     run(jobs[LOAD_SAVE].command)
     records = {job: JobRecord() for job in jobs}
     for index in range(rounds):
@@ -147,7 +148,7 @@ def run_rounds(
             except ChildTimedOutError:
                 record.timed_out = True
             except ChildFailedError as error:
-                record.failure = first_line(error.stderr or str(error))
+                record.failure = last_line(error.stderr or str(error))
     return records
 
 
@@ -172,9 +173,8 @@ def measure_peers(
     for job in COLUMNS:
         if not records[job].stopped:
             records[job].counts = op_counts(jobs[job].output)
-    for job in jobs:
-        if job != CLI_VERIFY:
-            jobs[job].output.unlink(missing_ok=True)  # the verified output stays, as in bench
+    for job in jobs.values():
+        job.output.unlink(missing_ok=True)
     return PeerResult(name, op_counts(source), records, timeout)
 
 

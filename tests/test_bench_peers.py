@@ -49,7 +49,7 @@ def test_time_limit_kills_the_whole_process_group(tmp_path):
 def test_a_failing_child_keeps_its_stderr():
     with pytest.raises(bench.ChildFailedError) as raised:
         bench.run_child([sys.executable, "-c", "raise ValueError('boom')"])
-    assert peers.first_line(raised.value.stderr) == "ValueError: boom"
+    assert peers.last_line(raised.value.stderr) == "ValueError: boom"
 
 
 def fake_run(walls: dict[str, float], calls: list[tuple[str, float | None]]):
