@@ -3,9 +3,10 @@
 form, our fused form and the PyTorch re-parameterized reference.
 
 Run from anywhere: ``python benchmarks/bench.py [--quick | --scaling | --all | --big]
-[--out benchmarks/results.md]``; the scaling section times synthetic RepVGG chains
-(``models/synthetic.py``) by depth and by bytes of weights and draws ``scaling.png``.
-``benchmarks/README.md`` says how to read the tables.
+[--peers] [--out benchmarks/results.md]``; the scaling section times synthetic RepVGG chains
+(``models/synthetic.py``) by depth and by bytes of weights and draws ``scaling.png``; the
+peers section (``peers.py``) runs onnxsim, onnxslim, onnxoptimizer and onnxscript on the same
+files as our fuse. ``benchmarks/README.md`` says how to read the tables.
 """
 
 from __future__ import annotations
