@@ -53,8 +53,6 @@ LABELS = {
     "onnxscript": "onnxscript optimizer + rewriter",
 }
 COUNTED_OPS = ("Conv", "Add", "BatchNormalization")
-DEFAULT_TIMEOUT = 240.0
-DEFAULT_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -134,7 +132,7 @@ def run_rounds(
     run: Callable[..., ChildRun] = run_child,
 ) -> dict[str, JobRecord]:
     """One untimed load + save (the file into the page cache), then ``rounds`` shuffled rounds
-        of every job that has neither timed out nor failed. Load + save has no time limit; ``run``
+    of every job that has neither timed out nor failed. Load + save has no time limit; ``run``
     is :func:`bench.run_child` (a stand-in in the tests)."""
     run(jobs[LOAD_SAVE].command)
     records = {job: JobRecord() for job in jobs}
@@ -163,8 +161,8 @@ def measure_peers(
     source: Path,
     out_dir: Path,
     shuffler: random.Random,
-    rounds: int = DEFAULT_ROUNDS,
-    timeout: float = DEFAULT_TIMEOUT,
+    rounds: int,
+    timeout: float,
 ) -> PeerResult:
     """Every job of :func:`peer_jobs` on ``source``, then what each output still contains."""
     print(f"{name}: peers ({rounds} rounds, limit {timeout:g} s a job)", file=sys.stderr)
