@@ -3,9 +3,10 @@
 form, our fused form and the PyTorch re-parameterized reference.
 
 Run from anywhere: ``python benchmarks/bench.py [--quick | --scaling | --all | --big]
-[--out benchmarks/results.md]``; the scaling section times synthetic RepVGG chains
-(``models/synthetic.py``) by depth and by bytes of weights and draws ``scaling.png``.
-``benchmarks/README.md`` says how to read the tables.
+[--peers] [--out benchmarks/results.md]``; the scaling section times synthetic RepVGG chains
+(``models/synthetic.py``) by depth and by bytes of weights and draws ``scaling.png``; the
+peers section (``peers.py``) runs onnxsim, onnxslim, onnxoptimizer and onnxscript on the same
+files as our fuse. ``benchmarks/README.md`` says how to read the tables.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import platform
 import random
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -217,7 +219,15 @@ class ComparisonResult:
 
 
 class ChildFailedError(RuntimeError):
-    """A timed subprocess exited with an error."""
+    """A timed subprocess exited with an error; ``stderr`` is what it printed there."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        super().__init__(message)
+        self.stderr = stderr
+
+
+class ChildTimedOutError(RuntimeError):
+    """A timed subprocess ran past its time limit and was killed with its process group."""
 
 
 def sample_model(plan: Plan) -> BenchModel:
@@ -412,23 +422,37 @@ def job_commands(model: BenchModel, out_dir: Path) -> dict[str, list[str]]:
     }
 
 
-def run_child(command: Sequence[str]) -> ChildRun:
+def run_child(command: Sequence[str], timeout: float | None = None) -> ChildRun:
     """Run ``command`` to completion; its wall time and own peak RSS.
 
     The peak RSS comes from GNU time, not from ``getrusage(RUSAGE_CHILDREN)`` or ``wait4``:
     Linux charges a child, at ``exec``, the peak RSS of the address space it was forked (or
     vforked) from, so a child of this process would report at least this process's peak.
+    ``timeout``: after that many seconds the child's whole process group (GNU time, the command
+    and anything it started) is killed and :class:`ChildTimedOutError` raised.
     """
     with tempfile.TemporaryDirectory() as temp_dir:
         rss_file = Path(temp_dir) / "rss"
         prefix = [GNU_TIME, "-f", "%M", "-o", str(rss_file)] if GNU_TIME else []
         start = perf_counter()
-        done = subprocess.run([*prefix, *command], capture_output=True, text=True, check=False)
+        with subprocess.Popen(
+            [*prefix, *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group, killed whole on a timeout
+        ) as child:
+            try:
+                stdout, stderr = child.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.communicate()
+                raise ChildTimedOutError(f"{shlex.join(command)}: over {timeout:g} s") from None
         wall_seconds = perf_counter() - start
-        if done.returncode != 0:
-            raise ChildFailedError(f"{shlex.join(command)} failed:\n{done.stderr}")
+        if child.returncode != 0:
+            raise ChildFailedError(f"{shlex.join(command)} failed:\n{stderr}", stderr)
         peak = int(rss_file.read_text().split()[-1]) if GNU_TIME else None
-    return ChildRun(wall_seconds, peak, done.stdout)
+    return ChildRun(wall_seconds, peak, stdout)
 
 
 def summarize_job(runs: Sequence[ChildRun]) -> JobSummary:
@@ -756,17 +780,23 @@ def scaling_points(big: bool) -> list[ScalingPoint]:
     return points
 
 
-def measure_scaling_point(
-    point: ScalingPoint, cache_dir: Path, out_dir: Path, shuffler: random.Random
-) -> ScalingResult:
-    """Build the chain if it is not cached, then its fuse jobs; outputs of the external-data
-    model are deleted afterwards (7.5 GB)."""
+def built_chain(point: ScalingPoint, cache_dir: Path) -> Path:
+    """The chain of ``point`` in ``cache_dir``, built first if it is not there."""
     source = point.path(cache_dir)
     if not source.exists():
         print(f"{point.name}: building {source}", file=sys.stderr)
         synthetic_chains().write_chain(
             source, point.blocks, point.channels, SCALING_SIZE, external=point.external
         )
+    return source
+
+
+def measure_scaling_point(
+    point: ScalingPoint, cache_dir: Path, out_dir: Path, shuffler: random.Random
+) -> ScalingResult:
+    """Build the chain if it is not cached, then its fuse jobs; outputs of the external-data
+    model are deleted afterwards (7.5 GB)."""
+    source = built_chain(point, cache_dir)
     plan = Plan(
         fuse_repeats=point.repeats, latency_rounds=0, latency_iterations=0, warm_up_all=False
     )
@@ -932,9 +962,10 @@ def render_report(
     run_seconds: float,
     comparisons: Sequence[ComparisonResult] = (),
     scaling: str | None = None,
+    peers: str | None = None,
 ) -> str:
     """The whole Markdown report: command, ``header`` lines, plans, then the tables of
-    ``results`` (if any) and the ``scaling`` section (if any)."""
+    ``results`` (if any), the ``scaling`` section and the ``peers`` section (if any)."""
     measured = [*(result.model for result in results), *(c.model for c in comparisons)]
     plans = [f"- {model.name}: {model.plan.describe()}" for model in measured]
     sections = [
@@ -943,6 +974,7 @@ def render_report(
         "\n".join([*header, *plans]),
         *(model_sections(results, comparisons) if results else []),
         *([scaling] if scaling else []),
+        *([peers] if peers else []),
         f"Run time: {run_seconds / 60:.1f} min. Load average at the end: {load_average()}; "
         "the benchmark itself accounts for about 1.",
     ]
@@ -997,6 +1029,49 @@ def model_sections(
     ]
 
 
+# --- Peers: the same files through the tools a user would run instead (peers.py) ----------
+
+PEER_CHAIN = ScalingPoint("blocks", 4_000, SCALING_CHANNELS, 1)
+"""The synthetic chain of the peers section: 4,000 RepVGG blocks, 32,000 nodes."""
+PEER_MODEL_NAMES = (
+    "repvgg_a0_half",
+    "repvgg_a0",
+    "repvgg_b1g4",
+    "fastvit_t8",
+    "mobileone_s0",
+    "dbb_resnet18",
+    PEER_CHAIN.name,
+)
+"""The peers section's models by file stem (the sample's, the generated ones', the chain's)."""
+DEFAULT_PEER_TIMEOUT = 240.0
+DEFAULT_PEER_ROUNDS = 3
+
+
+def peers_report(
+    args: argparse.Namespace, models: Sequence[BenchModel], out_dir: Path, shuffler: random.Random
+) -> str:
+    """The peers section on ``--peer-models`` (default: every model of ``models`` and, unless
+    ``--quick``, the 4,000-block chain). Imports ``peers`` here: it imports this module back."""
+    import peers
+
+    sources = {model.training.stem: (model.name, model.training) for model in models}
+    if not args.quick:
+        sources[PEER_CHAIN.name] = (PEER_CHAIN.name, PEER_CHAIN.path(args.cache_dir))
+    wanted = args.peer_models or list(sources)
+    unknown = [name for name in wanted if name not in sources]
+    if unknown:
+        raise SystemExit(
+            f"--peer-models: no model {', '.join(unknown)} here ({', '.join(sources)})"
+        )
+    if PEER_CHAIN.name in wanted:
+        built_chain(PEER_CHAIN, args.cache_dir)
+    results = [
+        peers.measure_peers(*sources[name], out_dir, shuffler, args.peer_rounds, args.peer_timeout)
+        for name in wanted
+    ]
+    return peers.peers_section(results, args.peer_rounds, args.peer_timeout)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__)
     parser.add_argument(
@@ -1013,6 +1088,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run the scaling section (after the models, unless --scaling) with a 2.5 GB "
         "external-data chain added (~7 GB RAM, ~2 min more)",
+    )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="the peers section only: our fuse against onnxsim, onnxslim, onnxoptimizer and "
+        "onnxscript on the same files (with --all: after the models and the scaling section)",
+    )
+    parser.add_argument(
+        "--peer-models",
+        nargs="+",
+        metavar="NAME",
+        help="the peers section's models by file stem (default: all of "
+        f"{', '.join(PEER_MODEL_NAMES)}; the generated ones need torch)",
+    )
+    parser.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=DEFAULT_PEER_TIMEOUT,
+        help="seconds before a peers-section job is killed and reported as '> N s' "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--peer-rounds",
+        type=int,
+        default=DEFAULT_PEER_ROUNDS,
+        help="shuffled rounds of the peers section (default: %(default)s)",
     )
     parser.add_argument(
         "--plot",
@@ -1038,15 +1139,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = perf_counter()
     header = machine_lines()
     header.append(byte_compile_tool())
-    models = [] if args.scaling else [sample_model(QUICK_PLAN if args.quick else FULL_PLAN)]
+    benchmark = args.all or not (args.scaling or args.peers)
+    models = (
+        [sample_model(QUICK_PLAN if args.quick else FULL_PLAN)] if benchmark or args.peers else []
+    )
     comparison_models: list[BenchModel] = []
-    if args.scaling:
-        header.append("- `--scaling`: the scaling section only.")
-    elif args.quick:
+    if not benchmark:
+        sections = [name for name, on in (("scaling", args.scaling), ("peers", args.peers)) if on]
+        plural = "s" if len(sections) > 1 else ""
+        header.append(
+            f"- `--{' --'.join(sections)}`: the {' and '.join(sections)} section{plural} only."
+        )
+    if args.quick:
         header.append("- `--quick`: the committed sample only, with fewer repeats and rounds.")
-    elif importlib.util.find_spec("torch") is None:
+    elif models and importlib.util.find_spec("torch") is None:
         header.append("- torch is not installed: only the committed sample was benchmarked.")
-    else:
+    elif models:
         export_started = perf_counter()
         generated, comparison_models, exported, checks = generated_models(args.cache_dir)
         models += generated
@@ -1060,10 +1168,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     out_dir = args.cache_dir / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     shuffler = random.Random(SHUFFLE_SEED)
-    results = [benchmark_model(model, out_dir, shuffler) for model in models]
+    results = [benchmark_model(model, out_dir, shuffler) for model in models if benchmark]
     base = DBB_EXPORT_COMPARISON[0]
     comparisons = [
-        measure_comparison(model, base, out_dir, shuffler) for model in comparison_models
+        measure_comparison(model, base, out_dir, shuffler)
+        for model in comparison_models
+        if benchmark
     ]
     scaling = None
     if not args.quick and (args.scaling or args.all or args.big):
@@ -1078,7 +1188,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             plot_scaling(points, args.plot)
         scaling = scaling_section(points, plot)
-    report = render_report(results, header, perf_counter() - started, comparisons, scaling)
+    peers = peers_report(args, models, out_dir, shuffler) if args.peers else None
+    report = render_report(results, header, perf_counter() - started, comparisons, scaling, peers)
     print(report, end="")
     args.out.write_text(report)
 

@@ -25,14 +25,18 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench import ChildRun, byte_compile_tool, cli_command, run_child
+if TYPE_CHECKING:
+    from bench import ChildRun
 
 JOBS = ("load-save", "checked-float64", "graphsurgeon", "fuse")
 
 
 def run_job(job: str, source: str, target: str) -> None:
-    """One floor job, in this process (``floors.py job NAME IN OUT``)."""
+    """One floor job, in this process (``floors.py job NAME IN OUT``): it imports what the job
+    needs and nothing of ``bench.py`` (onnxruntime, the report code), which ``fuse --no-verify``
+    does not import either."""
     if job == "load-save":
         import onnx
 
@@ -69,11 +73,15 @@ def run_job(job: str, source: str, target: str) -> None:
 
 def command(job: str, source: Path, target: Path) -> list[str]:
     if job == "fuse":
+        from bench import cli_command
+
         return [*cli_command(), "fuse", str(source), str(target), "--no-verify", "-q", "-f"]
     return [sys.executable, __file__, "job", job, str(source), str(target)]
 
 
 def measure(model: Path, repeats: int, shuffler: random.Random) -> dict[str, list[ChildRun]]:
+    from bench import run_child
+
     runs: dict[str, list[ChildRun]] = {job: [] for job in JOBS}
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(repeats):
@@ -102,6 +110,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
+    from bench import byte_compile_tool
+
     print(byte_compile_tool())
     shuffler = random.Random(0)
     for model in args.models:

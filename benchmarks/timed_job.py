@@ -1,11 +1,13 @@
 """One timed job in a fresh interpreter, run by ``bench.py``; not meant to be run by hand.
 
-Usage: ``python benchmarks/timed_job.py {load-save,load-save-external,fuse,fuse-verify} IN OUT``
+Usage: ``python benchmarks/timed_job.py JOB IN OUT``, JOB one of ``load-save``,
+``load-save-external``, ``fuse``, ``fuse-verify``, or a peer tool of :data:`PEERS`.
 
 Imports happen first and are not timed; then the job runs and one JSON object is printed on
 stdout: ``{"total": seconds, "phases": {phase: seconds}}``. ``total`` is the in-process time of
 the work alone (interpreter start-up and imports excluded); the phases of the fuse jobs are the
-tool's own (``load``, ``fuse``, ``verify``), ``other`` (the rest of ``fuse``) and ``save``.
+tool's own (``load``, ``fuse``, ``verify``), ``other`` (the rest of ``fuse``) and ``save``;
+those of a peer ``load``, ``run`` and ``save``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,60 @@ def fuse_save(source: str, target: str, verify: bool) -> Timing:
     return end - start, {**timed, "other": end - start - sum(timed.values())}
 
 
+def onnxsim_run(model):
+    import onnxsim
+
+    simplified, _ = onnxsim.simplify(model)  # defaults: no numeric check (check_n=0)
+    return simplified
+
+
+def onnxslim_run(model):
+    import onnxslim
+
+    return onnxslim.slim(model)
+
+
+def onnxoptimizer_run(model):
+    import onnxoptimizer
+
+    return onnxoptimizer.optimize(model)  # its default fuse-and-eliminate passes
+
+
+def onnxscript_run(model):
+    from onnxscript import optimizer, rewriter
+
+    return rewriter.rewrite(optimizer.optimize(model))  # its default rules
+
+
+PEERS: dict[str, tuple[tuple[str, ...], Callable]] = {
+    "onnxsim": (("onnxsim",), onnxsim_run),
+    "onnxslim": (("onnxslim",), onnxslim_run),
+    "onnxoptimizer": (("onnxoptimizer",), onnxoptimizer_run),
+    "onnxscript": (("onnxscript.optimizer", "onnxscript.rewriter"), onnxscript_run),
+}
+"""Peer tools by job name: the modules to import before timing, and the call on a ModelProto."""
+
+
+def peer(name: str, source: str, target: str) -> Timing:
+    """``onnx.load``, the peer's own call with its defaults, ``onnx.save``: what a user of its
+    Python API runs (imports before the clock, as for every job)."""
+    import importlib
+
+    import onnx
+
+    modules, call = PEERS[name]
+    for module in modules:
+        importlib.import_module(module)
+    start = perf_counter()
+    model = onnx.load(source)
+    loaded = perf_counter()
+    result = call(model)
+    ran = perf_counter()
+    onnx.save(result, target)
+    end = perf_counter()
+    return end - start, {"load": loaded - start, "run": ran - loaded, "save": end - ran}
+
+
 def main(argv: list[str]) -> None:
     """Run the job named by ``argv[0]`` on ``argv[1]`` -> ``argv[2]``; print its times as JSON."""
     job, source, target = argv
@@ -60,6 +116,7 @@ def main(argv: list[str]) -> None:
         "load-save-external": lambda: load_save(source, target, external=True),
         "fuse": lambda: fuse_save(source, target, verify=False),
         "fuse-verify": lambda: fuse_save(source, target, verify=True),
+        **{name: lambda name=name: peer(name, source, target) for name in PEERS},
     }
     total, phases = jobs[job]()
     print(json.dumps({"total": total, "phases": phases}))
