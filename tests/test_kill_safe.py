@@ -164,7 +164,11 @@ def test_a_killed_save_leaves_a_complete_model_and_nothing_of_ours(tmp_path: Pat
                 complete = on_disk
             temps, orphans = ours_left(folder)
             if temporaries == "tmpfile":
-                assert temps == [], "an unnamed file vanishes with the process"
+                # Unnamed files vanish with the process. The one exception is the model file
+                # killed in the microseconds between os.link (its temporary name) and
+                # os.replace: the next save removes it (checked below).
+                assert len(temps) <= 1, temps
+                assert all(name.startswith(f".{out.name}.repvgg-onnx.") for name in temps)
             left_after_kills[temporaries] += len(temps) + len(orphans)
 
             # The next successful save leaves the output, its data file and nothing else.
