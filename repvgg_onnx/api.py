@@ -223,7 +223,6 @@ def fuse(
         tell("choosing the local functions to inline")
     prepared, inlining = inline_for_passes(original, passes)
     fused_model, outcome = fuse_graph(prepared, passes, tell)
-    io.read_mapped_data(fused_model)  # what passed through untouched: the result stands alone
     check_fused_model(fused_model, original)
     seconds["fuse"] = time.perf_counter() - start
 
@@ -242,15 +241,17 @@ def fuse(
         options = {"input_shapes": input_shapes, "seed": seed, "atol": atol, "rtol": rtol}
         check = partial(_verify_fused, original, report=report, options=options, tell=tell)
     if output is None:
+        io.read_mapped_data(fused_model)  # what passed through untouched: it stands alone
         if check is not None:
             check(fused_model)
         return FuseResult(fused_model, report)
     start = time.perf_counter()
     tell(f"saving {os.fspath(output)}")
     large = worth_returning(fused_model)
-    staged = io.StagedModel(fused_model, output, external_data=external_data)
-    del fused_model  # from here on its weights are read from the files written, never twice
-    with staged:
+    # weights that passed through untouched are copied from the input's data file by the
+    # save, never read into memory; the model returned reads them from the output's
+    with io.StagedModel(fused_model, output, external_data=external_data) as staged:
+        del fused_model  # from here on its weights are read from the files written
         if large:
             trim_free_heap()
         if check is not None:

@@ -13,7 +13,7 @@ import errno
 import os
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -111,7 +111,7 @@ class StagedFiles:
         self._closed = False
         folder = target.parent
         _remove_stale_temps(folder)
-        try:
+        with self.discarded_on_error():
             for name, writer in [*companions, (target.name, write)]:
                 self._open.append(_open_temp(folder, name))
                 with os.fdopen(self._open[-1].fd, "wb", closefd=False) as file:
@@ -122,12 +122,19 @@ class StagedFiles:
                 self._named.append(folder / name)
             if companions:
                 _fsync_folder(folder)
-        except BaseException:
-            self._discard()
-            raise
 
     def __enter__(self) -> StagedFiles:
         return self
+
+    @contextlib.contextmanager
+    def discarded_on_error(self) -> Iterator[None]:
+        """Within the block, any error (even ``KeyboardInterrupt``) discards the staging:
+        for the work a caller does on it before handing it on."""
+        try:
+            yield
+        except BaseException:
+            self._discard()
+            raise
 
     def __exit__(self, kind, error, trace) -> None:
         if not self._published:
@@ -136,7 +143,7 @@ class StagedFiles:
     def publish(self) -> None:
         """Replace ``target`` with the staged file, then fsync the folder."""
         folder = self._target.parent
-        try:
+        with self.discarded_on_error():
             model = self._open[-1]
             if model.path is None:
                 temp_path = folder / _temp_name(self._target.name)
@@ -144,9 +151,6 @@ class StagedFiles:
                 model.path = temp_path
             os.replace(model.path, self._target)
             self._published = True
-        except BaseException:
-            self._discard()
-            raise
         self._close()
         _fsync_folder(folder)
 

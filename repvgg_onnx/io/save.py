@@ -117,7 +117,8 @@ class StagedModel:
                 )
                 write_model = partial(_write_model, model=written, path=target)
                 self._files = StagedFiles(target, write_model, [(data_name, write_data)])
-                _map_data_file(written, target.parent)
+                with self._files.discarded_on_error():
+                    _map_data_file(written, target.parent)
             else:
                 written = self_contained(model)
                 self._files = StagedFiles(target, partial(_write_model, model=written, path=target))
@@ -152,12 +153,13 @@ def _map_data_file(model: onnx.ModelProto, folder: Path) -> None:
     """Point every tensor of ``model`` stored in a data file of ``folder`` at it by absolute
     path: the form in which the passes, the sessions and a later save read weights left in
     their file (:mod:`repvgg_onnx.io.mapped_weights`)."""
+    folder = folder.resolve()
     for tensor in all_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL or mapped_location(tensor):
             continue
         for entry in tensor.external_data:
             if entry.key == "location":
-                entry.value = os.fspath(folder.resolve() / entry.value)
+                entry.value = os.fspath(folder / entry.value)
 
 
 def _refuse_external_references(model: onnx.ModelProto, path: Path) -> None:
