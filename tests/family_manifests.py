@@ -44,9 +44,19 @@ FAMILIES: dict[str, dict[str, Any]] = {
 }
 """Every family's manifest entry, by name."""
 
-TRAINING_CASES = [
-    (name, form) for name, info in FAMILIES.items() for form in info["training_forms"]
-]
+
+def form_cases(families: dict[str, Any], forms: str = "forms") -> list[tuple[str, str]]:
+    """Every ``(family, form)`` of ``families``, the forms listed under ``forms``
+    (``"forms"``: all of them; ``"training_forms"``: the training ones)."""
+    return [(name, form) for name, family in families.items() for form in family[forms]]
+
+
+def folder_bytes(directory: Path) -> int:
+    """The bytes of every file below ``directory``."""
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+
+
+TRAINING_CASES = form_cases(FAMILIES, "training_forms")
 """Every ``(family, training form)``."""
 
 

@@ -23,7 +23,14 @@ import onnx
 import onnx.inliner
 import pytest
 
-from family_manifests import assert_close_to_scale, case_id, load_checked_entry, unlisted_files
+from family_manifests import (
+    assert_close_to_scale,
+    case_id,
+    folder_bytes,
+    form_cases,
+    load_checked_entry,
+    unlisted_files,
+)
 from helpers import random_feeds, run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,10 +44,8 @@ WITH_FUNCTIONS = {"mobileone", "repvit", "acnet", "repconv_silu", "fastvit_repmi
 INPUT_SEEDS = (1, 2, 3)
 MAX_TOTAL_BYTES = 2_000_000
 
-FORM_CASES = [(name, form) for name, family in FAMILIES.items() for form in family["forms"]]
-TRAINING_CASES = [
-    (name, form) for name, family in FAMILIES.items() for form in family["training_forms"]
-]
+FORM_CASES = form_cases(FAMILIES)
+TRAINING_CASES = form_cases(FAMILIES, "training_forms")
 
 
 def load(name: str, form: str) -> onnx.ModelProto:
@@ -85,8 +90,7 @@ def test_no_file_outside_the_manifest():
 
 
 def test_fixtures_stay_small():
-    total = sum(path.stat().st_size for path in FAMILIES_DIR.rglob("*") if path.is_file())
-    assert total < MAX_TOTAL_BYTES
+    assert folder_bytes(FAMILIES_DIR) < MAX_TOTAL_BYTES
 
 
 @pytest.mark.parametrize("case", FORM_CASES, ids=case_id)

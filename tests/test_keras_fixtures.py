@@ -27,6 +27,7 @@ from family_manifests import (
     MANIFESTS,
     assert_close_to_scale,
     case_id,
+    form_cases,
     load_checked_entry,
     unlisted_files,
 )
@@ -40,10 +41,8 @@ INPUT_SEEDS = (1, 2, 3)
 MAX_FILE_BYTES = 60_000
 MAX_TOTAL_BYTES = 600_000
 
-FORM_CASES = [(name, form) for name, family in FAMILIES.items() for form in family["forms"]]
-TRAINING_CASES = [
-    (name, form) for name, family in FAMILIES.items() for form in family["training_forms"]
-]
+FORM_CASES = form_cases(FAMILIES)
+TRAINING_CASES = form_cases(FAMILIES, "training_forms")
 NEGATIVE = "keras_relu_in_branch"
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import pytest
 
-from family_manifests import load_checked_entry, unlisted_files
+from family_manifests import folder_bytes, form_cases, load_checked_entry, unlisted_files
 from helpers import REPO_ROOT, random_feeds, repository_module, run
 
 PADDLE_DIR = REPO_ROOT / "models" / "fixtures" / "paddle"
@@ -33,10 +33,8 @@ INPUT_SEEDS = (1, 2, 3)
 RTOL = 1e-4
 MAX_TOTAL_BYTES = 300_000
 
-FORM_CASES = [(name, form) for name, family in FAMILIES.items() for form in family["forms"]]
-TRAINING_CASES = [
-    (name, form) for name, family in FAMILIES.items() for form in family["training_forms"]
-]
+FORM_CASES = form_cases(FAMILIES)
+TRAINING_CASES = form_cases(FAMILIES, "training_forms")
 
 
 def case_id(case: tuple[str, str]) -> str:
@@ -81,8 +79,7 @@ def test_no_file_outside_the_manifest():
 
 
 def test_fixtures_stay_small():
-    total = sum(path.stat().st_size for path in PADDLE_DIR.rglob("*") if path.is_file())
-    assert total < MAX_TOTAL_BYTES
+    assert folder_bytes(PADDLE_DIR) < MAX_TOTAL_BYTES
 
 
 @pytest.mark.parametrize("case", FORM_CASES, ids=case_id)
