@@ -10,14 +10,26 @@ from hypothesis import strategies as st
 from repvgg_onnx.algebra.affine_conv import (
     AffineConv,
     affine_conv,
-    fold_batchnorm,
-    identity_conv,
+    batchnorm_scale_shift,
     materialize,
     regroup_kernel,
     same_pads,
+    scale_and_shift,
 )
 from repvgg_onnx.algebra.conv_merge import merge_affine_convs
 from repvgg_onnx.algebra.form import IncompatibleBranchesError
+
+
+def fold_batchnorm(conv, gamma, beta, mean, var, eps):
+    """``BatchNormalization(conv(x))`` as one affine conv (RepVGG eq. 3): ``W' = W·γ/σ`` per
+    output channel, ``b' = β + (b − μ)·γ/σ``, ``σ = sqrt(var + ε)``; what the passes do by
+    reading the BN as a per-channel map and composing."""
+    return scale_and_shift(conv, *batchnorm_scale_shift(gamma, beta, mean, var, eps))
+
+
+def identity_conv(channels, spatial_rank):
+    """The identity map ``y = x`` as a depthwise 1x1 conv of ones (``groups = channels``)."""
+    return affine_conv(np.ones((channels, 1) + (1,) * spatial_rank), groups=channels)
 
 
 def convolve(x: np.ndarray, conv: AffineConv) -> np.ndarray:

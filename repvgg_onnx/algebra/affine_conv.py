@@ -251,27 +251,6 @@ def per_channel(values: np.ndarray, channels: int, what: str = "values") -> np.n
     return values
 
 
-def fold_batchnorm(
-    conv: AffineConv,
-    gamma: np.ndarray,
-    beta: np.ndarray,
-    mean: np.ndarray,
-    var: np.ndarray,
-    eps: float,
-) -> AffineConv:
-    """The affine conv equal to ``BatchNormalization(conv(x))`` (RepVGG eq. 3).
-
-    ``W' = W·γ/σ`` per output channel, ``b' = β + (b − μ)·γ/σ``, ``σ = sqrt(var + ε)``.
-    """
-    return scale_and_shift(conv, *batchnorm_scale_shift(gamma, beta, mean, var, eps))
-
-
-def identity_conv(channels: int, spatial_rank: int) -> AffineConv:
-    """The identity map ``y = x`` as a depthwise 1x1 conv of ones (``groups = channels``)."""
-    kernel = np.ones((channels, 1) + (1,) * spatial_rank)
-    return affine_conv(kernel, groups=channels)
-
-
 def regroup_kernel(
     kernel: np.ndarray,
     groups: int,
