@@ -584,20 +584,16 @@ def _inspect_one(
     inspection = api.inspect(model_path)
     _progress_done(quiet)
     _emit(inspection, output_format, report_path, quiet)
-    if fail_if_fusable and inspection.fusable:
-        click.echo(
-            f"error: {len(inspection.fusable)} fusable block(s) remain; run "
-            f"{fuse_command(str(model_path))} before shipping.",
-            err=True,
-        )
-        sys.exit(EXIT_CHECK_FAILED)
-    if fail_if_fusable and inspection.in_subgraphs:
-        click.echo(
-            f"error: {inspection.in_subgraphs[0].message}; re-parameterize these blocks "
-            "before export (fuse does not rewrite control-flow bodies).",
-            err=True,
-        )
-        sys.exit(EXIT_CHECK_FAILED)
+    report = inspection.to_dict()
+    if not fail_if_fusable or gate_failure(report) is None:
+        return
+    if inspection.fusable:
+        reason = f"{len(inspection.fusable)} fusable block(s) remain"
+        fix = f"run {fuse_command(str(model_path))} before shipping"
+    else:
+        reason, fix = inspection.in_subgraphs[0].message, gate_fix(report)
+    click.echo(f"error: {reason}; {fix}.", err=True)
+    sys.exit(EXIT_CHECK_FAILED)
 
 
 _PATTERN_CHARACTERS = frozenset("*?[")

@@ -161,6 +161,13 @@ def test_one_model_is_reported_as_before(folder):
         f"error: 1 fusable block(s) remain; run repvgg-onnx fuse {path} "
         f"{folder / 'b_training.deploy.onnx'} before shipping.\n"
     )
+    in_body = invoke("inspect", folder / "sub" / "d_if.onnx", "--fail-if-fusable", "-q")
+    assert in_body.exit_code == 1
+    assert in_body.stderr == (
+        "error: 1 BatchNormalization and 1 sum of linear branches inside the then_branch of If "
+        "'if_0': not fused by this tool; re-parameterize these blocks before export (fuse does "
+        "not rewrite control-flow bodies).\n"
+    )
 
 
 def test_a_folder_with_one_model_is_still_a_summary(folder):
