@@ -23,9 +23,8 @@ from typing import TypeVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
-from repvgg_onnx.graph.gs_versions import stored_values
+from repvgg_onnx.graph.constant_views import stored_array
 
 from .pass_result import PassResult
 
@@ -373,15 +372,7 @@ def _all_tensors_of(graph: gs.Graph) -> Iterator[gs.Tensor]:
 
 def _current_values(tensor: gs.Tensor) -> np.ndarray | None:
     """A constant's values as they are now, read afresh (not a cached view), or ``None``."""
-    if not isinstance(tensor, gs.Constant):
-        return None
-    stored = stored_values(tensor)
-    if isinstance(stored, SparseValues):
-        return None
-    try:
-        return np.asarray(stored.load() if isinstance(stored, LazyValues) else stored)
-    except (ValueError, TypeError):
-        return None
+    return stored_array(tensor) if isinstance(tensor, gs.Constant) else None
 
 
 def _same_values(now: np.ndarray | None, was: np.ndarray) -> bool:

@@ -52,13 +52,25 @@ def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
             if values is None and lazy.tensor.data_location == onnx.TensorProto.EXTERNAL:
                 return None  # not in memory and not mapped: nothing to read it from
         if values is None:  # loaded aside: the constant keeps its proto, to export as is
-            try:
-                values = np.asarray(lazy.load() if isinstance(lazy, LazyValues) else lazy)
-            except (ValueError, TypeError):  # data that does not fit its type and shape
-                return None  # not re-read: what no reader can read, no pass rewrites
+            values = stored_array(tensor)
+            if values is None:  # not re-read: what no reader can read, no pass rewrites
+                return None
             values.flags.writeable = False
         tensor.__dict__[_READ_ONLY_VALUES] = values  # graphsurgeon's __setattr__ is slower
     return values
+
+
+def stored_array(tensor: gs.Constant) -> np.ndarray | None:
+    """The constant's values as it stores them now, loaded afresh (never the view
+    :func:`constant_values` keeps), or ``None`` if they are sparse or do not fit their type
+    and shape."""
+    stored = stored_values(tensor)
+    if isinstance(stored, SparseValues):
+        return None
+    try:
+        return np.asarray(stored.load() if isinstance(stored, LazyValues) else stored)
+    except (ValueError, TypeError):
+        return None
 
 
 def forget_values(tensor: gs.Tensor) -> None:
