@@ -159,6 +159,25 @@ def test_the_modules_import_each_other_without_a_cycle():
     assert [name for name, deps in graph.items() if PACKAGE in deps and name != "__main__"] == []
 
 
+def graphsurgeon_internals_imported(files: dict[str, Path]) -> list[str]:
+    """Modules outside ``graph/`` that import a module of onnx-graphsurgeon's own (its
+    ``ir``, ``importers``, ``exporters``...), not its public ``onnx_graphsurgeon`` API."""
+    found = []
+    for name, path in files.items():
+        if layer_of(name) == "graph":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            found += [f"{name} → {n}" for n in names if n.startswith("onnx_graphsurgeon.")]
+    return found
+
+
+def test_only_the_graph_crossing_imports_graphsurgeon_internals():
+    assert graphsurgeon_internals_imported(module_files()) == []
+
+
 def test_an_upward_import_is_caught():
     graph = import_graph()
     graph["repvgg_onnx.io.stripped_model"] = {"repvgg_onnx.passes.graph_utils"}
