@@ -378,3 +378,34 @@ def test_chunked_merge_and_materialize_match_the_direct_sum(monkeypatch, chunk_e
     folded = materialize(branches[0], np.float32)
     assert folded.scale is None and folded.kernel.dtype == np.float32
     np.testing.assert_allclose(folded.kernel, materialize(branches[0]).kernel, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("outer_groups", "inner_groups"),
+    [(8, 1), (4, 1), (4, 2), (8, 2), (2, 8), (8, 8), (1, 1)],
+)
+def test_composed_convs_of_any_groups_equal_the_two_in_sequence(outer_groups, inner_groups):
+    """A 3x3 conv in ``outer_groups`` groups after a 1x1 (or 3x3) conv in ``inner_groups``:
+    the composed kernel, however the groups are multiplied (a depthwise outer conv in its own
+    groups, a dense one per common group), computes the two convs in sequence."""
+    from repvgg_onnx.algebra.linear_forms import compose
+
+    rng = np.random.default_rng(outer_groups * 10 + inner_groups)
+    channels = 8
+    inner_kernel = 1 if inner_groups == 1 else 3
+    inner = affine_conv(
+        rng.normal(size=(channels, channels // inner_groups, inner_kernel, inner_kernel)),
+        rng.normal(size=channels),
+        groups=inner_groups,
+        pads=[inner_kernel // 2] * 4,
+    )
+    outer = affine_conv(
+        rng.normal(size=(channels, channels // outer_groups, 3, 3)),
+        rng.normal(size=channels),
+        groups=outer_groups,
+    )
+    x = rng.normal(size=(2, channels, 9, 9))
+    composed = compose(outer, inner)
+    np.testing.assert_allclose(
+        convolve(x, composed), convolve(convolve(x, inner), outer), rtol=1e-10, atol=1e-10
+    )

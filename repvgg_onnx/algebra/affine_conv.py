@@ -454,6 +454,29 @@ def _apply_to_constant(conv: AffineConv, values: np.ndarray) -> np.ndarray:
     return np.einsum("gom,gm->go", blocks, inputs).reshape(-1)
 
 
+def _tap_products(outer: AffineConv, inner: AffineConv, groups: int) -> np.ndarray:
+    """Every outer tap times the inner kernel, ``[groups, Cout/g, outer taps, Cin/g · inner
+    taps]`` (float64), for ``groups`` dividing both convs' groups.
+
+    One BLAS product per group, which runs at full speed (a strided product per tap does not).
+    An outer conv in finer groups than ``groups`` (a depthwise kernel after a dense 1x1) is
+    multiplied in its own groups, each reading only its own inner rows: regrouped, it would be
+    a dense kernel of zeros off its diagonal, as many times the work as it has groups.
+    """
+    cout, cmid = outer.out_channels, inner.out_channels
+    columns = (inner.in_channels // groups) * math.prod(inner.kernel_shape)
+    inner_rows = regroup_kernel(inner.kernel, inner.groups, groups).reshape(cmid, columns)
+    if outer.groups != groups:
+        fine = outer.groups
+        a = outer.kernel.reshape(fine, cout // fine, cmid // fine, -1)
+        b = inner_rows.reshape(fine, cmid // fine, columns)
+        products = np.matmul(a.transpose(0, 1, 3, 2), b[:, np.newaxis])
+        return products.reshape(groups, cout // groups, -1, columns)
+    a = outer.kernel.reshape(groups, cout // groups, cmid // groups, -1)
+    b = inner_rows.reshape(groups, cmid // groups, columns)
+    return np.stack([np.tensordot(a[g], b[g], axes=([1], [0])) for g in range(groups)])
+
+
 def _convolve_kernels(
     outer: AffineConv, inner: AffineConv, groups: int
 ) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -461,19 +484,13 @@ def _convolve_kernels(
     outer_k, inner_k = outer.kernel_shape, inner.kernel_shape
     steps_outer, steps_inner = _tap_steps(outer, inner)
     dilations, shape = _composed_lattice(outer, inner)
-    a = regroup_kernel(outer.kernel, outer.groups, groups)
-    b = regroup_kernel(inner.kernel, inner.groups, groups)
-    cout, cmid, cin = outer.out_channels, inner.out_channels, inner.in_channels
-    a = a.reshape(groups, cout // groups, cmid // groups, -1)
-    b = b.reshape(groups, cmid // groups, (cin // groups) * math.prod(inner_k))
+    cout, cin = outer.out_channels, inner.in_channels
     kernel = np.zeros((groups, cout // groups, cin // groups, *shape))
     inner_window = [
         step // lattice if k > 1 else 1
         for step, lattice, k in zip(steps_inner, dilations, inner_k, strict=True)
     ]
-    # every outer tap times the inner kernel, [groups, Cout/g, taps, Cin/g · inner taps]: one
-    # product per group, which BLAS runs at full speed (a strided product per tap does not)
-    taps = np.stack([np.tensordot(a[g], b[g], axes=([1], [0])) for g in range(groups)])
+    taps = _tap_products(outer, inner, groups)
     for flat, tap in enumerate(np.ndindex(*outer_k)):
         product = taps[:, :, flat].reshape(groups, cout // groups, cin // groups, *inner_k)
         window = tuple(

@@ -40,23 +40,24 @@ def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
     constants and never edit one in place. A weight still in its TensorProto's raw bytes is a
     view of them, not a copy, and the proto stays the constant's value, so an untouched weight
     is written back as the bytes it arrived as."""
+    values = tensor.__dict__.get(_READ_ONLY_VALUES)
+    if values is not None:  # kept only for a constant no caller can override (see below)
+        return values
     if not isinstance(tensor, gs.Constant) or is_overridable(tensor):
         return None
     if isinstance(stored_values(tensor), SparseValues):  # made dense before import
         return None
-    values = getattr(tensor, _READ_ONLY_VALUES, None)
-    if values is None:
-        lazy = stored_values(tensor)
-        if isinstance(lazy, LazyValues):
-            values = _raw_view(lazy.tensor)
-            if values is None and lazy.tensor.data_location == onnx.TensorProto.EXTERNAL:
-                return None  # not in memory and not mapped: nothing to read it from
-        if values is None:  # loaded aside: the constant keeps its proto, to export as is
-            values = stored_array(tensor)
-            if values is None:  # not re-read: what no reader can read, no pass rewrites
-                return None
-            values.flags.writeable = False
-        tensor.__dict__[_READ_ONLY_VALUES] = values  # graphsurgeon's __setattr__ is slower
+    lazy = stored_values(tensor)
+    if isinstance(lazy, LazyValues):
+        values = _raw_view(lazy.tensor)
+        if values is None and lazy.tensor.data_location == onnx.TensorProto.EXTERNAL:
+            return None  # not in memory and not mapped: nothing to read it from
+    if values is None:  # loaded aside: the constant keeps its proto, to export as is
+        values = stored_array(tensor)
+        if values is None:  # not re-read: what no reader can read, no pass rewrites
+            return None
+        values.flags.writeable = False
+    tensor.__dict__[_READ_ONLY_VALUES] = values  # graphsurgeon's __setattr__ is slower
     return values
 
 
