@@ -23,7 +23,7 @@ from repvgg_onnx import api, io
 from repvgg_onnx.errors import InputSpecError, ReparamError
 from repvgg_onnx.reports.inspection import Inspection, Inspections, Unusable
 from repvgg_onnx.reports.render.formats import Rendered, render
-from repvgg_onnx.reports.render.gate import fuse_command, gate_failure, gate_fix
+from repvgg_onnx.reports.render.gate import gate_failure, gate_fix
 from repvgg_onnx.reports.render.schema import error_report
 from repvgg_onnx.verification.compare import (
     DEFAULT_ATOL_SCALE,
@@ -584,15 +584,11 @@ def _inspect_one(
     inspection = api.inspect(model_path)
     _progress_done(quiet)
     _emit(inspection, output_format, report_path, quiet)
-    report = inspection.to_dict()
-    if not fail_if_fusable or gate_failure(report) is None:
+    report = {**inspection.to_dict(), "path": str(model_path)}
+    reason = gate_failure(report)
+    if not fail_if_fusable or reason is None:
         return
-    if inspection.fusable:
-        reason = f"{len(inspection.fusable)} fusable block(s) remain"
-        fix = f"run {fuse_command(str(model_path))} before shipping"
-    else:
-        reason, fix = inspection.in_subgraphs[0].message, gate_fix(report)
-    click.echo(f"error: {reason}; {fix}.", err=True)
+    click.echo(f"error: {reason}; {gate_fix(report)}.", err=True)
     sys.exit(EXIT_CHECK_FAILED)
 
 

@@ -158,7 +158,7 @@ def test_one_model_is_reported_as_before(folder):
     gated = invoke("inspect", path, "--fail-if-fusable", "-q")
     assert gated.exit_code == 1
     assert gated.stderr == (
-        f"error: 1 fusable block(s) remain; run repvgg-onnx fuse {path} "
+        f"error: 1 fusable block remains; run repvgg-onnx fuse {path} "
         f"{folder / 'b_training.deploy.onnx'} before shipping.\n"
     )
     in_body = invoke("inspect", folder / "sub" / "d_if.onnx", "--fail-if-fusable", "-q")
