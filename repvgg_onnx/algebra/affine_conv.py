@@ -461,19 +461,13 @@ def _convolve_kernels(
     outer_k, inner_k = outer.kernel_shape, inner.kernel_shape
     steps_outer, steps_inner = _tap_steps(outer, inner)
     dilations, shape = _composed_lattice(outer, inner)
-    a = regroup_kernel(outer.kernel, outer.groups, groups)
-    b = regroup_kernel(inner.kernel, inner.groups, groups)
-    cout, cmid, cin = outer.out_channels, inner.out_channels, inner.in_channels
-    a = a.reshape(groups, cout // groups, cmid // groups, -1)
-    b = b.reshape(groups, cmid // groups, (cin // groups) * math.prod(inner_k))
+    cout, cin = outer.out_channels, inner.in_channels
     kernel = np.zeros((groups, cout // groups, cin // groups, *shape))
     inner_window = [
         step // lattice if k > 1 else 1
         for step, lattice, k in zip(steps_inner, dilations, inner_k, strict=True)
     ]
-    # every outer tap times the inner kernel, [groups, Cout/g, taps, Cin/g · inner taps]: one
-    # product per group, which BLAS runs at full speed (a strided product per tap does not)
-    taps = np.stack([np.tensordot(a[g], b[g], axes=([1], [0])) for g in range(groups)])
+    taps = _tap_products(outer, inner, groups)
     for flat, tap in enumerate(np.ndindex(*outer_k)):
         product = taps[:, :, flat].reshape(groups, cout // groups, cin // groups, *inner_k)
         window = tuple(
@@ -488,6 +482,26 @@ def _convolve_kernels(
         )
         kernel[(slice(None),) * 3 + window] += product
     return kernel.reshape(cout, cin // groups, *shape), tuple(dilations)
+
+
+def _tap_products(outer: AffineConv, inner: AffineConv, groups: int) -> np.ndarray:
+    """Every outer tap times the inner kernel, ``[groups, Cout/g, taps, Cin/g · inner taps]``.
+
+    A depthwise outer map (output channel ``o`` reads middle channel ``o`` only, DBB's BN or
+    per-channel kxk after a 1x1) scales the inner kernel's rows: ``a[o, t] · b[o, :]``, the
+    same numbers as the dense product, whose other terms are exact zeros, at ``1/Cmid`` of its
+    cost. Otherwise one product per group, which BLAS runs at full speed (a strided product
+    per tap does not)."""
+    cout, cmid, cin = outer.out_channels, inner.out_channels, inner.in_channels
+    inner_size = (cin // groups) * math.prod(inner.kernel_shape)
+    if outer.groups == cout == cmid:
+        rows = outer.kernel.reshape(cout, -1, 1) * inner.kernel.reshape(cmid, 1, -1)
+        return rows.reshape(groups, cout // groups, -1, inner_size)
+    a = regroup_kernel(outer.kernel, outer.groups, groups)
+    b = regroup_kernel(inner.kernel, inner.groups, groups)
+    a = a.reshape(groups, cout // groups, cmid // groups, -1)
+    b = b.reshape(groups, cmid // groups, inner_size)
+    return np.stack([np.tensordot(a[g], b[g], axes=([1], [0])) for g in range(groups)])
 
 
 def _tap_steps(outer: AffineConv, inner: AffineConv) -> tuple[list[int], list[int]]:
