@@ -24,6 +24,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from repvgg_onnx.graph.gs_versions import node_proto
+from repvgg_onnx.graph.unread_nodes import remove_unread_nodes
 
 from .constant_evaluation import NodeValues, Runtime, evaluate_constants
 from .contracts import KEEPS_INTERFACE_AND_NAMES, WELL_FORMED, contract
@@ -80,7 +81,7 @@ def fold_constants(graph: gs.Graph, runtime: Runtime | None = None) -> PassResul
         if (reason := getattr(node, _UNFOLDABLE, None))
     ]
     if folded:
-        graph.cleanup()
+        remove_unread_nodes(graph)
         ensure_topological_order(graph)
     return PassResult(skipped=skipped, rewrites=folded, shapes_stale=bool(folded))
 
