@@ -47,11 +47,12 @@ def _used_nodes(graph: gs.Graph) -> set[int]:
     seen: set[str] = set()
 
     def fresh(tensor: gs.Tensor) -> bool:
-        if tensor.is_empty():
+        name = tensor.name
+        if not name:  # graphsurgeon's ``Tensor.is_empty``
             return True
-        if tensor.name not in local or tensor.name in seen:
+        if name not in local or name in seen:
             return False
-        seen.add(tensor.name)
+        seen.add(name)
         return True
 
     reached = [tensor for tensor in graph.outputs if fresh(tensor)]
@@ -65,9 +66,8 @@ def _used_nodes(graph: gs.Graph) -> set[int]:
 
 def _local_names(graph: gs.Graph) -> set[str]:
     """The names graphsurgeon's cleanup counts as this graph's own tensors."""
-    names = {tensor.name for tensor in graph.inputs}
-    for node in graph.nodes:
-        names.update(tensor.name for tensor in node.outputs if not tensor.is_empty())
-        names.update(tensor.name for tensor in node.inputs if isinstance(tensor, gs.Constant))
-    names.update(tensor.name for tensor in graph.outputs if isinstance(tensor, gs.Constant))
+    names = {t.name for node in graph.nodes for t in node.outputs}
+    names.update(t.name for node in graph.nodes for t in node.inputs if isinstance(t, gs.Constant))
+    names.update(t.name for t in graph.outputs if isinstance(t, gs.Constant))
+    names.update(t.name for t in graph.inputs)
     return names
