@@ -105,14 +105,22 @@ def _foldable(graph: gs.Graph, node: gs.Node) -> bool:
 
 
 def _constant_subgraph(graph: gs.Graph) -> list[gs.Node]:
-    """The foldable nodes whose inputs are constants or outputs of such nodes (graph order)."""
+    """The foldable nodes whose inputs are constants or outputs of such nodes (graph order).
+
+    A ``Shape``/``Size`` is one only if it reads such a node's output: its value is then
+    evaluated with the rest, and what reads it folds in the same round (the shape of a
+    constant was folded already, and reading a stored weight just for its shape would
+    send the weight to the evaluators)."""
     computed: set[int] = set()
     nodes = []
     for node in graph.nodes:
         inputs = [t for t in node.inputs if not is_omitted(t)]
-        if not inputs or node.op in ("Shape", "Size"):
+        if not inputs:
             continue
-        constant = all(id(t) in computed or constant_values(t) is not None for t in inputs)
+        if node.op in ("Shape", "Size"):
+            constant = id(inputs[0]) in computed
+        else:
+            constant = all(id(t) in computed or constant_values(t) is not None for t in inputs)
         # ``constant`` first: most nodes read a variable, and it is the cheaper test
         if constant and _foldable(graph, node) and not hasattr(node, _UNFOLDABLE):
             nodes.append(node)

@@ -501,3 +501,32 @@ def test_equal_bytes_of_another_type_or_shape_are_another_value():
     nodes = [helper.make_node("Identity", [name], [f"{name}_out"]) for name in values]
     distinct, same_as = constant_evaluation.distinct_nodes(nodes, values)
     assert len(distinct) == 3 and not same_as
+
+
+def test_the_shape_of_a_computed_constant_folds_in_the_same_round():
+    """``Shape(Tile(w))`` and what reads it fold in one call (before, the ``Shape`` waited for a
+    second round and a shape inference), the shape as onnxruntime gives it."""
+    model = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Tile", ["w", "repeats"], ["tiled"]),
+                helper.make_node("Shape", ["tiled"], ["size"], start=1),
+                helper.make_node("Shape", ["w"], ["stored"]),
+                helper.make_node("Concat", ["size", "stored"], ["both"], axis=0),
+                helper.make_node("Reshape", ["x", "both"], ["y"]),
+            ],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 12])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [
+                numpy_helper.from_array(f32(2, 3), "w"),
+                numpy_helper.from_array(i64(1, 4), "repeats"),
+            ],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    graph, _ = import_graph(model)
+    outcome = fold_constants(graph, runtime=onnxruntime_values)
+    assert [node.op for node in graph.nodes] == ["Reshape"]
+    np.testing.assert_array_equal(graph.nodes[0].inputs[1].values, [12, 2, 3])
+    assert outcome.rewrites == 4 and outcome.shapes_stale and not outcome.skipped
