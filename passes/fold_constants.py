@@ -26,6 +26,7 @@ import onnx_graphsurgeon as gs
 from repvgg_onnx.graph.gs_versions import node_proto
 from repvgg_onnx.graph.unread_nodes import remove_unread_nodes
 
+from .computed_shapes import infer_shapes_read_by_shape_nodes
 from .constant_evaluation import NodeValues, Runtime, evaluate_constants
 from .contracts import KEEPS_INTERFACE_AND_NAMES, WELL_FORMED, contract
 from .graph_utils import (
@@ -62,17 +63,33 @@ def fold_constants(graph: gs.Graph, runtime: Runtime | None = None) -> PassResul
     computations) by ``runtime`` (onnxruntime, from the pipeline) and checked against onnx's
     reference evaluator (:func:`~.constant_evaluation.evaluate_constants`); a node the two
     disagree on, or that only an unchecked reference computes, is skipped with the reason."""
+    made: set[int] = set()
+    folded, skipped = _fold_once(graph, runtime, made)
+    rewrites = folded
+    while folded and infer_shapes_read_by_shape_nodes(graph, made):
+        made.clear()
+        folded, skipped = _fold_once(graph, runtime, made)
+        rewrites += folded
+    return PassResult(skipped=skipped, rewrites=rewrites, shapes_stale=bool(rewrites))
+
+
+def _fold_once(
+    graph: gs.Graph, runtime: Runtime | None, made: set[int]
+) -> tuple[int, list[Refusal]]:
+    """Fold every ``Shape``/``Size`` of a static shape and the constant subgraph; how many
+    nodes were folded, and the refusals of the nodes left. The ids of the constants written
+    go to ``made``."""
     folded = 0
     for node in list(graph.nodes):
         if node.op in ("Shape", "Size") and _foldable(graph, node):
             values = _shape_of(node)
             if values is not None:
-                folded += _replace_outputs(node, values)
+                folded += _replace_outputs(node, values, made)
     nodes = _constant_subgraph(graph)
     decisions = _evaluate_all(graph, nodes, runtime) if nodes else []
     for node, decision in zip(nodes, decisions, strict=True):
         if decision.outputs is not None and _within_budget(node, decision.outputs):
-            folded += _replace_outputs(node, decision.outputs)
+            folded += _replace_outputs(node, decision.outputs, made)
         elif decision.outputs is None:  # not evaluated again in later rounds
             setattr(node, _UNFOLDABLE, decision.refusal or "")
     skipped = [
@@ -83,12 +100,14 @@ def fold_constants(graph: gs.Graph, runtime: Runtime | None = None) -> PassResul
     if folded:
         remove_unread_nodes(graph)
         ensure_topological_order(graph)
-    return PassResult(skipped=skipped, rewrites=folded, shapes_stale=bool(folded))
+    return folded, skipped
 
 
-def _replace_outputs(node: gs.Node, values: list[np.ndarray]) -> int:
+def _replace_outputs(node: gs.Node, values: list[np.ndarray], made: set[int]) -> int:
     for tensor, value in zip(node.outputs, values, strict=True):
-        replace_uses(tensor, gs.Constant(tensor.name, np.asarray(value)))
+        constant = gs.Constant(tensor.name, np.asarray(value))
+        replace_uses(tensor, constant)
+        made.add(id(constant))
     node.outputs.clear()
     return 1
 
