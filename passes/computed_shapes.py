@@ -34,7 +34,10 @@ def infer_shapes_read_by_shape_nodes(graph: gs.Graph, folded: set[int]) -> bool:
     targets = [
         node.inputs[0]
         for node in graph.nodes
-        if node.op in ("Shape", "Size") and node.inputs and static_shape(node.inputs[0]) is None
+        if node.op in ("Shape", "Size")
+        and node.outputs  # not folded already
+        and node.inputs
+        and static_shape(node.inputs[0]) is None
     ]
     nodes = _computing(graph, targets, folded)
     if not nodes:

@@ -577,3 +577,27 @@ def test_inferring_the_folded_nodes_alone_fuses_every_model_to_the_same_bytes(mo
     found = [fuse_graph(onnx.load(path))[0].SerializeToString() for path in paths]
     monkeypatch.setattr(folding, "infer_shapes_read_by_shape_nodes", lambda graph, made: False)
     assert found == [fuse_graph(onnx.load(path))[0].SerializeToString() for path in paths]
+
+
+def test_a_result_read_from_a_written_result_has_that_results_budget():
+    """``Neg(Concat(u, v))`` of 80,000 elements folds: the Concat's result counts as a constant
+    the Neg reads (as large as its result), though no constant is made for it."""
+    u, v = f32(40_000), f32(40_000)
+    model = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Concat", ["u", "v"], ["joined"], axis=0),
+                helper.make_node("Neg", ["joined"], ["negated"]),
+                helper.make_node("Add", ["x", "negated"], ["y"]),
+            ],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [80_000])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [80_000])],
+            [numpy_helper.from_array(u, "u"), numpy_helper.from_array(v, "v")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    graph, _ = import_graph(model)
+    outcome = fold_constants(graph, runtime=onnxruntime_values)
+    assert [node.op for node in graph.nodes] == ["Add"] and outcome.rewrites == 2
+    np.testing.assert_array_equal(graph.nodes[0].inputs[1].values, -np.concatenate([u, v]))
