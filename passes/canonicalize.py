@@ -25,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from repvgg_onnx.graph.unread_nodes import remove_unread_nodes
+
 from .contracts import KEEPS_INTERFACE_AND_NAMES, WELL_FORMED, contract, sums_are_binary
 from .graph_utils import (
     UniqueNames,
@@ -70,7 +72,7 @@ def canonicalize(graph: gs.Graph) -> PassResult:
                 rewrites += _bypass(graph, node, operand)
         rewrites += sum(_canonicalize_body(body) for body in _bodies(node))
     if rewrites:
-        graph.cleanup()
+        remove_unread_nodes(graph)
         ensure_topological_order(graph)
     return PassResult(rewrites=rewrites)
 

@@ -65,7 +65,8 @@ def evaluate_constants(
 
     Nodes that compute the same thing (same op, attributes and input values, as exporters
     repeat a layer's index bookkeeping) are evaluated once (:func:`distinct_nodes`); each
-    copy gets its original's values and decision."""
+    copy gets its original's values and decision (decided once: a copy has the original's op
+    and outputs, so :func:`_decide` could only repeat it)."""
     index_values = evaluate_index_ops(nodes, values, opset)
     if index_values is not None:
         return [NodeValues([index_values[name] for name in node.output]) for node in nodes]
@@ -75,11 +76,11 @@ def evaluate_constants(
         reference = evaluate_in_order(run_reference, distinct, values, opset)
     finally:
         computed = pending()  # always collected: a worker's reply must not wait for the next
-    for copy, original in same_as.items():
-        for results in (computed, reference):
-            if original in results:
-                results[copy] = results[original]
-    return [_decide(node, computed, reference, runtime is not None) for node in nodes]
+    decided = {
+        tuple(node.output): _decide(node, computed, reference, runtime is not None)
+        for node in distinct
+    }
+    return [decided[tuple(same_as.get(name, name) for name in node.output)] for node in nodes]
 
 
 def distinct_nodes(

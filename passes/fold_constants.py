@@ -24,7 +24,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from repvgg_onnx.graph.gs_versions import node_proto
+from repvgg_onnx.graph.unread_nodes import remove_unread_nodes
 
+from .computed_shapes import infer_shapes_read_by_shape_nodes
 from .constant_evaluation import NodeValues, Runtime, evaluate_constants
 from .contracts import KEEPS_INTERFACE_AND_NAMES, WELL_FORMED, contract
 from .graph_utils import (
@@ -61,33 +63,56 @@ def fold_constants(graph: gs.Graph, runtime: Runtime | None = None) -> PassResul
     computations) by ``runtime`` (onnxruntime, from the pipeline) and checked against onnx's
     reference evaluator (:func:`~.constant_evaluation.evaluate_constants`); a node the two
     disagree on, or that only an unchecked reference computes, is skipped with the reason."""
-    folded = 0
-    for node in list(graph.nodes):
-        if node.op in ("Shape", "Size") and _foldable(graph, node):
-            values = _shape_of(node)
-            if values is not None:
-                folded += _replace_outputs(node, values)
-    nodes = _constant_subgraph(graph)
-    decisions = _evaluate_all(graph, nodes, runtime) if nodes else []
-    for node, decision in zip(nodes, decisions, strict=True):
-        if decision.outputs is not None and _within_budget(node, decision.outputs):
-            folded += _replace_outputs(node, decision.outputs)
-        elif decision.outputs is None:  # not evaluated again in later rounds
-            setattr(node, _UNFOLDABLE, decision.refusal or "")
+    made: set[int] = set()
+    folded = rewrites = _fold_once(graph, runtime, made)
+    while folded and infer_shapes_read_by_shape_nodes(graph, made):
+        made.clear()
+        folded = _fold_once(graph, runtime, made)
+        rewrites += folded
     skipped = [
         Refusal(RULE, node.name or node.outputs[0].name, reason)
         for node in graph.nodes
         if (reason := getattr(node, _UNFOLDABLE, None))
     ]
-    if folded:
-        graph.cleanup()
+    if rewrites:
+        remove_unread_nodes(graph)
         ensure_topological_order(graph)
-    return PassResult(skipped=skipped, rewrites=folded, shapes_stale=bool(folded))
+    return PassResult(skipped=skipped, rewrites=rewrites, shapes_stale=bool(rewrites))
 
 
-def _replace_outputs(node: gs.Node, values: list[np.ndarray]) -> int:
+def _fold_once(graph: gs.Graph, runtime: Runtime | None, made: set[int]) -> int:
+    """Fold every ``Shape``/``Size`` of a static shape and the constant subgraph; how many
+    nodes were folded (their outputs taken away: what reads nothing now goes in one cleanup
+    at the end). The ids of the constants written go to ``made``."""
+    folded = 0
+    for node in list(graph.nodes):
+        if node.op in ("Shape", "Size") and _foldable(graph, node):
+            values = _shape_of(node)
+            if values is not None:
+                folded += _replace_outputs(node, values, made)
+    nodes = _constant_subgraph(graph)
+    decisions = _evaluate_all(graph, nodes, runtime) if nodes else []
+    written = _within_budgets(nodes, decisions)
+    for node, decision in zip(nodes, decisions, strict=True):
+        if id(node) in written:
+            folded += _replace_outputs(node, decision.outputs, made, written)
+        elif decision.outputs is None:  # not evaluated again in later rounds
+            setattr(node, _UNFOLDABLE, decision.refusal or "")
+    return folded
+
+
+def _replace_outputs(
+    node: gs.Node, values: list, made: set[int], written: frozenset[int] | set[int] = frozenset()
+) -> int:
+    """Make what reads ``node``'s outputs read constants of their values, and take the outputs
+    away. An output read only by nodes in ``written`` (their outputs taken away as well) gets
+    no constant: nothing would be left to read it."""
     for tensor, value in zip(node.outputs, values, strict=True):
-        replace_uses(tensor, gs.Constant(tensor.name, np.asarray(value)))
+        if all(id(reader) in written for reader in tensor.outputs):
+            continue
+        constant = gs.Constant(tensor.name, np.asarray(value))
+        replace_uses(tensor, constant)
+        made.add(id(constant))
     node.outputs.clear()
     return 1
 
@@ -104,14 +129,22 @@ def _foldable(graph: gs.Graph, node: gs.Node) -> bool:
 
 
 def _constant_subgraph(graph: gs.Graph) -> list[gs.Node]:
-    """The foldable nodes whose inputs are constants or outputs of such nodes (graph order)."""
+    """The foldable nodes whose inputs are constants or outputs of such nodes (graph order).
+
+    A ``Shape``/``Size`` is one only if it reads such a node's output: its value is then
+    evaluated with the rest, and what reads it folds in the same round (the shape of a
+    constant was folded already, and reading a stored weight just for its shape would
+    send the weight to the evaluators)."""
     computed: set[int] = set()
     nodes = []
     for node in graph.nodes:
         inputs = [t for t in node.inputs if not is_omitted(t)]
-        if not inputs or node.op in ("Shape", "Size"):
+        if not inputs:
             continue
-        constant = all(id(t) in computed or constant_values(t) is not None for t in inputs)
+        if node.op in ("Shape", "Size"):
+            constant = id(inputs[0]) in computed
+        else:
+            constant = all(id(t) in computed or constant_values(t) is not None for t in inputs)
         # ``constant`` first: most nodes read a variable, and it is the cheaper test
         if constant and _foldable(graph, node) and not hasattr(node, _UNFOLDABLE):
             nodes.append(node)
@@ -119,11 +152,24 @@ def _constant_subgraph(graph: gs.Graph) -> list[gs.Node]:
     return nodes
 
 
-def _within_budget(node: gs.Node, outputs: list[np.ndarray]) -> bool:
-    """Results much larger than their inputs (``Expand``, ``Tile`` blow-ups) stay computed."""
-    sizes = [math.prod(t.shape) for t in node.inputs if isinstance(t, gs.Constant)]
-    budget = max(MAX_FOLDED_ELEMENTS, sum(sizes))
-    return sum(np.asarray(o).size for o in outputs) <= budget
+def _within_budgets(nodes: list[gs.Node], decisions: list[NodeValues]) -> set[int]:
+    """The ids of the ``nodes`` whose values may be written: each result at most as large as
+    ``MAX_FOLDED_ELEMENTS`` or the constants its node reads together (``Expand``, ``Tile``
+    blow-ups stay computed), counting the results of earlier nodes written as constants."""
+    written: set[int] = set()
+    sizes: dict[int, int] = {}
+    for node, decision in zip(nodes, decisions, strict=True):
+        if decision.outputs is None:
+            continue
+        read = sum(
+            math.prod(t.shape) if isinstance(t, gs.Constant) else sizes.get(id(t), 0)
+            for t in node.inputs
+        )
+        results = [np.asarray(o).size for o in decision.outputs]
+        if sum(results) <= max(MAX_FOLDED_ELEMENTS, read):
+            written.add(id(node))
+            sizes.update((id(t), size) for t, size in zip(node.outputs, results, strict=True))
+    return written
 
 
 def _evaluate_all(

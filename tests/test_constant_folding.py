@@ -501,3 +501,103 @@ def test_equal_bytes_of_another_type_or_shape_are_another_value():
     nodes = [helper.make_node("Identity", [name], [f"{name}_out"]) for name in values]
     distinct, same_as = constant_evaluation.distinct_nodes(nodes, values)
     assert len(distinct) == 3 and not same_as
+
+
+def test_the_shape_of_a_computed_constant_folds_in_the_same_round():
+    """``Shape(Tile(w))`` and what reads it fold in one call (before, the ``Shape`` waited for a
+    second round and a shape inference), the shape as onnxruntime gives it."""
+    model = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Tile", ["w", "repeats"], ["tiled"]),
+                helper.make_node("Shape", ["tiled"], ["size"], start=1),
+                helper.make_node("Shape", ["w"], ["stored"]),
+                helper.make_node("Concat", ["size", "stored"], ["both"], axis=0),
+                helper.make_node("Reshape", ["x", "both"], ["y"]),
+            ],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 12])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [
+                numpy_helper.from_array(f32(2, 3), "w"),
+                numpy_helper.from_array(i64(1, 4), "repeats"),
+            ],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    graph, _ = import_graph(model)
+    outcome = fold_constants(graph, runtime=onnxruntime_values)
+    assert [node.op for node in graph.nodes] == ["Reshape"]
+    np.testing.assert_array_equal(graph.nodes[0].inputs[1].values, [12, 2, 3])
+    assert outcome.rewrites == 4 and outcome.shapes_stale and not outcome.skipped
+
+
+# --- shapes made inferable by folding are inferred for those nodes alone -----------------------
+
+
+def _pad_by_computed_pads() -> onnx.ModelProto:
+    """DBB's border bookkeeping in small: ``Pad`` by pads computed from constants, and the
+    ``Shape`` of its output feeding a ``Reshape``."""
+    return helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Add", ["half", "half"], ["pads"]),
+                helper.make_node("Pad", ["x", "pads"], ["padded"]),
+                helper.make_node("Shape", ["padded"], ["size"]),
+                helper.make_node("Reshape", ["padded", "size"], ["y"]),
+            ],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(i64(0, 0, 1, 0, 0, 0, 1, 2), "half")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+
+
+def test_the_shape_of_a_pad_by_folded_pads_folds_in_the_same_call():
+    graph, _ = import_graph(_pad_by_computed_pads())
+    graph.nodes[1].outputs[0].shape = None  # as inference leaves it: the pads were unknown
+    outcome = fold_constants(graph, runtime=onnxruntime_values)
+    assert [node.op for node in graph.nodes] == ["Pad", "Reshape"]
+    np.testing.assert_array_equal(graph.nodes[1].inputs[1].values, [1, 2, 8, 8])
+    assert outcome.rewrites == 2 and outcome.shapes_stale
+
+
+def test_inferring_the_folded_nodes_alone_fuses_every_model_to_the_same_bytes(monkeypatch):
+    """The shapes found for the nodes alone are the ones the pipeline's inference of the whole
+    graph finds in the next round: each model that takes the new path fuses to the same bytes
+    without it."""
+    from repvgg_onnx.passes import fold_constants as folding
+
+    paths = [
+        Path(__file__).resolve().parent.parent / "models" / "fixtures" / "families" / name
+        for name in ("dbb/ts13.onnx", "dbb/ts17_nofold.onnx", "levit_linearnorm/ts13.onnx")
+    ]
+    found = [fuse_graph(onnx.load(path))[0].SerializeToString() for path in paths]
+    monkeypatch.setattr(folding, "infer_shapes_read_by_shape_nodes", lambda graph, made: False)
+    assert found == [fuse_graph(onnx.load(path))[0].SerializeToString() for path in paths]
+
+
+def test_a_result_read_from_a_written_result_has_that_results_budget():
+    """``Neg(Concat(u, v))`` of 80,000 elements folds: the Concat's result counts as a constant
+    the Neg reads (as large as its result), though no constant is made for it."""
+    u, v = f32(40_000), f32(40_000)
+    model = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Concat", ["u", "v"], ["joined"], axis=0),
+                helper.make_node("Neg", ["joined"], ["negated"]),
+                helper.make_node("Add", ["x", "negated"], ["y"]),
+            ],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [80_000])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [80_000])],
+            [numpy_helper.from_array(u, "u"), numpy_helper.from_array(v, "v")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    graph, _ = import_graph(model)
+    outcome = fold_constants(graph, runtime=onnxruntime_values)
+    assert [node.op for node in graph.nodes] == ["Add"] and outcome.rewrites == 2
+    np.testing.assert_array_equal(graph.nodes[0].inputs[1].values, -np.concatenate([u, v]))

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from repvgg_onnx.algebra.affine_conv import AffineConv, affine_conv, materialize
+from repvgg_onnx.algebra.affine_conv import AffineConv, affine_conv, materialize, regroup_kernel
 from repvgg_onnx.algebra.linear_forms import (
     ChannelAffine,
     NotComposableError,
@@ -234,3 +234,31 @@ def test_composition_is_exact_or_refused(
         return
     expected = apply(outer, apply(inner, x))
     np.testing.assert_allclose(apply(composed, x), expected, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    k_outer=st.sampled_from([(1, 1), (3, 3), (1, 3)]),
+    k_inner=st.sampled_from([(1, 1), (3, 3), (2, 1)]),
+    s_inner=st.sampled_from([1, 2]),
+    d_outer=st.sampled_from([1, 2]),
+    g_inner=st.sampled_from([1, 2, 4]),
+    seed=st.integers(0, 2**16),
+)
+def test_a_depthwise_outer_composes_to_the_dense_products_bytes(
+    k_outer, k_inner, s_inner, d_outer, g_inner, seed
+):
+    """DBB's per-channel map after a 1x1 takes the row-scaling path: the same float64 numbers
+    as composing the same map written as a dense block-diagonal kernel, and the same function."""
+    rng = np.random.default_rng(seed)
+    inner = random_conv(rng, 4, 8, k_inner, stride=s_inner, pads=(0, 0, 0, 0), groups=g_inner)
+    depthwise = random_conv(rng, 8, 8, k_outer, dilation=d_outer, pads=(0, 0, 0, 0), groups=8)
+    depthwise.kernel[0, 0, 0, 0] = 0.0  # zero products: +0 on both paths (summed into zeros)
+    dense = AffineConv(
+        **{**depthwise.__dict__, "kernel": regroup_kernel(depthwise.kernel, 8, 1), "groups": 1}
+    )
+    by_rows, by_product = compose(depthwise, inner), compose(dense, inner)
+    kernel = regroup_kernel(by_rows.kernel, by_rows.groups, 1)
+    assert kernel.tobytes() == by_product.kernel.tobytes()
+    assert by_rows.bias.tobytes() == by_product.bias.tobytes()
+    assert_composes(depthwise, inner, rng.normal(size=(1, 4, 19, 18)))

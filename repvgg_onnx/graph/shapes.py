@@ -61,12 +61,28 @@ def annotate_shapes(graph: gs.Graph, inferred: dict[str, onnx.ValueInfoProto]) -
             if id(tensor) not in outputs:
                 tensor.shape = None
             continue
-        tensor_type = value.type.tensor_type
-        if tensor_type.elem_type:
-            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-        shape = _shape_of(tensor_type) if tensor_type.HasField("shape") else None
-        if id(tensor) not in outputs or not _consistent(tensor.shape, shape):
-            tensor.shape = shape
+        _annotate(tensor, value, is_output=id(tensor) in outputs)
+
+
+def annotate_found_shapes(
+    graph: gs.Graph, tensors: list[gs.Tensor], inferred: dict[str, onnx.ValueInfoProto]
+) -> None:
+    """Give each of ``tensors`` (variables computed by nodes) its inferred type and shape as
+    :func:`annotate_shapes` would, where inference found one; the others keep theirs."""
+    outputs = {id(tensor) for tensor in graph.outputs}
+    for tensor in tensors:
+        value = inferred.get(tensor.name)
+        if value is not None and isinstance(tensor, gs.Variable):
+            _annotate(tensor, value, is_output=id(tensor) in outputs)
+
+
+def _annotate(tensor: gs.Variable, value: onnx.ValueInfoProto, is_output: bool) -> None:
+    tensor_type = value.type.tensor_type
+    if tensor_type.elem_type:
+        tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+    shape = _shape_of(tensor_type) if tensor_type.HasField("shape") else None
+    if not is_output or not _consistent(tensor.shape, shape):
+        tensor.shape = shape
 
 
 def _shape_of(tensor_type: onnx.TypeProto.Tensor) -> Shape:

@@ -1,0 +1,112 @@
+"""remove_unread_nodes leaves exactly what graphsurgeon's cleanup leaves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+from onnx import helper
+
+from repvgg_onnx.graph.crossing import import_graph
+from repvgg_onnx.graph.unread_nodes import remove_unread_nodes
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+COMMITTED = sorted(MODELS.rglob("*.onnx"))
+
+
+def _state(graph: gs.Graph) -> list[tuple]:
+    """The nodes in order, each with its links: names read, names written, readers of each."""
+    return [
+        (
+            node.name,
+            node.op,
+            [t.name for t in node.inputs],
+            [(t.name, [reader.name for reader in t.outputs]) for t in node.outputs],
+        )
+        for node in graph.nodes
+    ]
+
+
+def _unread_some(graph: gs.Graph, seed: int) -> None:
+    """Make some nodes dead as constant folding does (outputs taken away), and leave some out of
+    the node list still linked (a stale producer cleanup must not walk through)."""
+    rng = np.random.default_rng(seed)
+    outputs = {id(t) for t in graph.outputs}
+    stale = []
+    for node in graph.nodes:
+        if any(id(t) in outputs for t in node.outputs):
+            continue
+        draw = rng.random()
+        if draw < 0.2:
+            node.outputs.clear()
+        elif draw < 0.3:
+            stale.append(node)
+    graph.nodes = [node for node in graph.nodes if node not in stale]
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.relative_to(MODELS)))
+def test_the_nodes_left_are_cleanups_on_every_committed_model(path: Path):
+    model = onnx.load(path)
+    ours, theirs = import_graph(model)[0], import_graph(model)[0]
+    for graph in (ours, theirs):
+        _unread_some(graph, seed=len(path.name))
+    remove_unread_nodes(ours)
+    theirs.cleanup()
+    assert _state(ours) == _state(theirs)
+
+
+def test_a_dead_chain_goes_and_a_node_read_by_the_output_stays():
+    graph = gs.import_onnx(
+        helper.make_model(
+            helper.make_graph(
+                [
+                    helper.make_node("Relu", ["x"], ["a"], name="kept"),
+                    helper.make_node("Neg", ["x"], ["b"], name="dead1"),
+                    helper.make_node("Abs", ["b"], ["c"], name="dead2"),
+                ],
+                "g",
+                [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+                [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [2])],
+            )
+        )
+    )
+    x = graph.inputs[0]
+    remove_unread_nodes(graph)
+    assert [node.name for node in graph.nodes] == ["kept"]
+    assert [node.name for node in x.outputs] == ["kept"], "the dead nodes are unlinked"
+
+
+def test_a_graph_with_a_subgraph_is_left_to_cleanup(monkeypatch):
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+    )
+    graph = gs.import_onnx(
+        helper.make_model(
+            helper.make_graph(
+                [
+                    helper.make_node("Neg", ["x"], ["dead"], name="dead"),
+                    helper.make_node(
+                        "If", ["c"], ["out"], name="if", then_branch=branch, else_branch=branch
+                    ),
+                ],
+                "g",
+                [
+                    helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2]),
+                    helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, []),
+                ],
+                [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [2])],
+            )
+        )
+    )
+    calls = []
+    cleanup = gs.Graph.cleanup
+    monkeypatch.setattr(gs.Graph, "cleanup", lambda g, **k: calls.append(g) or cleanup(g, **k))
+    remove_unread_nodes(graph)
+    assert calls and calls[0] is graph
+    assert [node.name for node in graph.nodes] == ["if"]
