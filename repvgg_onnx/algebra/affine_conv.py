@@ -507,26 +507,6 @@ def _convolve_kernels(
     return kernel.reshape(cout, cin // groups, *shape), tuple(dilations)
 
 
-def _tap_products(outer: AffineConv, inner: AffineConv, groups: int) -> np.ndarray:
-    """Every outer tap times the inner kernel, ``[groups, Cout/g, taps, Cin/g · inner taps]``.
-
-    A depthwise outer map (output channel ``o`` reads middle channel ``o`` only, DBB's BN or
-    per-channel kxk after a 1x1) scales the inner kernel's rows: ``a[o, t] · b[o, :]``, the
-    same numbers as the dense product, whose other terms are exact zeros, at ``1/Cmid`` of its
-    cost. Otherwise one product per group, which BLAS runs at full speed (a strided product
-    per tap does not)."""
-    cout, cmid, cin = outer.out_channels, inner.out_channels, inner.in_channels
-    inner_size = (cin // groups) * math.prod(inner.kernel_shape)
-    if outer.groups == cout == cmid:
-        rows = outer.kernel.reshape(cout, -1, 1) * inner.kernel.reshape(cmid, 1, -1)
-        return rows.reshape(groups, cout // groups, -1, inner_size)
-    a = regroup_kernel(outer.kernel, outer.groups, groups)
-    b = regroup_kernel(inner.kernel, inner.groups, groups)
-    a = a.reshape(groups, cout // groups, cmid // groups, -1)
-    b = b.reshape(groups, cmid // groups, inner_size)
-    return np.stack([np.tensordot(a[g], b[g], axes=([1], [0])) for g in range(groups)])
-
-
 def _tap_steps(outer: AffineConv, inner: AffineConv) -> tuple[list[int], list[int]]:
     """Per dim, the input distance between the outer kernel's taps and the inner's."""
     steps_outer = [s * d for s, d in zip(inner.strides, outer.dilations, strict=True)]
