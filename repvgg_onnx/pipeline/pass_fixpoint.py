@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 from repvgg_onnx.errors import UnsupportedModelError
 from repvgg_onnx.graph.constant_views import tensor_map
 from repvgg_onnx.graph.shapes import reinfer_shapes
+from repvgg_onnx.graph.unread_nodes import remove_unread_nodes
 from repvgg_onnx.passes.affine_regions import fuse_affine_regions
 from repvgg_onnx.passes.canonicalize import canonicalize
 from repvgg_onnx.passes.fold_forward import fold_forward
@@ -98,7 +99,7 @@ def run_passes(
         result.skipped = [skip for outcome in outcomes for skip in outcome.skipped]
         if not any(outcome.modified for outcome in outcomes):
             break
-    graph.cleanup()  # passes splice and remove locally; anything else left unread goes now
+    remove_unread_nodes(graph)  # passes splice and remove locally; what is left unread goes now
     result.fused = blocks_by_output(result.fused, original_tensors)
     return result
 
