@@ -240,6 +240,9 @@ def fuse(
     if verify:
         options = {"input_shapes": input_shapes, "seed": seed, "atol": atol, "rtol": rtol}
         check = partial(_verify_fused, original, report=report, options=options, tell=tell)
+    # from here on only the verification reads the original: the save must not hold its
+    # weights (nor those of the copy the passes read) beside the fused model's
+    del prepared, original
     if output is None:
         io.read_mapped_data(fused_model)  # what passed through untouched: it stands alone
         if check is not None:

@@ -440,6 +440,37 @@ def test_fuse_to_a_path_verifies_the_data_file_it_publishes(tmp_path: Path, monk
     assert_same_outputs(run(SMALL, x), run(io.self_contained(result.model), x))
 
 
+@pytest.mark.parametrize("verify", [False, True])
+def test_fuse_to_a_path_holds_the_original_only_for_the_verification(
+    tmp_path: Path, monkeypatch, verify: bool
+) -> None:
+    """While the fused model is written, ``fuse`` holds the model it loaded (or the passes'
+    copy of it) only if the verification still reads it: the save must not keep the original
+    weights beside the fused ones (RepVGG-B1g4 ``fuse --no-verify``: 717 MB peak RSS with
+    them, 565 MB without)."""
+    loaded = []
+    real_load = api.load
+
+    def load(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        loaded.append(model)
+        return model
+
+    held = []
+    real_staged = io.StagedModel
+
+    def staged(*args, **kwargs):
+        held.append(sys.getrefcount(loaded[0]) - 2)  # but this list and getrefcount's argument
+        return real_staged(*args, **kwargs)
+
+    source = tmp_path / "training.onnx"
+    onnx.save(SMALL, source)
+    monkeypatch.setattr(api, "load", load)
+    monkeypatch.setattr(io, "StagedModel", staged)
+    api.fuse(source, tmp_path / "deploy.onnx", verify=verify)
+    assert held == [1 if verify else 0]  # the verification's own reference, or none
+
+
 def test_fuse_to_a_path_that_fails_verification_leaves_it_alone(
     tmp_path: Path, monkeypatch
 ) -> None:
