@@ -45,9 +45,9 @@ def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
         return values
     if not isinstance(tensor, gs.Constant) or is_overridable(tensor):
         return None
-    if isinstance(stored_values(tensor), SparseValues):  # made dense before import
-        return None
     lazy = stored_values(tensor)
+    if isinstance(lazy, SparseValues):  # made dense before import
+        return None
     if isinstance(lazy, LazyValues):
         values = _raw_view(lazy.tensor)
         if values is None and lazy.tensor.data_location == onnx.TensorProto.EXTERNAL:
