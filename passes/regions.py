@@ -19,7 +19,6 @@ Planning never touches the graph; :mod:`.rewrite` applies the plans.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -88,6 +87,7 @@ class RegionFinder:
     unreadable: set[int] = field(default_factory=set)
     _linked: dict[int, bool] = field(default_factory=dict)
     _costs: dict[int, float] = field(default_factory=dict)
+    _region_costs: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.readings = {id(node): read_node(node) for node in self.graph.nodes}
@@ -152,9 +152,8 @@ class RegionFinder:
         if op is None or id(op.node) in self.unreadable:
             return None, [], []
         attempt = None
-        budget = self.region_cost(op)
         for local_costs in (False, True):
-            attempt = _Attempt(self, local_costs, budget)
+            attempt = _Attempt(self, local_costs, op)
             try:
                 expression = attempt.expand(op, root=True)
                 plan = attempt.plan(op, expression)
@@ -173,7 +172,14 @@ class RegionFinder:
 
     def region_cost(self, op: LinearOp) -> float:
         """Multiply-adds per output position of every op of the region rooted at ``op``: no
-        composition that costs more can ever pay off, so none is computed."""
+        composition that costs more can ever pay off, so none is computed. Computed once per
+        root, and only where a composition needs it (a chain of ops on a source needs none)."""
+        known = self._region_costs.get(id(op))
+        if known is None:
+            known = self._region_costs[id(op)] = self._sum_region_cost(op)
+        return known
+
+    def _sum_region_cost(self, op: LinearOp) -> float:
         root, total, stack = op.output, 0.0, [op]
         while stack:
             current = stack.pop()
@@ -189,7 +195,7 @@ class _Attempt:
 
     finder: RegionFinder
     local_costs: bool
-    budget: float = math.inf
+    root: LinearOp
     cuts: list[gs.Tensor] = field(default_factory=list)
     skipped: list[Refusal] = field(default_factory=list)
     depth: int = 0
@@ -375,8 +381,10 @@ class _Attempt:
             return self._cut(op, input_tensor, None, form, nodes, label)
         cost = op_cost + merged.cost * form.input_positions_per_output()
         new_cost = form.composed_cost(merged.form, channels_of(op.output))
-        too_costly = new_cost > self.budget or (self.local_costs and new_cost > cost)
-        if too_costly and not merged.is_raw:
+        too_costly = not merged.is_raw and (
+            (self.local_costs and new_cost > cost) or new_cost > self.finder.region_cost(self.root)
+        )
+        if too_costly:
             before = f" ({merged.nodes[-1].op} '{merged.nodes[-1].name}')" if merged.nodes else ""
             reason = (
                 f"{node_text(op)} composed with the {merged.describe()}{before} before it "
