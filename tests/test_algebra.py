@@ -409,3 +409,40 @@ def test_composed_convs_of_any_groups_equal_the_two_in_sequence(outer_groups, in
     np.testing.assert_allclose(
         convolve(x, composed), convolve(convolve(x, inner), outer), rtol=1e-10, atol=1e-10
     )
+
+
+@pytest.mark.parametrize(
+    ("inner_strides", "outer_kernel", "outer_dilations", "outer_groups"),
+    [
+        ((1, 1), (3, 3), (1, 1), 1),
+        ((2, 2), (3, 3), (1, 1), 1),
+        ((1, 1), (3, 3), (2, 2), 4),
+        ((2, 1), (1, 5), (1, 3), 1),
+        ((1, 1), (5, 1), (1, 1), 8),
+    ],
+)
+def test_a_1x1_inner_conv_composes_with_any_outer_geometry(
+    inner_strides, outer_kernel, outer_dilations, outer_groups
+):
+    """DBB's ``1x1 → kxk``: every outer tap is a composed tap of its own, whatever the inner
+    strides and the outer dilations place between them (the kernel is written in one step)."""
+    from repvgg_onnx.algebra.linear_forms import compose
+
+    rng = np.random.default_rng(sum(outer_kernel) + 7 * outer_groups)
+    channels = 8
+    inner = affine_conv(
+        rng.normal(size=(channels, channels, 1, 1)),
+        rng.normal(size=channels),
+        strides=inner_strides,
+    )
+    outer = affine_conv(
+        rng.normal(size=(channels, channels // outer_groups, *outer_kernel)),
+        rng.normal(size=channels),
+        groups=outer_groups,
+        dilations=outer_dilations,
+    )
+    x = rng.normal(size=(2, channels, 17, 17))
+    composed = compose(outer, inner)
+    np.testing.assert_allclose(
+        convolve(x, composed), convolve(convolve(x, inner), outer), rtol=1e-10, atol=1e-10
+    )

@@ -491,6 +491,9 @@ def _convolve_kernels(
         for step, lattice, k in zip(steps_inner, dilations, inner_k, strict=True)
     ]
     taps = _tap_products(outer, inner, groups)
+    if all(k == 1 for k in inner_k):  # each outer tap is a tap of its own (DBB's 1x1 → kxk)
+        kernel += np.moveaxis(taps, 2, -1).reshape(kernel.shape)
+        return kernel.reshape(cout, cin // groups, *shape), tuple(dilations)
     for flat, tap in enumerate(np.ndindex(*outer_k)):
         product = taps[:, :, flat].reshape(groups, cout // groups, cin // groups, *inner_k)
         window = tuple(
