@@ -202,6 +202,54 @@ def test_a_depthwise_conv_before_a_pointwise_one_is_not_composed():
     assert_same_function(model, fused)
 
 
+def test_a_composition_costing_more_than_its_whole_region_is_never_computed(monkeypatch):
+    """The region's cost bounds every composition in it: the dense 7x7 that the 1x1 after a
+    depthwise 7x7 would make costs more than both convs together, so it is not even computed
+    (only a later check would throw it away, at the price of computing it)."""
+    from repvgg_onnx.algebra.affine_conv import AffineConv
+    from repvgg_onnx.passes import regions
+
+    composed = []
+
+    def recording_compose(outer, inner, *args):
+        if isinstance(outer, AffineConv) and isinstance(inner, AffineConv):
+            composed.append((outer.kernel_shape, inner.kernel_shape))
+        return compose(outer, inner, *args)
+
+    compose = regions.compose
+    monkeypatch.setattr(regions, "compose", recording_compose)
+    builder = Builder(4)
+    dw = builder.conv("x", (7, 7), "centre", 1, C)
+    y = builder.node("Conv", [dw, builder.const(builder.rng.normal(size=(4 * C, C, 1, 1)))])
+    model = builder.model(y)
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 2}
+    assert ((1, 1), (7, 7)) not in composed
+    assert_same_function(model, fused)
+
+
+def test_a_composition_within_the_region_cost_but_costlier_than_its_ops_is_not_made():
+    """dw3x3 → 1x1 on ``x`` summed with a dense 7x7 on another tensor: the region's cost (the
+    7x7's mostly) admits the dense 3x3 the two would compose to, but that costs more than
+    they do, so they stay two convs (the sum is planned again with each composition checked
+    on its own)."""
+    builder = Builder(6)
+    dw = builder.conv("x", (3, 3), "centre", 1, C)
+    pointwise = builder.node("Conv", [dw, builder.const(builder.rng.normal(size=(C, C, 1, 1)))])
+    big = builder.conv("y", (7, 7), "centre", 1, 1)
+    y = builder.node("Add", [pointwise, big])
+    extra = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, SIZE, SIZE])
+    model = builder.model(y, extra_inputs=[extra])
+    fused, _ = fuse_model(model)
+    groups = sorted(
+        next((a.i for a in node.attribute if a.name == "group"), 1)
+        for node in fused.graph.node
+        if node.op_type == "Conv"
+    )
+    assert groups == [1, 1, C], "the depthwise conv and the 1x1 after it stay"
+    assert_same_function(model, fused)
+
+
 def test_two_padded_3x3_convs_in_a_row_stay_two():
     builder = Builder(5)
     y = builder.conv(builder.conv("x", (3, 3), "centre", 1, 1), (3, 3), "centre", 1, 1)
