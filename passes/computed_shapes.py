@@ -24,7 +24,7 @@ from repvgg_onnx.graph.gs_versions import node_proto
 from repvgg_onnx.graph.shapes import annotate_found_shapes, inferred_shapes
 from repvgg_onnx.io.stripped_model import SMALL_TENSOR_ELEMENTS
 
-from .graph_utils import constant_values, is_standard, producer, static_shape
+from .graph_utils import constant_values, has_subgraph, is_standard, producer, static_shape
 
 
 def infer_shapes_read_by_shape_nodes(graph: gs.Graph, folded: set[int]) -> bool:
@@ -71,7 +71,7 @@ def _computing(graph: gs.Graph, targets: list[gs.Tensor], folded: set[int]) -> l
         if id(node) not in above:
             continue
         if any(id(t) in folded or id(producer(t)) in kept for t in node.inputs):
-            if not is_standard(node) or any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+            if not is_standard(node) or has_subgraph(node):
                 return []  # inference of the whole graph then
             kept.add(id(node))
             nodes.append(node)

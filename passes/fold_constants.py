@@ -33,6 +33,7 @@ from .graph_utils import (
     attribute,
     constant_values,
     ensure_topological_order,
+    has_subgraph,
     is_graph_output,
     is_omitted,
     is_standard,
@@ -125,7 +126,7 @@ def _foldable(graph: gs.Graph, node: gs.Node) -> bool:
         return False
     if any(is_graph_output(graph, t) for t in node.outputs):
         return False
-    return not any(isinstance(v, gs.Graph) for v in node.attrs.values())
+    return not has_subgraph(node)
 
 
 def _constant_subgraph(graph: gs.Graph) -> list[gs.Node]:

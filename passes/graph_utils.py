@@ -14,6 +14,7 @@ from repvgg_onnx.graph.constant_views import (  # noqa: F401  (the passes' one i
     mark_overridable,
     tensor_map,
 )
+from repvgg_onnx.graph.unread_nodes import has_subgraph  # noqa: F401
 
 #: Op domains whose ops have the standard ONNX meaning; ops of any other domain (a custom
 #: ``Conv`` of a model-local function, say) are never read as linear ops or folded.

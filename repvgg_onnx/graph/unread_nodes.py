@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 
 def remove_unread_nodes(graph: gs.Graph) -> None:
     """Remove, and unlink, every node that no graph output depends on."""
-    if graph.functions or any(_has_subgraph(node) for node in graph.nodes):
+    if graph.functions or any(has_subgraph(node) for node in graph.nodes):
         graph.cleanup()
         return
     for tensor in graph.inputs:  # as cleanup: a graph input has no producer
@@ -35,7 +35,8 @@ def remove_unread_nodes(graph: gs.Graph) -> None:
     graph.nodes = kept
 
 
-def _has_subgraph(node: gs.Node) -> bool:
+def has_subgraph(node: gs.Node) -> bool:
+    """The node holds a graph in an attribute (an ``If``/``Loop``/``Scan`` body)."""
     return any(isinstance(value, gs.Graph) for value in node.attrs.values())
 
 
