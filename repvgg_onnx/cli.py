@@ -584,9 +584,11 @@ def _inspect_one(
     inspection = api.inspect(model_path)
     _progress_done(quiet)
     _emit(inspection, output_format, report_path, quiet)
+    if not fail_if_fusable:
+        return
     report = {**inspection.to_dict(), "path": str(model_path)}
     reason = gate_failure(report)
-    if not fail_if_fusable or reason is None:
+    if reason is None:
         return
     click.echo(f"error: {reason}; {gate_fix(report)}.", err=True)
     sys.exit(EXIT_CHECK_FAILED)
