@@ -492,6 +492,8 @@ def _convolve_kernels(
     ]
     taps = _tap_products(outer, inner, groups)
     if all(k == 1 for k in inner_k):  # each outer tap is a tap of its own (DBB's 1x1 → kxk)
+        # added to the zeros, not assigned: 0.0 + x, as the loop below computes (a −0.0 product
+        # becomes 0.0), so both ways write the same bytes
         kernel += np.moveaxis(taps, 2, -1).reshape(kernel.shape)
         return kernel.reshape(cout, cin // groups, *shape), tuple(dilations)
     for flat, tap in enumerate(np.ndindex(*outer_k)):
