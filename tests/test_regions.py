@@ -210,13 +210,13 @@ def test_a_composition_costing_more_than_its_whole_region_is_never_computed(monk
     from repvgg_onnx.passes import regions
 
     composed = []
+    compose = regions.compose
 
     def recording_compose(outer, inner, *args):
         if isinstance(outer, AffineConv) and isinstance(inner, AffineConv):
             composed.append((outer.kernel_shape, inner.kernel_shape))
         return compose(outer, inner, *args)
 
-    compose = regions.compose
     monkeypatch.setattr(regions, "compose", recording_compose)
     builder = Builder(4)
     dw = builder.conv("x", (7, 7), "centre", 1, C)
