@@ -11,6 +11,9 @@ each and in a shuffled order:
 - ``graphsurgeon``: what the IR costs before any pass: loading with the checker, graphsurgeon's
   graph (our direct import), the shape inference the passes need, and a save of the loaded
   model; collection off, as in ``fuse``;
+- ``hand-fused``: the least code that fuses RepVGG blocks with the same guarantees and graph
+  API (:mod:`hand_fused`: one hard-coded pattern instead of the passes, nothing explained), so
+  the floor of the edit itself; on a model with no such block it only loads and saves;
 - ``fuse``: ``repvgg-onnx fuse --no-verify``.
 
 It prints, per model and job, the median wall time of the whole process with its ratio to
@@ -30,7 +33,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from bench import ChildRun
 
-JOBS = ("load-save", "checked-float64", "graphsurgeon", "fuse")
+JOBS = ("load-save", "checked-float64", "graphsurgeon", "hand-fused", "fuse")
 
 
 def run_job(job: str, source: str, target: str) -> None:
@@ -67,6 +70,13 @@ def run_job(job: str, source: str, target: str) -> None:
         import_onnx(model)
         inferred_shapes(model)
         onnx.save(model, target)
+    elif job == "hand-fused":
+        import gc
+
+        gc.disable()  # as in fuse
+        from hand_fused import hand_fuse
+
+        hand_fuse(source, target)
     else:
         raise SystemExit(f"unknown job {job!r}")
 

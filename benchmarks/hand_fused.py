@@ -1,0 +1,192 @@
+"""The least code that fuses RepVGG blocks on our stack: a floor for ``fuse`` on such models.
+
+``floors.py``'s ``hand-fused`` job runs :func:`hand_fuse`: the same guarantees and the same
+graph API as ``repvgg-onnx fuse --no-verify`` (checked load, graphsurgeon, shape inference,
+float64 weight math, ``onnx.checker`` on the result, fsynced atomic save), and one hard-coded
+pattern in place of the passes: a ``Relu`` reading a tree of ``Add`` nodes whose terms are
+``BN(Conv(x))``, ``Conv(x)``, ``BN(x)`` or ``x``, all of one ``x``, with centred kernels.
+It finds nothing else, explains nothing, and never plans a region; so its time is what the
+edit itself costs on graphsurgeon, and what ``fuse`` takes beyond it is the price of finding
+every re-parameterizable form and saying why the others stay.
+
+Invariant: where it rewrites a block, the Conv it writes computes the block's Add tree (float64
+sums, stored in the weight's type); a block it cannot prove that for is left as it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from repvgg_onnx.graph.constant_views import constant_values
+
+#: A term of a block: ``(kernel, bias, conv)`` with the kernel, the bias and the Conv node they
+#: came from (``None`` for an identity, whose kernel is a per-channel scale).
+_Term = tuple[np.ndarray, np.ndarray, gs.Node | None]
+
+
+def hand_fuse(source: str, target: str) -> int:
+    """Fuse the RepVGG blocks of the model at ``source`` into ``target``; the number fused."""
+    from repvgg_onnx import io
+    from repvgg_onnx.api import check_fused_model
+    from repvgg_onnx.graph.crossing import export_graph, import_graph
+    from repvgg_onnx.graph.shapes import annotate_shapes, inferred_shapes
+
+    model = io.load_model(source)
+    graph, empty_lists = import_graph(model)
+    annotate_shapes(graph, inferred_shapes(model))
+    fused = fuse_repvgg_blocks(graph)
+    result = export_graph(graph, empty_lists)
+    result.ir_version = model.ir_version
+    del result.opset_import[:]
+    result.opset_import.extend(model.opset_import)
+    check_fused_model(result, model)
+    io.save_model(result, target)
+    return fused
+
+
+def fuse_repvgg_blocks(graph: gs.Graph) -> int:
+    """Every ``Relu(Σ terms of x)`` with centred kernels becomes ``Relu(Conv(x))``; the count."""
+    outputs = {id(t) for t in graph.outputs}
+    replaced: dict[int, gs.Node] = {}
+    dead: set[int] = set()
+    for node in graph.nodes:
+        if node.op != "Relu":
+            continue
+        block = _block(node.inputs[0], outputs)
+        if block is None:
+            continue
+        source, terms, nodes = block
+        conv = _merged_conv(source, terms, node.inputs[0])
+        if conv is None:
+            continue
+        node.inputs[0] = conv.outputs[0]
+        replaced[id(node)] = conv
+        dead.update(id(n) for n in nodes)
+    order = []
+    for node in graph.nodes:
+        if id(node) in dead:
+            continue
+        if id(node) in replaced:
+            order.append(replaced[id(node)])
+        order.append(node)
+    graph.nodes = order
+    return len(replaced)
+
+
+def _single_use(tensor: gs.Tensor, outputs: set[int]) -> bool:
+    return len(tensor.outputs) == 1 and id(tensor) not in outputs
+
+
+def _block(sum_tensor: gs.Tensor, outputs: set[int]):
+    """``(x, terms, nodes)`` of the Add tree computing ``sum_tensor``, or ``None``."""
+    if not sum_tensor.inputs or sum_tensor.inputs[0].op != "Add":
+        return None
+    leaves, nodes, stack = [], [], [sum_tensor]
+    while stack:
+        tensor = stack.pop()
+        producer = tensor.inputs[0] if tensor.inputs else None
+        if producer is not None and producer.op == "Add" and _single_use(tensor, outputs):
+            nodes.append(producer)
+            stack.extend(producer.inputs)
+        else:
+            leaves.append(tensor)
+    terms, sources = [], set()
+    for leaf in leaves:
+        term = _term(leaf, outputs, nodes)
+        if term is None:
+            return None
+        source, kernel, bias, conv = term
+        sources.add(id(source))
+        terms.append((kernel, bias, conv))
+    if len(sources) != 1:
+        return None
+    return source, terms, nodes
+
+
+def _term(tensor: gs.Tensor, outputs: set[int], nodes: list[gs.Node]):
+    """``(x, kernel or scale, bias, conv)`` of one leaf of the Add tree, or ``None``."""
+    producer = tensor.inputs[0] if tensor.inputs and _single_use(tensor, outputs) else None
+    scale, shift = None, None
+    if producer is not None and producer.op == "BatchNormalization":
+        scale, shift = _batchnorm(producer)
+        nodes.append(producer)
+        tensor = producer.inputs[0]
+        producer = tensor.inputs[0] if tensor.inputs and _single_use(tensor, outputs) else None
+    if producer is None or producer.op != "Conv":
+        if scale is None:
+            return tensor, None, None, None
+        return tensor, scale, shift, None
+    weight = constant_values(producer.inputs[1])
+    if weight is None:
+        return None
+    kernel = weight.astype(np.float64)
+    bias = np.zeros(kernel.shape[0])
+    if len(producer.inputs) > 2 and producer.inputs[2].name:
+        values = constant_values(producer.inputs[2])
+        if values is None:
+            return None
+        bias = values.astype(np.float64)
+    if scale is not None:
+        kernel = kernel * scale[:, None, None, None]
+        bias = bias * scale + shift
+    nodes.append(producer)
+    return producer.inputs[0], kernel, bias, producer
+
+
+def _batchnorm(node: gs.Node) -> tuple[np.ndarray, np.ndarray]:
+    gamma, beta, mean, var = (constant_values(t).astype(np.float64) for t in node.inputs[1:5])
+    scale = gamma / np.sqrt(var + node.attrs.get("epsilon", 1e-5))
+    return scale, beta - mean * scale
+
+
+def _merged_conv(source: gs.Tensor, terms: list[_Term], output: gs.Tensor) -> gs.Node | None:
+    """One Conv equal to the sum of ``terms`` of ``source``, or ``None`` if the convs differ in
+    anything but a centred kernel size."""
+    convs = [conv for _, _, conv in terms if conv is not None]
+    if not convs:
+        return None
+    main = max(convs, key=lambda c: c.inputs[1].shape[-1])
+    size, groups = main.inputs[1].shape[-1], main.attrs.get("group", 1)
+    channels, per_group = main.inputs[1].shape[:2]
+    for conv in convs:
+        k = conv.inputs[1].shape[-1]
+        square = tuple(conv.inputs[1].shape[2:]) == (k, k)
+        same = all(conv.attrs.get(a) == main.attrs.get(a) for a in ("strides", "dilations"))
+        centred = list(conv.attrs.get("pads", [0] * 4)) == [(k - 1) // 2] * 4 and k % 2
+        if not (square and same and centred and conv.attrs.get("group", 1) == groups):
+            return None
+    if list(main.attrs.get("dilations", [1, 1])) != [1, 1]:
+        return None
+    kernel = np.zeros((channels, per_group, size, size))
+    bias = np.zeros(channels)
+    centre = size // 2
+    for values, shift, conv in terms:
+        if conv is None:
+            if list(main.attrs.get("strides", [1, 1])) != [1, 1] or per_group * groups != channels:
+                return None
+            scale = np.ones(channels) if values is None else values
+            rows = np.arange(channels)
+            kernel[rows, rows % per_group, centre, centre] += scale
+            if shift is not None:
+                bias += shift
+            continue
+        offset = (size - values.shape[-1]) // 2
+        kernel[:, :, offset : size - offset, offset : size - offset] += values
+        bias += shift
+    dtype = constant_values(main.inputs[1]).dtype
+    fused_output = gs.Variable(f"{output.name}_fused", output.dtype, output.shape)
+    attrs = {"group": groups, "pads": [centre] * 4}
+    if "strides" in main.attrs:
+        attrs["strides"] = list(main.attrs["strides"])
+    return gs.Node(
+        "Conv",
+        f"{output.name}_fused_conv",
+        attrs=attrs,
+        inputs=[
+            source,
+            gs.Constant(f"{output.name}_fused_weight", kernel.astype(dtype)),
+            gs.Constant(f"{output.name}_fused_bias", bias.astype(dtype)),
+        ],
+        outputs=[fused_output],
+    )
