@@ -17,6 +17,14 @@ from hand_fused import hand_fuse
 SAMPLE = REPO_ROOT / "models" / "samples" / "repvgg_a0_half.onnx"
 
 
+def hand_fused(model: onnx.ModelProto, folder) -> tuple[int, onnx.ModelProto]:
+    """The blocks :func:`hand_fuse` fused in ``model``, and its output."""
+    source, target = folder / "in.onnx", folder / "out.onnx"
+    onnx.save(model, source)
+    count = hand_fuse(str(source), str(target))
+    return count, onnx.load(target)
+
+
 def test_the_sample_reaches_the_deploy_form_and_computes_the_same(tmp_path):
     target = tmp_path / "hand.onnx"
     assert hand_fuse(str(SAMPLE), str(target)) == 22
@@ -33,7 +41,7 @@ def test_the_sample_reaches_the_deploy_form_and_computes_the_same(tmp_path):
     [
         # The 1x1 reads the 3x3's first tap, not its centre: not the hard-coded pattern.
         [BranchSpec("conv_bn", (3, 3), pads=(0, 0, 2, 2)), BranchSpec("conv_bn", (1, 1))],
-        # Strided branches with an identity: shapes differ, nothing to fuse.
+        # Groups that differ would densify the grouped kernel: not the pattern.
         [BranchSpec("conv_bn", (3, 3), groups=2), BranchSpec("conv_bn", (1, 1))],
         [BranchSpec("conv_bn", (3, 3), dilation=2), BranchSpec("conv_bn", (1, 1))],
     ],
@@ -41,10 +49,9 @@ def test_the_sample_reaches_the_deploy_form_and_computes_the_same(tmp_path):
 )
 def test_a_block_outside_the_pattern_is_left_as_it_is(tmp_path, branches):
     model = block_model(branches)
-    source, target = tmp_path / "in.onnx", tmp_path / "out.onnx"
-    onnx.save(model, source)
-    assert hand_fuse(str(source), str(target)) == 0
-    assert op_counts(onnx.load(target)) == op_counts(model)
+    count, output = hand_fused(model, tmp_path)
+    assert count == 0
+    assert op_counts(output) == op_counts(model)
 
 
 @pytest.mark.parametrize(
@@ -62,10 +69,8 @@ def test_a_block_outside_the_pattern_is_left_as_it_is(tmp_path, branches):
 )
 def test_a_block_of_the_pattern_becomes_one_conv(tmp_path, branches):
     model = block_model(branches)
-    source, target = tmp_path / "in.onnx", tmp_path / "out.onnx"
-    onnx.save(model, source)
-    assert hand_fuse(str(source), str(target)) == 1
-    fused = onnx.load(target)
+    count, fused = hand_fused(model, tmp_path)
+    assert count == 1
     assert op_counts(fused) == {"Conv": 1, "Relu": 1}
     assert_same_function(model, fused)
 
@@ -77,7 +82,6 @@ def test_a_block_whose_sum_is_read_elsewhere_is_left_as_it_is(tmp_path):
     model.graph.output.append(
         onnx.helper.make_tensor_value_info(total, onnx.TensorProto.FLOAT, [1, 4, 8, 8])
     )
-    source, target = tmp_path / "in.onnx", tmp_path / "out.onnx"
-    onnx.save(model, source)
-    assert hand_fuse(str(source), str(target)) == 0
-    assert_same_function(model, onnx.load(target))
+    count, output = hand_fused(model, tmp_path)
+    assert count == 0
+    assert_same_function(model, output)
