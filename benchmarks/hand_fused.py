@@ -20,8 +20,9 @@ import onnx_graphsurgeon as gs
 
 from repvgg_onnx.graph.constant_views import constant_values
 
-#: A term of a block: ``(kernel, bias, conv)`` with the kernel, the bias and the Conv node they
-#: came from (``None`` for an identity, whose kernel is a per-channel scale).
+#: A term of a block: ``(weights, shift, conv)``: a Conv's kernel and bias (BN folded in) and the
+#: Conv; for an identity a per-channel scale and shift (``None``, ``None``: the input itself) and
+#: ``None``.
 _Term = tuple[np.ndarray, np.ndarray, gs.Node | None]
 
 
@@ -161,19 +162,17 @@ def _merged_conv(source: gs.Tensor, terms: list[_Term], output: gs.Tensor) -> gs
     kernel = np.zeros((channels, per_group, size, size))
     bias = np.zeros(channels)
     centre = size // 2
-    for values, shift, conv in terms:
-        if conv is None:
+    for weights, shift, conv in terms:
+        if conv is None:  # an identity: weights are a per-channel scale (None: the input itself)
             if list(main.attrs.get("strides", [1, 1])) != [1, 1] or per_group * groups != channels:
                 return None
-            scale = np.ones(channels) if values is None else values
             rows = np.arange(channels)
-            kernel[rows, rows % per_group, centre, centre] += scale
-            if shift is not None:
-                bias += shift
-            continue
-        offset = (size - values.shape[-1]) // 2
-        kernel[:, :, offset : size - offset, offset : size - offset] += values
-        bias += shift
+            kernel[rows, rows % per_group, centre, centre] += 1.0 if weights is None else weights
+        else:  # a smaller kernel sits at the centre of the largest
+            offset = (size - weights.shape[-1]) // 2
+            kernel[:, :, offset : size - offset, offset : size - offset] += weights
+        if shift is not None:
+            bias += shift
     dtype = constant_values(main.inputs[1]).dtype
     fused_output = gs.Variable(f"{output.name}_fused", output.dtype, output.shape)
     attrs = {"group": groups, "pads": [centre] * 4}
