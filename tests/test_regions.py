@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import assert_same_function, fuse_model, op_counts
+from helpers import BranchSpec, assert_same_function, block_model, fuse_model, op_counts
 
 C = 4
 SIZE = 9
@@ -225,6 +225,28 @@ def test_a_composition_costing_more_than_its_whole_region_is_never_computed(monk
     fused, _ = fuse_model(model)
     assert op_counts(fused) == {"Conv": 2}
     assert ((1, 1), (7, 7)) not in composed
+    assert_same_function(model, fused)
+
+
+def test_ops_applied_to_a_source_never_sum_their_region_cost(monkeypatch):
+    """A BatchNormalization after a Conv of the graph input composes with the Conv, and the
+    Conv itself applies to the input untouched: neither composition can cost more than the
+    region, so planning never walks the region to sum its cost (RepVGG's chain has a region
+    per block; walking each is wasted work)."""
+    from repvgg_onnx.passes import regions
+
+    summed = []
+    region_cost = regions.RegionFinder.region_cost
+
+    def recording_region_cost(self, op):
+        summed.append(op.node.name)
+        return region_cost(self, op)
+
+    monkeypatch.setattr(regions.RegionFinder, "region_cost", recording_region_cost)
+    model = block_model([BranchSpec("conv_bn")], relu=False)
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1}
+    assert summed == []
     assert_same_function(model, fused)
 
 
