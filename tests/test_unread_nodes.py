@@ -74,9 +74,12 @@ def test_a_dead_chain_goes_and_a_node_read_by_the_output_stays():
         )
     )
     x = graph.inputs[0]
+    dead = [node for node in graph.nodes if node.name.startswith("dead")]
     remove_unread_nodes(graph)
     assert [node.name for node in graph.nodes] == ["kept"]
     assert [node.name for node in x.outputs] == ["kept"], "the dead nodes are unlinked"
+    for node in dead:  # as cleanup leaves them: no tensor still names them, nor they one
+        assert not node.inputs and not node.outputs
 
 
 def test_a_graph_with_a_subgraph_is_left_to_cleanup(monkeypatch):
@@ -110,3 +113,89 @@ def test_a_graph_with_a_subgraph_is_left_to_cleanup(monkeypatch):
     remove_unread_nodes(graph)
     assert calls and calls[0] is graph
     assert [node.name for node in graph.nodes] == ["if"]
+
+
+def test_a_graph_with_local_functions_is_left_to_cleanup(monkeypatch):
+    """cleanup also cleans the functions' bodies; the fast walk would not."""
+    body = [
+        helper.make_node("Neg", ["a"], ["unread"], name="dead_in_body"),
+        helper.make_node("Relu", ["a"], ["b"], name="kept_in_body"),
+    ]
+    function = helper.make_function("local", "F", ["a"], ["b"], body, [helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("F", ["x"], ["y"], name="call", domain="local"),
+                helper.make_node("Neg", ["x"], ["dead"], name="dead"),
+            ],
+            "g",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+        ),
+        functions=[function],
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+    )
+    graph = gs.import_onnx(model)
+    calls = []
+    cleanup = gs.Graph.cleanup
+    monkeypatch.setattr(gs.Graph, "cleanup", lambda g, **k: calls.append(g) or cleanup(g, **k))
+    remove_unread_nodes(graph)
+    assert calls and calls[0] is graph
+    assert [node.name for node in graph.nodes] == ["call"]
+    assert [node.name for node in graph.functions[0].nodes] == ["kept_in_body"]
+
+
+def _chain_graph() -> gs.Graph:
+    """``x → Neg 'feeds_stale' → Abs 'stale' → Relu 'kept' → y``."""
+    x = gs.Variable("x", np.float32, [2])
+    b, c, y = (gs.Variable(name, np.float32, [2]) for name in "bcy")
+    nodes = [
+        gs.Node("Neg", "feeds_stale", inputs=[x], outputs=[b]),
+        gs.Node("Abs", "stale", inputs=[b], outputs=[c]),
+        gs.Node("Relu", "kept", inputs=[c], outputs=[y]),
+    ]
+    return gs.Graph(nodes=nodes, inputs=[x], outputs=[y])
+
+
+def test_a_stale_producer_is_not_walked_through():
+    """A node left out of the node list but still linked (a pass spliced it out) computes
+    nothing: what only it reads goes, as in cleanup."""
+    ours, theirs = _chain_graph(), _chain_graph()
+    for graph in (ours, theirs):
+        graph.nodes = [node for node in graph.nodes if node.name != "stale"]
+    remove_unread_nodes(ours)
+    theirs.cleanup()
+    assert _state(ours) == _state(theirs)
+    assert [node.name for node in ours.nodes] == ["kept"]
+
+
+def test_a_node_writing_a_graph_input_is_unlinked_from_it():
+    """A graph input has no producer (cleanup unlinks one), so a node that wrote it is read by
+    nothing and goes."""
+    ours, theirs = _chain_graph(), _chain_graph()
+    for graph in (ours, theirs):
+        stale = next(node for node in graph.nodes if node.name == "stale")
+        graph.inputs.append(stale.outputs[0])  # 'c' is now also a graph input
+    remove_unread_nodes(ours)
+    theirs.cleanup()
+    assert _state(ours) == _state(theirs)
+    assert [node.name for node in ours.nodes] == ["kept"]
+
+
+def test_each_tensor_is_walked_once():
+    """A ladder of 40 diamonds (each step's two branches read the step before): the paths from
+    the output double at every step, the tensors do not, and the walk takes each tensor once
+    (walking paths would not end)."""
+    x = gs.Variable("x", np.float32, [2])
+    nodes, step = [], x
+    for index in range(40):
+        left, right, total = (gs.Variable(f"{n}{index}", np.float32, [2]) for n in "lrs")
+        nodes += [
+            gs.Node("Neg", f"neg{index}", inputs=[step], outputs=[left]),
+            gs.Node("Abs", f"abs{index}", inputs=[step], outputs=[right]),
+            gs.Node("Add", f"add{index}", inputs=[left, right], outputs=[total]),
+        ]
+        step = total
+    graph = gs.Graph(nodes=nodes, inputs=[x], outputs=[step])
+    remove_unread_nodes(graph)
+    assert len(graph.nodes) == 120

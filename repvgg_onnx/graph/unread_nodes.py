@@ -42,16 +42,16 @@ def has_subgraph(node: gs.Node) -> bool:
 
 def _used_nodes(graph: gs.Graph) -> set[int]:
     """The ids of the nodes some graph output depends on: from the outputs, each tensor's
-    producers and their inputs, a tensor only if it is local (computed by a node of the graph,
-    a graph input or a constant) and its name not yet seen (an empty one always)."""
-    local = _local_names(graph)
+    producers and their inputs, each name once, and only through a tensor a node of the list
+    computes (a node spliced out of the list but still linked, a stale producer, is not walked
+    through). A tensor nothing computes (a graph input, a constant, an omitted input) has no
+    producer to walk to, so where cleanup counts it as the graph's own changes nothing."""
+    computed = {t.name for node in graph.nodes for t in node.outputs}
     seen: set[str] = set()
 
     def fresh(tensor: gs.Tensor) -> bool:
         name = tensor.name
-        if not name:  # graphsurgeon's ``Tensor.is_empty``
-            return True
-        if name not in local or name in seen:
+        if name not in computed or name in seen:
             return False
         seen.add(name)
         return True
@@ -63,12 +63,3 @@ def _used_nodes(graph: gs.Graph) -> set[int]:
             used.add(id(node))
             reached.extend(t for t in node.inputs if fresh(t))
     return used
-
-
-def _local_names(graph: gs.Graph) -> set[str]:
-    """The names graphsurgeon's cleanup counts as this graph's own tensors."""
-    names = {t.name for node in graph.nodes for t in node.outputs}
-    names.update(t.name for node in graph.nodes for t in node.inputs if isinstance(t, gs.Constant))
-    names.update(t.name for t in graph.outputs if isinstance(t, gs.Constant))
-    names.update(t.name for t in graph.inputs)
-    return names
