@@ -82,6 +82,15 @@ def test_a_dead_chain_goes_and_a_node_read_by_the_output_stays():
         assert not node.inputs and not node.outputs
 
 
+def _left_to_cleanup(graph: gs.Graph, monkeypatch) -> bool:
+    """Whether :func:`remove_unread_nodes` hands ``graph`` to graphsurgeon's own cleanup."""
+    calls = []
+    cleanup = gs.Graph.cleanup
+    monkeypatch.setattr(gs.Graph, "cleanup", lambda g, **k: calls.append(g) or cleanup(g, **k))
+    remove_unread_nodes(graph)
+    return bool(calls) and calls[0] is graph
+
+
 def test_a_graph_with_a_subgraph_is_left_to_cleanup(monkeypatch):
     branch = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
@@ -107,11 +116,7 @@ def test_a_graph_with_a_subgraph_is_left_to_cleanup(monkeypatch):
             )
         )
     )
-    calls = []
-    cleanup = gs.Graph.cleanup
-    monkeypatch.setattr(gs.Graph, "cleanup", lambda g, **k: calls.append(g) or cleanup(g, **k))
-    remove_unread_nodes(graph)
-    assert calls and calls[0] is graph
+    assert _left_to_cleanup(graph, monkeypatch)
     assert [node.name for node in graph.nodes] == ["if"]
 
 
@@ -136,11 +141,7 @@ def test_a_graph_with_local_functions_is_left_to_cleanup(monkeypatch):
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
     )
     graph = gs.import_onnx(model)
-    calls = []
-    cleanup = gs.Graph.cleanup
-    monkeypatch.setattr(gs.Graph, "cleanup", lambda g, **k: calls.append(g) or cleanup(g, **k))
-    remove_unread_nodes(graph)
-    assert calls and calls[0] is graph
+    assert _left_to_cleanup(graph, monkeypatch)
     assert [node.name for node in graph.nodes] == ["call"]
     assert [node.name for node in graph.functions[0].nodes] == ["kept_in_body"]
 
