@@ -314,6 +314,30 @@ def test_an_op_the_reference_is_not_checked_on_folds_by_onnxruntime():
     np.testing.assert_array_equal(larger.outputs[0], [3.0, 5.0])
 
 
+@pytest.mark.parametrize(
+    ("op", "inputs", "kept"),
+    [
+        # a per-channel value broadcast over a 64x64 map: 262,144 elements from 16
+        ("Expand", [f32(1, 16, 1, 1), i64(1, 16, 128, 128)], True),
+        ("Tile", [f32(1, 16, 1, 1), i64(1, 1, 128, 128)], True),
+        ("ConstantOfShape", [i64(1, 16, 128, 128)], True),
+        # within the limit of 65,536 elements: folded
+        ("Expand", [f32(1, 16, 1, 1), i64(1, 16, 64, 64)], False),
+        # as large as what it reads: folded
+        ("Tile", [f32(1, 16, 128, 128), i64(1, 1, 1, 1)], False),
+    ],
+    ids=["Expand", "Tile", "ConstantOfShape", "Expand within the limit", "Tile by ones"],
+)
+def test_a_result_much_larger_than_its_inputs_stays_computed(op, inputs, kept):
+    """A blow-up would put a large constant in the file for a node that costs nothing to run;
+    a result within ``MAX_FOLDED_ELEMENTS``, or no larger than its inputs together, folds."""
+    model = _node_model(op, 17, inputs, {}, 1, as_initializers=True)
+    graph, _ = import_graph(model)
+    outcome = fold_constants(graph, runtime=onnxruntime_values)
+    assert [node.op for node in graph.nodes] == ([op] if kept else []) + ["Identity"]
+    assert outcome.rewrites == (0 if kept else 1)
+
+
 def _run_script(script: str) -> list[str]:
     """``script``'s printed lines, run by a fresh interpreter (onnxruntime not yet loaded)."""
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
