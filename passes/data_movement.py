@@ -142,8 +142,6 @@ def _as_pad(
         return Refusal.because(
             f"{names} move or add elements along the batch or channel axis, not a spatial pad"
         )
-    if min(begin + end, default=0) < 0:
-        return Refusal.because(f"{names} crop their input, so they are not a pad")
     border = np.where(constant, first, np.nan)
     values = np.moveaxis(border, 1, 0).reshape(shape[1], -1)
     fill = np.nanmax(values, axis=1) if np.any(constant) else np.zeros(shape[1])

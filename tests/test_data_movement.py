@@ -294,8 +294,17 @@ def strip_from_another_tensor() -> onnx.ModelProto:
     return graph.model(graph.node("Concat", [graph.strip(1, SIZE + 2), rows], axis=2))
 
 
+def inf_in_the_border() -> onnx.ModelProto:
+    """inf is a constant the probe sees twice, but no fill value a conv can take."""
+    values = BIAS.copy()
+    values[2] = np.inf
+    graph = Graph()
+    return graph.model(concat_border(graph, "inner", values=values))
+
+
 REFUSED = [
     (strip_from_another_tensor, "read 2 tensors"),
+    (inf_in_the_border, "pad with inf"),
     (assignment_inside_the_border, "copy some input elements not at all"),
     (nan_in_the_border, "neither copies of their input nor constants"),
     (duplicated_interior, "copy some input elements more than once"),
@@ -362,3 +371,41 @@ def test_a_long_chain_is_read_without_recursion():
     fused, outcome = fuse_model(model)
     assert op_counts(fused) == {"Conv": 1}, outcome.skipped
     assert_same_function(model, fused)
+
+
+def test_a_chain_that_changes_the_rank_is_refused():
+    """``Expand`` to one more dimension copies every element once, into a tensor of another
+    rank: no pad."""
+    graph = Graph()
+    moved = graph.node("Expand", ["inner", graph.const([1, 1, C, SIZE, SIZE], np.int64)])
+    scaled = graph.node("Mul", [moved, graph.const(2.0)])
+    weight = graph.const(graph.rng.normal(size=(C, C, 1, 1)))
+    graph.nodes.insert(0, helper.make_node("Conv", ["x", weight, graph.const(BIAS)], ["inner"]))
+    model = helper.make_model(
+        helper.make_graph(
+            graph.nodes,
+            "rank",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, SIZE, SIZE])],
+            [helper.make_tensor_value_info(scaled, TensorProto.FLOAT, [1, 1, C, SIZE, SIZE])],
+            graph.initializers,
+        ),
+        opset_imports=[helper.make_opsetid("", OPSET)],
+    )
+    fused, outcome = fuse_model(model)
+    reasons = [s.reason for s in outcome.skipped]
+    assert any("change the rank of their input" in r for r in reasons), reasons
+    assert op_counts(fused) == op_counts(model)
+    assert_same_function(model, fused)
+
+
+def test_a_source_too_large_to_probe_exactly_is_refused(monkeypatch):
+    """Probe values count the source's elements; past float32's exact integers (2**24) two
+    elements would look alike, so the chain is not read."""
+    from repvgg_onnx.passes import data_movement
+
+    monkeypatch.setattr(data_movement, "MAX_PROBE_ELEMENTS", C * SIZE * SIZE - 1)
+    model = paddle_concat()
+    fused, outcome = fuse_model(model)
+    reasons = [s.reason for s in outcome.skipped]
+    assert any("is too large to read" in r for r in reasons), reasons
+    assert op_counts(fused) == op_counts(model)
