@@ -446,3 +446,23 @@ def test_a_1x1_inner_conv_composes_with_any_outer_geometry(
     np.testing.assert_allclose(
         convolve(x, composed), convolve(convolve(x, inner), outer), rtol=1e-10, atol=1e-10
     )
+
+
+def test_merging_no_branch_is_an_error():
+    with pytest.raises(ValueError, match="nothing to merge"):
+        merge_affine_convs([])
+
+
+def test_a_branch_padding_with_a_non_zero_value_is_not_merged():
+    """A pad whose border holds a BN's shift (DBB's BN-then-pad, composed into the conv after
+    it) reads that value at the border; the merged conv pads with zeros, so it cannot."""
+    from repvgg_onnx.algebra.linear_forms import pad_conv
+
+    rng = np.random.default_rng(3)
+    padded = pad_conv(4, [1, 1, 1, 1], np.array([0.5, 0.0, 0.0, 0.0]))
+    dense = affine_conv(rng.normal(size=(4, 1, 3, 3)), pads=[2, 2, 2, 2], groups=4)  # n + 2 out
+    with pytest.raises(IncompatibleBranchesError, match="pads with a non-zero value"):
+        merge_affine_convs([dense, padded], ["3x3", "Pad"])
+    zero_border = pad_conv(4, [1, 1, 1, 1], 0.0)
+    merged = merge_affine_convs([dense, zero_border], ["3x3", "Pad"])
+    assert merged.kernel_shape == (3, 3)
