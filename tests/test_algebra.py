@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -466,3 +468,63 @@ def test_a_branch_padding_with_a_non_zero_value_is_not_merged():
     zero_border = pad_conv(4, [1, 1, 1, 1], 0.0)
     merged = merge_affine_convs([dense, zero_border], ["3x3", "Pad"])
     assert merged.kernel_shape == (3, 3)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "words"),
+    [
+        ({"kernel": np.ones(4)}, "needs at least 2 dims"),
+        ({"bias": np.ones(3)}, "bias shape (3,) does not match 4 output channels"),
+        ({"groups": 0}, "cannot be split into 0 groups"),
+        ({"groups": 3}, "cannot be split into 3 groups"),
+        ({"strides": [1]}, "strides [1] do not fit a 2-d kernel"),
+        ({"dilations": [1, 1, 1]}, "dilations [1, 1, 1] do not fit a 2-d kernel"),
+        ({"pads": [1, 1]}, "pads [1, 1] do not fit a 2-d kernel"),
+    ],
+    ids=["1-d kernel", "bias", "no group", "groups", "strides", "dilations", "pads"],
+)
+def test_an_affine_conv_that_does_not_fit_its_kernel_is_an_error(arguments, words):
+    arguments = {"kernel": np.ones((4, 1, 3, 3))} | arguments
+    with pytest.raises(ValueError, match=re.escape(words)):
+        affine_conv(**arguments)
+
+
+def test_a_per_channel_value_of_another_count_is_an_error():
+    from repvgg_onnx.algebra.linear_forms import pad_conv
+
+    with pytest.raises(ValueError, match="2 pad values for 4 channels"):
+        pad_conv(4, [1, 1, 1, 1], np.array([1.0, 2.0]))
+
+
+def test_maps_of_different_spatial_ranks_cost_their_own_and_do_not_compose():
+    """A conv after a matrix (a Gemm's form) or before one: no composition, and its cost is
+    the op's own."""
+    from repvgg_onnx.algebra.linear_forms import NotComposableError, compose, composed_cost
+
+    rng = np.random.default_rng(5)
+    conv = affine_conv(rng.normal(size=(4, 4, 3, 3)), pads=[1, 1, 1, 1])
+    matrix = affine_conv(rng.normal(size=(4, 4)))
+    assert matrix.describe() == "Linear"
+    assert composed_cost(conv, matrix, 4) == conv.multiply_adds(4) == 144
+    assert composed_cost(matrix, conv, 4) == matrix.multiply_adds(4) == 16
+    with pytest.raises(NotComposableError, match="a 2-d map cannot read a 0-d map's output"):
+        compose(conv, matrix)
+
+
+def test_nothing_composes_into_the_input_side_of_a_conv_padded_by_the_input_size():
+    from repvgg_onnx.algebra.linear_forms import NotComposableError, compose
+
+    rng = np.random.default_rng(6)
+    same = affine_conv(rng.normal(size=(4, 4, 3, 3)), strides=[2, 2], auto_pad="SAME_UPPER")
+    inner = affine_conv(rng.normal(size=(4, 4, 1, 1)))
+    with pytest.raises(NotComposableError, match="pads by the input size"):
+        compose(same, inner)
+
+
+def test_a_matrix_on_a_matrix_is_one_gemm_and_on_a_larger_rank_a_matmul_and_add():
+    rng = np.random.default_rng(7)
+    matrix = affine_conv(rng.normal(size=(3, 4)), rng.normal(size=3))
+    [gemm] = matrix.node_specs(np.float32, True, 2)
+    assert gemm.op == "Gemm"
+    matmul, add = matrix.node_specs(np.float32, True, 3)
+    assert (matmul.op, add.op) == ("MatMul", "Add")
