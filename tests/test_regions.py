@@ -685,3 +685,19 @@ def test_a_layer_norm_tail_stays_before_a_matmul():
     assert op_counts(fused) == op_counts(model)
     assert_same_function(model, fused)
     assert any("ends a LayerNorm" in skip.reason for skip in outcome.skipped), outcome.skipped
+
+
+def test_a_sum_whose_terms_cannot_merge_stays_before_the_conv_that_reads_it():
+    """A 3x3 and a dilated 3x3 of ``x``, summed, then a 1x1: the two cannot be one kernel
+    (their dilations differ), so the 1x1 cannot absorb the sum; it stays, with the reason."""
+    builder = Builder(11)
+    plain = builder.conv("x", (3, 3), "centre", 1, 1)
+    dilated = builder.conv("x", (3, 3), "centre", 2, 1)
+    total = builder.node("Add", [plain, dilated])
+    y = builder.node("Conv", [total, builder.const(builder.rng.normal(size=(C, C, 1, 1)))])
+    model = builder.model(y)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 3, "Add": 1}
+    reasons = [skip.reason for skip in outcome.skipped]
+    assert any(r.startswith("dilations differ along dim 0") for r in reasons), reasons
+    assert_same_function(model, fused)
