@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from repvgg_onnx.graph.constant_views import constant_values
+from repvgg_onnx.algebra.affine_conv import batchnorm_scale_shift
+from repvgg_onnx.passes.graph_utils import constant_values, has_single_use, producer
 
 #: A term of a block: ``(weights, shift, conv)``: a Conv's kernel and bias (BN folded in) and the
 #: Conv; for an identity a per-channel scale and shift (``None``, ``None``: the input itself) and
@@ -48,13 +49,12 @@ def hand_fuse(source: str, target: str) -> int:
 
 def fuse_repvgg_blocks(graph: gs.Graph) -> int:
     """Every ``Relu(Σ terms of x)`` with centred kernels becomes ``Relu(Conv(x))``; the count."""
-    outputs = {id(t) for t in graph.outputs}
     replaced: dict[int, gs.Node] = {}
     dead: set[int] = set()
     for node in graph.nodes:
         if node.op != "Relu":
             continue
-        block = _block(node.inputs[0], outputs)
+        block = _block(graph, node.inputs[0])
         if block is None:
             continue
         source, terms, nodes = block
@@ -75,26 +75,23 @@ def fuse_repvgg_blocks(graph: gs.Graph) -> int:
     return len(replaced)
 
 
-def _single_use(tensor: gs.Tensor, outputs: set[int]) -> bool:
-    return len(tensor.outputs) == 1 and id(tensor) not in outputs
-
-
-def _block(sum_tensor: gs.Tensor, outputs: set[int]):
+def _block(graph: gs.Graph, sum_tensor: gs.Tensor):
     """``(x, terms, nodes)`` of the Add tree computing ``sum_tensor``, or ``None``."""
-    if not sum_tensor.inputs or sum_tensor.inputs[0].op != "Add":
+    top = producer(sum_tensor)
+    if top is None or top.op != "Add":
         return None
     leaves, nodes, stack = [], [], [sum_tensor]
     while stack:
         tensor = stack.pop()
-        producer = tensor.inputs[0] if tensor.inputs else None
-        if producer is not None and producer.op == "Add" and _single_use(tensor, outputs):
-            nodes.append(producer)
-            stack.extend(producer.inputs)
+        writer = producer(tensor)
+        if writer is not None and writer.op == "Add" and has_single_use(graph, tensor):
+            nodes.append(writer)
+            stack.extend(writer.inputs)
         else:
             leaves.append(tensor)
     terms, sources = [], set()
     for leaf in leaves:
-        term = _term(leaf, outputs, nodes)
+        term = _term(graph, leaf, nodes)
         if term is None:
             return None
         source, kernel, bias, conv = term
@@ -105,40 +102,39 @@ def _block(sum_tensor: gs.Tensor, outputs: set[int]):
     return source, terms, nodes
 
 
-def _term(tensor: gs.Tensor, outputs: set[int], nodes: list[gs.Node]):
+def _term(graph: gs.Graph, tensor: gs.Tensor, nodes: list[gs.Node]):
     """``(x, kernel or scale, bias, conv)`` of one leaf of the Add tree, or ``None``."""
-    producer = tensor.inputs[0] if tensor.inputs and _single_use(tensor, outputs) else None
+    writer = producer(tensor) if has_single_use(graph, tensor) else None
     scale, shift = None, None
-    if producer is not None and producer.op == "BatchNormalization":
-        scale, shift = _batchnorm(producer)
-        nodes.append(producer)
-        tensor = producer.inputs[0]
-        producer = tensor.inputs[0] if tensor.inputs and _single_use(tensor, outputs) else None
-    if producer is None or producer.op != "Conv":
+    if writer is not None and writer.op == "BatchNormalization":
+        scale, shift = _batchnorm(writer)
+        nodes.append(writer)
+        tensor = writer.inputs[0]
+        writer = producer(tensor) if has_single_use(graph, tensor) else None
+    if writer is None or writer.op != "Conv":
         if scale is None:
             return tensor, None, None, None
         return tensor, scale, shift, None
-    weight = constant_values(producer.inputs[1])
+    weight = constant_values(writer.inputs[1])
     if weight is None:
         return None
     kernel = weight.astype(np.float64)
     bias = np.zeros(kernel.shape[0])
-    if len(producer.inputs) > 2 and producer.inputs[2].name:
-        values = constant_values(producer.inputs[2])
+    if len(writer.inputs) > 2 and writer.inputs[2].name:
+        values = constant_values(writer.inputs[2])
         if values is None:
             return None
         bias = values.astype(np.float64)
     if scale is not None:
         kernel = kernel * scale[:, None, None, None]
         bias = bias * scale + shift
-    nodes.append(producer)
-    return producer.inputs[0], kernel, bias, producer
+    nodes.append(writer)
+    return writer.inputs[0], kernel, bias, writer
 
 
 def _batchnorm(node: gs.Node) -> tuple[np.ndarray, np.ndarray]:
-    gamma, beta, mean, var = (constant_values(t).astype(np.float64) for t in node.inputs[1:5])
-    scale = gamma / np.sqrt(var + node.attrs.get("epsilon", 1e-5))
-    return scale, beta - mean * scale
+    gamma, beta, mean, var = (constant_values(t) for t in node.inputs[1:5])
+    return batchnorm_scale_shift(gamma, beta, mean, var, node.attrs.get("epsilon", 1e-5))
 
 
 def _merged_conv(source: gs.Tensor, terms: list[_Term], output: gs.Tensor) -> gs.Node | None:
