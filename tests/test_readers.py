@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
@@ -89,6 +91,7 @@ def test_unequal_shapes_and_a_non_positive_variance_are_refused():
 # ---- every reader's refusals: a node that looks linear but is not exactly one ---------------
 
 RNG = np.random.default_rng(0)
+CONSTANT_NAMES = (f"c{index}" for index in itertools.count())
 
 
 def _x(shape=(1, 4, 6, 6), dtype=np.float32, name="x") -> gs.Variable:
@@ -97,7 +100,7 @@ def _x(shape=(1, 4, 6, 6), dtype=np.float32, name="x") -> gs.Variable:
 
 def _c(value, dtype=np.float32, name=None) -> gs.Constant:
     value = np.asarray(value, dtype)
-    return gs.Constant(name or f"c{RNG.integers(1 << 30)}", value)
+    return gs.Constant(name or next(CONSTANT_NAMES), value)
 
 
 def _node(op: str, inputs, **attrs) -> gs.Node:
