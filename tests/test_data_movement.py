@@ -102,6 +102,21 @@ def expanded_strips() -> onnx.ModelProto:
     return graph.model(graph.node("Concat", [strip, rows, strip], axis=2))
 
 
+def strips_expanded_once_each() -> onnx.ModelProto:
+    """As :func:`expanded_strips`, with an ``Expand`` or ``Tile`` of its own for each strip
+    (each read once: inside the chain, not beside it)."""
+    graph = Graph()
+    value = graph.const(BIAS.reshape(1, C, 1, 1))
+    left, right = (
+        graph.node("Expand", [value, graph.const([1, C, SIZE, 1], np.int64)]) for _ in "lr"
+    )
+    rows = graph.node("Concat", [left, "inner", right], axis=3)
+    top, bottom = (
+        graph.node("Tile", [value, graph.const([1, 1, 1, SIZE + 2], np.int64)]) for _ in "tb"
+    )
+    return graph.model(graph.node("Concat", [top, rows, bottom], axis=2))
+
+
 def expand_and_tile_of_the_data() -> onnx.ModelProto:
     """``Expand`` to its own shape and ``Tile`` by ones on the moved tensor: copies, once."""
     graph = Graph()
@@ -173,11 +188,12 @@ def paddle_slice_assignment() -> onnx.ModelProto:
     return graph.model(scatter_rows_and_columns(graph, flat))
 
 
-def test_strips_expanded_at_run_time_are_read(monkeypatch):
+@pytest.mark.parametrize("build", [expanded_strips, strips_expanded_once_each])
+def test_strips_expanded_at_run_time_are_read(monkeypatch, build):
     """Strips too large to fold (as ``[1, C, 1, W]`` strips of a wide map would be) stay
     ``Expand``/``Tile`` nodes of a constant: the probe evaluates them with the chain."""
     monkeypatch.setattr(fold_constants, "MAX_FOLDED_ELEMENTS", 0)
-    model = expanded_strips()
+    model = build()
     fused, outcome = fuse_model(model)
     assert op_counts(fused) == {"Conv": 1}, outcome.skipped
     assert_same_function(model, fused)

@@ -701,3 +701,54 @@ def test_a_sum_whose_terms_cannot_merge_stays_before_the_conv_that_reads_it():
     reasons = [skip.reason for skip in outcome.skipped]
     assert any(r.startswith("dilations differ along dim 0") for r in reasons), reasons
     assert_same_function(model, fused)
+
+
+def test_a_chain_deeper_than_a_region_is_planned_and_reported_once(monkeypatch):
+    """Thirty per-channel ops under two padded 3x3 convs, with regions at most eight ops deep:
+    planning from the top cuts the chain at that depth and again below the second conv (its
+    padding would see the chain's shift). The region then rooted below the second conv stops
+    at the depth cut (already a root of its own), so no op is in two regions: each block and
+    each reason is reported once, and the chain still merges to one ``Mul`` and one ``Add``."""
+    from repvgg_onnx.passes import regions
+
+    monkeypatch.setattr(regions, "MAX_REGION_DEPTH", 8)
+    builder = Builder(25)
+    chain = "x"
+    for index in range(30):
+        chain = builder.per_channel(chain, "Mul" if index % 2 else "Add")
+    convs = builder.conv(builder.conv(chain, (3, 3), "centre", 1, 1), (3, 3), "centre", 1, 1)
+    model = builder.model(builder.node("Relu", [convs]))
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Mul": 1, "Add": 1, "Conv": 2, "Relu": 1}
+    blocks = [block.describe() for block in outcome.fused]
+    reasons = [skip.reason for skip in outcome.skipped]
+    assert len(blocks) == len(set(blocks)) and len(reasons) == len(set(reasons)) == 1, reasons
+    assert "the padding would see the inner map's bias" in reasons[0]
+    assert_same_function(model, fused)
+
+
+def _planned_roots(monkeypatch) -> list[tuple[int, str]]:
+    """The tensors each :class:`RegionFinder` (one a round) plans regions for: (round, name)."""
+    from repvgg_onnx.passes import regions
+
+    roots: list[tuple[int, str]] = []
+    finders: dict[int, int] = {}
+    plan_root = regions.RegionFinder._plan_root
+
+    def recording_plan_root(self, root):
+        roots.append((finders.setdefault(id(self), len(finders)), root.name))
+        return plan_root(self, root)
+
+    monkeypatch.setattr(regions.RegionFinder, "_plan_root", recording_plan_root)
+    return roots
+
+
+def test_a_root_that_stays_a_node_of_its_own_is_planned_once(monkeypatch):
+    """A Transpose at the root stays a node: planning cuts its own output, which must not make
+    it a root to plan again (each root is planned once a round)."""
+    roots = _planned_roots(monkeypatch)
+    model = _conv_bn_then_transpose(also_relu=False)
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1, "Transpose": 1}
+    assert roots and len(roots) == len(set(roots)), roots
+    assert_same_function(model, fused)
