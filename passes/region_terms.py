@@ -119,6 +119,18 @@ def meet(a: Layout, b: Layout) -> Layout | None:
     return None
 
 
+#: Where each layout keeps the channels, for reasons.
+CHANNEL_AXIS = {Layout.CHANNELS_FIRST: "axis 1", Layout.CHANNELS_LAST: "the last axis"}
+
+
+def layouts_conflict(first: str, first_layout: Layout, second: str, second_layout: Layout) -> str:
+    """Why two maps of one tensor whose layouts do not :func:`meet` are not one op."""
+    return (
+        f"the {first} works on {CHANNEL_AXIS[first_layout]} and the {second} on "
+        f"{CHANNEL_AXIS[second_layout]}, so no one op computes both"
+    )
+
+
 def negate(term: Term) -> Term:
     return evolve(term, form=compose(channel_affine(-1.0), term.form), negative=not term.negative)
 

@@ -41,6 +41,7 @@ from .region_terms import (
     border_rtol,
     channels_of,
     dtype_of,
+    layouts_conflict,
     meet,
     negate,
     node_text,
@@ -244,16 +245,21 @@ class _Attempt:
             nodes += part.nodes
             cost += part.cost
             terms.extend(part.terms if sign > 0 else (negate(t) for t in part.terms))
-        layout = Layout.ANY
+        layout, laid_out = Layout.ANY, None
         for term in terms:
             met = meet(layout, term.layout)
             if met is None:
-                return self._cut_all(op)
+                return self._cut_all(op, _terms_conflict(laid_out, term))
+            if term.layout is not Layout.ANY:
+                laid_out = laid_out or term
             layout = met
         return Expression(tuple(terms), nodes, cost)
 
-    def _cut_all(self, op: LinearOp) -> Expression:
+    def _cut_all(self, op: LinearOp, reason: str | None) -> Expression:
+        """Every input of the sum ``op`` becomes a source (and a root)."""
         self.cuts.extend(op.inputs)
+        if reason:
+            self.skipped.append(Refusal(RULE, op.node.name, reason))
         terms = [Term(t, IDENTITY) for t in op.inputs]
         terms = [t if s > 0 else negate(t) for t, s in zip(terms, op.signs, strict=True)]
         return Expression(tuple(terms), (op.node,), self.finder.cost(op))
@@ -374,7 +380,10 @@ class _Attempt:
             return self._cut(op, input_tensor, merged.reason, form, nodes, label)
         layout = meet(op.layout, merged.layout)
         if layout is None:
-            return self._cut(op, input_tensor, None, form, nodes, label)
+            reason = f"{node_text(op)} cannot absorb {_the_term(merged)} before it: "
+            reason += layouts_conflict(op.label, op.layout, merged.describe(), merged.layout)
+            reported = not (op.kind in WEIGHTED and merged.weighted)
+            return self._cut(op, input_tensor, reason if reported else None, form, nodes, label)
         tail = self._runtime_fused_tail(op, merged)
         if tail is not None:
             self.skipped.append(tail.by(RULE, merged.nodes[-1].name))
@@ -385,19 +394,16 @@ class _Attempt:
             (self.local_costs and new_cost > cost) or new_cost > self.finder.region_cost(self.root)
         )
         if too_costly:
-            before = f" ({merged.nodes[-1].op} '{merged.nodes[-1].name}')" if merged.nodes else ""
             reason = (
-                f"{node_text(op)} composed with the {merged.describe()}{before} before it "
+                f"{node_text(op)} composed with {_the_term(merged)} before it "
                 f"would cost {new_cost:.0f} multiply-adds per output, not {cost:.0f}"
             )
             reported = not (op.kind in WEIGHTED and merged.weighted)
             return self._cut(op, input_tensor, reason if reported else None, form, nodes, label)
         composite = attempt(lambda: compose(form, merged.form, border_rtol(op)))
         if isinstance(composite, Refusal):
-            before = f" ({merged.nodes[-1].op} '{merged.nodes[-1].name}')" if merged.nodes else ""
             reason = (
-                f"{node_text(op)} cannot absorb the {merged.describe()}{before} before it: "
-                + composite.reason
+                f"{node_text(op)} cannot absorb {_the_term(merged)} before it: " + composite.reason
             )
             reported = not merged.is_raw and not (op.kind in WEIGHTED and merged.weighted)
             return self._cut(op, input_tensor, reason if reported else None, form, nodes, label)
@@ -624,6 +630,21 @@ class _Attempt:
 
 
 _CONSTANT_ARITHMETIC = frozenset({"Mul", "Div", "Add", "Sub"})
+
+
+def _the_term(term: Term) -> str:
+    """``"the Conv3x3+BN (BatchNormalization 'bn1')"``: a term and the last node it spans."""
+    last = f" ({term.nodes[-1].op} '{term.nodes[-1].name}')" if term.nodes else ""
+    return f"the {term.describe()}{last}"
+
+
+def _terms_conflict(first: Term | None, second: Term) -> str | None:
+    """Why a sum of two terms of one source in conflicting layouts stays an Add (terms of
+    different sources stay apart anyway)."""
+    if first is None or first.source is not second.source:
+        return None
+    conflict = layouts_conflict(first.describe(), first.layout, second.describe(), second.layout)
+    return f"the terms read '{second.source.name}' in different layouts: {conflict}; the Add stays"
 
 
 def is_activation_output(finder: RegionFinder, tensor: gs.Tensor) -> bool:
