@@ -752,3 +752,111 @@ def test_a_root_that_stays_a_node_of_its_own_is_planned_once(monkeypatch):
     assert op_counts(fused) == {"Conv": 1, "Transpose": 1}
     assert roots and len(roots) == len(set(roots)), roots
     assert_same_function(model, fused)
+
+
+def _flat_output_model(builder: Builder, output: str) -> onnx.ModelProto:
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, SIZE, SIZE])]
+    outputs = [helper.make_tensor_value_info(output, TensorProto.FLOAT, [1, C, SIZE * SIZE])]
+    graph = helper.make_graph(builder.nodes, "g", inputs, outputs, builder.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_a_sum_of_maps_of_one_tensor_on_different_axes_stays_with_its_reason():
+    """A 1x1 conv (channels on axis 1) and a MatMul (on the last axis) of ``x``, summed: no one
+    op computes both, so the Add stays, and says so."""
+    builder = Builder(27)
+    conv = builder.conv("x", (1, 1), "centre", 1, 1)
+    matmul = builder.node("MatMul", ["x", builder.const(builder.rng.normal(size=(SIZE, SIZE)))])
+    model = builder.model(builder.node("Relu", [builder.node("Add", [conv, matmul])]))
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1, "MatMul": 1, "Add": 1, "Relu": 1}
+    assert [skip.reason for skip in outcome.skipped] == [
+        "the terms read 'x' in different layouts: the Conv1x1 works on axis 1 and the MatMul "
+        "on the last axis, so no one op computes both; the Add stays"
+    ]
+    assert_same_function(model, fused)
+
+
+def test_a_batchnorm_before_a_matmul_on_another_axis_stays_with_its_reason():
+    """A BatchNormalization scales axis 1, the MatMul after it mixes the last axis: the shift
+    would become a different bias per row, so the BN stays, and says why."""
+    builder = Builder(28)
+    bn = builder.batchnorm("x")
+    matmul = builder.node("MatMul", [bn, builder.const(builder.rng.normal(size=(SIZE, SIZE)))])
+    model = builder.model(builder.node("Relu", [matmul]))
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"BatchNormalization": 1, "MatMul": 1, "Relu": 1}
+    [skip] = outcome.skipped
+    assert skip.reason.endswith(
+        "before it: the MatMul works on the last axis and the BN on axis 1, so no one op "
+        "computes both"
+    ), skip.reason
+    assert_same_function(model, fused)
+
+
+def test_a_reshape_at_the_root_ends_the_region_it_reshapes():
+    """A Reshape that flattens a fused sum is kept as the region's last step, and the block
+    says so (LeViT's qkv view)."""
+    builder = Builder(29)
+    bn = builder.batchnorm(builder.conv("x", (3, 3), "centre", 1, 1))
+    total = builder.node("Add", [bn, builder.conv("x", (1, 1), "centre", 1, 1)])
+    flat = builder.node("Reshape", [total, builder.const([1, C, SIZE * SIZE], np.int64)])
+    model = _flat_output_model(builder, flat)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1, "Reshape": 1}
+    assert [block.result for block in outcome.fused] == ["Conv3x3 → Reshape"]
+    assert_same_function(model, fused)
+
+
+def test_a_batchnorm_after_a_gelu_folds_with_the_gelu_tail_into_the_next_conv():
+    """Only a tail of bare ``Mul``/``Div``/``Add``/``Sub`` constants stays for onnxruntime's
+    GELU fusion: keeping ``· 0.5`` here would keep the BatchNormalization after it too, so
+    both fold into the 1x1 conv."""
+    builder = Builder(20)
+    erf = builder.node("Erf", [builder.node("Div", ["x", builder.const(np.sqrt(2.0))])])
+    inner = builder.node("Mul", ["x", builder.node("Add", [erf, builder.const(1.0)])])
+    bn = builder.batchnorm(builder.node("Mul", [inner, builder.const(0.5)]))
+    y = builder.node("Conv", [bn, builder.const(builder.rng.normal(size=(C, C, 1, 1)))])
+    model = builder.model(y)
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Div": 1, "Erf": 1, "Add": 1, "Mul": 1, "Conv": 1}
+    assert outcome.skipped == []
+    assert_same_function(model, fused)
+
+
+def test_a_sum_of_an_input_of_unknown_rank_stays_with_its_reason():
+    """``x + x + x`` of an input whose rank is unknown: the merged map needs the channel axis,
+    so the sum stays, and says why."""
+    builder = Builder(30)
+    total = builder.node("Add", [builder.node("Add", ["x", "x"]), "x"])
+    y = builder.node("Relu", [total])
+    graph = helper.make_graph(
+        builder.nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Add": 2, "Relu": 1}
+    assert [skip.reason for skip in outcome.skipped] == [
+        "Identity, Identity, Identity: the rank of 'x' is unknown"
+    ]
+    assert_same_function(model, fused)
+
+
+def test_a_1x7_and_a_7x1_of_one_tensor_stay_apart_where_merging_costs_more():
+    """ACNet-style ``1x7 + 7x1`` alone (no square kernel to absorb them) would merge into a
+    7x7 costing 784 multiply-adds per output instead of 228: they stay, with the figures."""
+    builder = Builder(20)
+    row = builder.conv("x", (1, 7), "centre", 1, 1)
+    column = builder.conv("x", (7, 1), "centre", 1, 1)
+    model = builder.model(builder.node("Relu", [builder.node("Add", [row, column])]))
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 2, "Add": 1, "Relu": 1}
+    assert [skip.reason for skip in outcome.skipped] == [
+        "merging Conv1x7, Conv7x1 of 'x' would cost 784 multiply-adds per output instead of 228"
+    ]
+    assert_same_function(model, fused)
