@@ -555,8 +555,7 @@ class _Attempt:
         merged = self._merge(Expression(tuple(terms)))
         if isinstance(merged, Refusal):
             names = ", ".join(t.describe() for t in terms)
-            anchor = terms[0].nodes[-1].name if terms[0].nodes else ""
-            self.skipped.append(merged.prefixed(f"{names}: ").by(RULE, anchor))
+            self.skipped.append(merged.prefixed(f"{names}: ").by(RULE, _last_node_name(terms)))
             return None
         adds = (len(terms) - 1) * (channels_of(terms[0].source) or 1)
         budget = sum(t.cost for t in terms) + adds
@@ -569,7 +568,7 @@ class _Attempt:
                 f"{merged.form.multiply_adds():.0f} multiply-adds per output instead of "
                 f"{budget:.0f}"
             )
-            self.skipped.append(Refusal(RULE, terms[0].nodes[-1].name, reason))
+            self.skipped.append(Refusal(RULE, _last_node_name(terms), reason))
             return None
         return merged, merged.form
 
@@ -630,6 +629,11 @@ class _Attempt:
 
 
 _CONSTANT_ARITHMETIC = frozenset({"Mul", "Div", "Add", "Sub"})
+
+
+def _last_node_name(terms: list[Term]) -> str:
+    """The name of the last node of the first term that has one (a raw term has none)."""
+    return next((term.nodes[-1].name for term in terms if term.nodes), "")
 
 
 def _the_term(term: Term) -> str:

@@ -860,3 +860,20 @@ def test_a_1x7_and_a_7x1_of_one_tensor_stay_apart_where_merging_costs_more():
         "merging Conv1x7, Conv7x1 of 'x' would cost 784 multiply-adds per output instead of 228"
     ]
     assert_same_function(model, fused)
+
+
+def test_an_identity_a_1x3_and_a_3x1_stay_apart_where_merging_costs_more():
+    """``x + 1x3(x) + 3x1(x)``: the merged 3x3 would cost more than the three terms, and the
+    first term (the identity) spans no node, so the reason names the last node of the first
+    term that has one (planning crashed on the identity before)."""
+    builder = Builder(31)
+    row = builder.conv("x", (1, 3), "centre", 1, 1)
+    column = builder.conv("x", (3, 1), "centre", 1, 1)
+    total = builder.node("Add", [builder.node("Add", ["x", row]), column])
+    model = builder.model(builder.node("Relu", [total]))
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 2, "Add": 2, "Relu": 1}
+    [skip] = outcome.skipped
+    assert skip.reason.startswith("merging Identity, Conv1x3, Conv3x1 of 'x' would cost")
+    assert skip.node == producer_name(model, row)
+    assert_same_function(model, fused)
