@@ -85,7 +85,6 @@ class RegionFinder:
     graph: gs.Graph
     readings: dict[int, LinearOp | Refusal | None] = field(default_factory=dict)
     anchors: set[int] = field(default_factory=set)
-    unreadable: set[int] = field(default_factory=set)
     _linked: dict[int, bool] = field(default_factory=dict)
     _costs: dict[int, float] = field(default_factory=dict)
     _region_costs: dict[int, float] = field(default_factory=dict)
@@ -150,7 +149,7 @@ class RegionFinder:
 
     def _plan_root(self, root: gs.Tensor):
         op = self.op_of(root)
-        if op is None or id(op.node) in self.unreadable:
+        if op is None:
             return None, [], []
         attempt = None
         for local_costs in (False, True):
@@ -345,7 +344,6 @@ class _Attempt:
         nodes = tuple(o.node for o in chain)
         form = chain_as_pad(list(nodes), source, opset_of(self.finder.graph))
         if isinstance(form, Refusal):
-            self.finder.unreadable.update(id(node) for node in nodes)
             self.cuts.extend(t for o in chain for t in o.inputs)
             self.skipped.append(form.by(RULE, op.node.name))
             return self._keep(op)
