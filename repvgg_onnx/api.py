@@ -69,6 +69,11 @@ def _path_of(model: ModelLike) -> str | None:
     return None if isinstance(model, onnx.ModelProto) else os.fspath(model)
 
 
+def _label_of(model: ModelLike) -> str:
+    """How an error names ``model``: its path, if it has one."""
+    return _path_of(model) or "the model"
+
+
 def verify(
     a: ModelLike,
     b: ModelLike | None = None,
@@ -179,7 +184,9 @@ def diff(a: ModelLike, b: ModelLike) -> GraphDiff:
 
 def inspect(model: ModelLike) -> Inspection:
     """The model's summary and what ``fuse`` would do to it, without writing anything."""
-    return inspect_model(load(model), _path_of(model))
+    loaded = load(model)
+    with io.text_errors((loaded, _label_of(model))):
+        return inspect_model(loaded, _path_of(model))
 
 
 def fuse(
@@ -221,9 +228,10 @@ def fuse(
     start = time.perf_counter()
     if original.functions:
         tell("choosing the local functions to inline")
-    prepared, inlining = inline_for_passes(original, passes)
-    fused_model, outcome = fuse_graph(prepared, passes, tell)
-    check_fused_model(fused_model, original)
+    with io.text_errors((original, _label_of(model))):
+        prepared, inlining = inline_for_passes(original, passes)
+        fused_model, outcome = fuse_graph(prepared, passes, tell)
+        check_fused_model(fused_model, original)
     seconds["fuse"] = time.perf_counter() - start
 
     report = FuseReport(

@@ -16,6 +16,7 @@ from repvgg_onnx.io.load import (
 )
 from repvgg_onnx.io.model_tensors import needs_external_data
 from repvgg_onnx.io.save import StagedModel, copy_without_initializers, save_model
+from repvgg_onnx.io.text_fields import text_errors
 
 __all__ = [
     "StagedModel",
@@ -30,4 +31,5 @@ __all__ = [
     "save_model",
     "save_text",
     "self_contained",
+    "text_errors",
 ]

@@ -36,6 +36,7 @@ from repvgg_onnx.io.model_tensors import (
     tensor_size_problem,
 )
 from repvgg_onnx.io.stripped_model import SMALL_TENSOR_ELEMENTS, model_skeleton
+from repvgg_onnx.io.text_fields import text_errors
 
 _CHECKER_DETAIL_MAX_CHARS = 300
 
@@ -232,24 +233,20 @@ def _run_checker(model: onnx.ModelProto, path: Path) -> None:
     Checking the skeleton avoids serializing the weights; only a skeleton too large to
     serialize (huge Constant nodes) is checked through the file's path instead.
     """
-    skeleton = model_skeleton(model)
-    subject = (
-        os.fspath(path)
-        if skeleton_size_bound(skeleton) > model_tensors.INLINE_LIMIT_BYTES
-        else skeleton
-    )
-    try:
-        onnx.checker.check_model(subject)
-    except onnx.checker.ValidationError as err:
-        raise ModelLoadError(
-            f"{path}: fails the ONNX checker ({_checker_detail(err)}); "
-            "re-export the model or repair the graph."
-        ) from err
-    except UnicodeDecodeError as err:  # a string field (name, op type, doc) of invalid UTF-8
-        raise ModelLoadError(
-            f"{path}: holds a name or text that is not valid UTF-8 ({err.reason} at byte "
-            f"{err.start}); the file is damaged or not written by an ONNX exporter."
-        ) from err
+    with text_errors((model, os.fspath(path))):  # a name the skeleton or checker copies
+        skeleton = model_skeleton(model)
+        subject = (
+            os.fspath(path)
+            if skeleton_size_bound(skeleton) > model_tensors.INLINE_LIMIT_BYTES
+            else skeleton
+        )
+        try:
+            onnx.checker.check_model(subject)
+        except onnx.checker.ValidationError as err:
+            raise ModelLoadError(
+                f"{path}: fails the ONNX checker ({_checker_detail(err)}); "
+                "re-export the model or repair the graph."
+            ) from err
     for tensor in model.graph.initializer:
         problem = tensor_size_problem(tensor)
         if problem:

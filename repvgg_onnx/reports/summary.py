@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import onnx
 
 from repvgg_onnx.reports.fuse_report import ModelStats
-from repvgg_onnx.verification.inputs import model_inputs
+from repvgg_onnx.verification.inputs import element_type_name, model_inputs
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
     try:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
     except (KeyError, TypeError, ValueError):
-        dtype = onnx.TensorProto.DataType.Name(tensor_type.elem_type).lower()
+        dtype = element_type_name(tensor_type.elem_type).lower()
     shape: list[int | str | None] = [
         d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
         for d in tensor_type.shape.dim

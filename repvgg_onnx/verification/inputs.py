@@ -117,6 +117,15 @@ def _example_dims(dims) -> str:
     return "x".join(str(d.dim_value) if d.HasField("dim_value") else "N" for d in dims)
 
 
+def element_type_name(elem_type: int) -> str:
+    """``FLOAT``, ``FLOAT16``…, or ``999 (not an ONNX type)`` for a number ONNX does not
+    define (the checker does not look at every type: a damaged file can hold any)."""
+    try:
+        return onnx.TensorProto.DataType.Name(elem_type)
+    except ValueError:
+        return f"{elem_type} (not an ONNX type)"
+
+
 def synthesize_inputs(
     model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], seed: int
 ) -> dict[str, np.ndarray]:
@@ -128,7 +137,7 @@ def synthesize_inputs(
         dtype = ONNX_TO_NUMPY.get(elem_type)
         if dtype is None:
             raise UnsupportedModelError(
-                f"input '{value.name}' has type {onnx.TensorProto.DataType.Name(elem_type)}, "
+                f"input '{value.name}' has type {element_type_name(elem_type)}, "
                 "for which no random data can be made; give your own inputs.",
                 hint="--inputs data.npz, or --no-verify",
             )
