@@ -625,3 +625,89 @@ def test_a_result_read_from_a_written_result_has_that_results_budget():
     outcome = fold_constants(graph, runtime=onnxruntime_values)
     assert [node.op for node in graph.nodes] == ["Add"] and outcome.rewrites == 2
     np.testing.assert_array_equal(graph.nodes[0].inputs[1].values, -np.concatenate([u, v]))
+
+
+def _reference_through(monkeypatch, change) -> None:
+    """onnx's reference evaluator, its results passed through ``change(results)``."""
+    run_reference = constant_evaluation.run_reference
+    monkeypatch.setattr(
+        constant_evaluation, "run_reference", lambda model: change(run_reference(model))
+    )
+
+
+def _product(monkeypatch, change) -> constant_evaluation.NodeValues:
+    """``a · b`` of two float32 constants, with the reference's result changed by ``change``."""
+    _reference_through(monkeypatch, change)
+    values = {"a": np.array([3.0, 4.0], F), "b": np.array([2.0, 0.1], F)}
+    [product] = evaluate_constants(
+        [helper.make_node("Mul", ["a", "b"], ["product"])], values, 17, onnxruntime_values
+    )
+    return product
+
+
+def test_values_that_differ_beyond_a_few_units_in_the_last_place_are_refused(monkeypatch):
+    product = _product(monkeypatch, lambda results: [r + np.float32(1e-3) for r in results])
+    assert product.outputs is None
+    assert product.refusal == (
+        "onnxruntime and onnx's reference evaluator disagree on this constant Mul (values "
+        "differ by up to 0.001), so it is left to compute at run time."
+    )
+
+
+def test_values_within_a_few_units_in_the_last_place_agree(monkeypatch):
+    """onnxruntime's vectorized math and numpy round differently: 8 ulps is agreement."""
+    nudged = lambda results: [r * np.float32(1 + 8 * np.finfo(F).eps) for r in results]  # noqa: E731
+    product = _product(monkeypatch, nudged)
+    np.testing.assert_array_equal(product.outputs[0], np.array([6.0, 0.4], F))
+
+
+def test_values_of_another_type_are_refused(monkeypatch):
+    product = _product(monkeypatch, lambda results: [r.astype(np.float64) for r in results])
+    assert product.outputs is None
+    assert "(onnxruntime gives float32, the reference float64)" in product.refusal
+
+
+def test_a_constant_only_onnxruntime_computes_is_folded_with_its_values(monkeypatch):
+    def no_reference(model):
+        raise RuntimeError("the reference cannot run this")
+
+    monkeypatch.setattr(constant_evaluation, "run_reference", no_reference)
+    values = {"a": np.array([3.0, 4.0], F), "b": np.array([2.0, 0.5], F)}
+    nodes = [helper.make_node("Mul", ["a", "b"], ["product"])]
+    [product] = evaluate_constants(nodes, values, 17, onnxruntime_values)
+    np.testing.assert_array_equal(product.outputs[0], np.array([6.0, 2.0], F))
+    assert product.refusal is None
+
+
+def test_a_constant_nothing_computes_is_left_without_a_reason(monkeypatch):
+    """Neither evaluator computed it: not a disagreement nor an unchecked op; the node stays
+    (a reason, if any, belongs to the node it reads)."""
+
+    def no_reference(model):
+        raise RuntimeError("the reference cannot run this")
+
+    monkeypatch.setattr(constant_evaluation, "run_reference", no_reference)
+    values = {"a": np.array([3.0, 4.0], F), "b": np.array([2.0, 0.5], F)}
+    nodes = [helper.make_node("Max", ["a", "b"], ["larger"])]  # the reference is unchecked
+    [larger] = evaluate_constants(nodes, values, 17, lambda *_: dict)
+    assert larger.outputs is None and larger.refusal is None
+
+
+def test_node_by_node_evaluation_skips_the_readers_of_a_node_that_failed():
+    """When the whole constant model fails, each node runs alone: one that fails leaves its
+    readers unknown (not run on missing inputs), and the others are still computed."""
+    values = {"a": np.array([3.0, 4.0], F)}
+    nodes = [
+        helper.make_node("Neg", ["a"], ["broken"]),
+        helper.make_node("Abs", ["broken"], ["after"]),
+        helper.make_node("Sqrt", ["a"], ["root"]),
+    ]
+
+    def run_without_neg(model: onnx.ModelProto) -> list[np.ndarray]:
+        if any(node.op_type == "Neg" for node in model.graph.node):
+            raise RuntimeError("no Neg here")
+        return constant_evaluation.run_reference(model)
+
+    results = constant_evaluation.evaluate_in_order(run_without_neg, nodes, values, 17)
+    assert sorted(results) == ["root"]
+    np.testing.assert_allclose(results["root"], np.sqrt([3.0, 4.0]).astype(F))
