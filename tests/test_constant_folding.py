@@ -711,3 +711,22 @@ def test_node_by_node_evaluation_skips_the_readers_of_a_node_that_failed():
     results = constant_evaluation.evaluate_in_order(run_without_neg, nodes, values, 17)
     assert sorted(results) == ["root"]
     np.testing.assert_allclose(results["root"], np.sqrt([3.0, 4.0]).astype(F))
+
+
+def test_shapes_read_by_a_shape_node_wait_when_an_input_has_no_type():
+    """``Shape(Pad(x, folded pads))`` where ``x`` has no type: no model of the nodes between
+    can be typed, so nothing is inferred here (the whole graph's inference comes next)."""
+    import onnx_graphsurgeon as gs
+
+    from repvgg_onnx.passes.computed_shapes import infer_shapes_read_by_shape_nodes
+
+    x = gs.Variable("x")
+    pads = gs.Constant("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
+    padded, shape = gs.Variable("padded"), gs.Variable("shape", np.int64, [4])
+    nodes = [
+        gs.Node("Pad", inputs=[x, pads], outputs=[padded]),
+        gs.Node("Shape", inputs=[padded], outputs=[shape]),
+    ]
+    graph = gs.Graph(nodes=nodes, inputs=[x], outputs=[shape], opset=17)
+    assert infer_shapes_read_by_shape_nodes(graph, {id(pads)}) is False
+    assert padded.shape is None and padded.dtype is None
