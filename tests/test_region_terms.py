@@ -10,7 +10,13 @@ from repvgg_onnx.algebra.affine_conv import affine_conv
 from repvgg_onnx.algebra.channel_affine import channel_affine
 from repvgg_onnx.passes.pass_result import Refusal
 from repvgg_onnx.passes.readers import Layout
-from repvgg_onnx.passes.region_terms import Term, same_leading_dims, shape_facts, spatial_size
+from repvgg_onnx.passes.region_terms import (
+    Term,
+    dtype_of,
+    same_leading_dims,
+    shape_facts,
+    spatial_size,
+)
 
 
 def tensor(shape) -> gs.Variable:
@@ -83,3 +89,23 @@ def test_spatial_size_is_the_last_dims_where_known(shape, spatial_rank, sizes):
 )
 def test_same_leading_dims(source, root, same):
     assert same_leading_dims(tensor(source), tensor(root)) is same
+
+
+def _conv_node(weight_dtype) -> gs.Node:
+    weight = gs.Constant("w", np.ones((6, 6, 1, 1), weight_dtype))
+    return gs.Node("Conv", inputs=[tensor([1, 6, 5, 5]), weight], outputs=[tensor(None)])
+
+
+@pytest.mark.parametrize(
+    ("source_dtype", "weight_dtype", "expected"),
+    [
+        (np.float16, np.float32, np.float16),  # the source's own floating type first
+        (None, np.float64, np.float64),  # else the first floating weights
+        (np.int8, np.float16, np.float16),  # an integer source (quantized) says nothing
+        (None, np.int8, np.float32),  # nothing floating: float32
+    ],
+)
+def test_the_type_a_term_is_emitted_in(source_dtype, weight_dtype, expected):
+    source = gs.Variable("x", source_dtype, [1, 6, 5, 5])
+    term = Term(source, channel_affine(2.0), nodes=(_conv_node(weight_dtype),))
+    assert dtype_of(term) == np.dtype(expected)
