@@ -212,3 +212,116 @@ def test_no_ops_inside_a_loop_body_go_but_its_signature_stays():
     assert ops == ["Identity", "Add"], ops
     assert [o.name for o in loop.attribute[0].g.output] == ["cond_out", "v_out"]
     assert_same_function(model, fused)
+
+
+def test_no_ops_between_non_linear_ops_go():
+    """An inference Dropout, an identity Transpose and a Reshape to its own shape, where no
+    region would take them (between a Relu and a Sigmoid), are removed by canonicalize."""
+    model = parse(
+        HEADER
+        + """
+        g (float[1,4,6,6] x) => (float[1,4,36] y) {
+          r = Relu(x)
+          d = Dropout(r)
+          t = Transpose<perm = [0,1,2,3]>(d)
+          s = Reshape(t, same)
+          q = Sigmoid(s)
+          y = Reshape(q, flat)
+        }""",
+        same=np.array([1, 4, 6, 6]),
+        flat=np.array([1, 4, 36]),
+    )
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == {"Relu": 1, "Sigmoid": 1, "Reshape": 1}
+    assert_same_function(model, fused)
+
+
+def test_a_dropout_that_trains_or_whose_mask_is_read_stays():
+    model = parse(
+        HEADER
+        + """
+        g (float[1,4,6,6] x) => (float[1,4,6,6] y, bool[1,4,6,6] m, float[1,4,6,6] z) {
+          r = Relu(x)
+          d, m = Dropout(r)
+          y = Relu(d)
+          t = Dropout(r, ratio, training)
+          z = Relu(t)
+        }""",
+        ratio=np.array(0.5, np.float32),
+        training=np.array(True),
+    )
+    fused, _ = fuse_model(model)
+    onnx.checker.check_model(fused, full_check=True)
+    assert op_counts(fused) == {"Relu": 3, "Dropout": 2}
+
+
+def test_an_identity_of_a_custom_domain_is_not_an_identity():
+    model = parse(
+        '<ir_version: 8, opset_import: ["" : 17, "com.example" : 1]>'
+        + """
+        g (float[1,4,6,6] x) => (float[1,4,6,6] y) {
+          r = Relu(x)
+          i = com.example.Identity(r)
+          y = Relu(i)
+        }"""
+    )
+    fused, _ = fuse_model(model)
+    assert [(n.domain, n.op_type) for n in fused.graph.node] == [
+        ("", "Relu"),
+        ("com.example", "Identity"),
+        ("", "Relu"),
+    ]
+
+
+def test_a_reshape_of_a_reshape_to_a_shape_known_only_at_run_time_stays_two():
+    """``Reshape(Reshape(x, [6, 4]), s)`` with ``s = [0, -1]`` fed at run time: the 0 copies
+    the inner result's first dim (6), not ``x``'s (2), so the two are not one Reshape."""
+    import onnxruntime as ort
+
+    model = parse(
+        HEADER
+        + """
+        g (float[2,3,4] x, int64[2] s) => (float[?,?] y) {
+          inner = Reshape(x, six_by_four)
+          y = Reshape(inner, s)
+        }""",
+        six_by_four=np.array([6, 4]),
+    )
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == {"Reshape": 2}
+    feeds = {"x": RNG.normal(size=(2, 3, 4)).astype(np.float32), "s": np.array([0, -1])}
+    session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, feeds)[0].shape == (6, 4)
+
+
+def test_constant_nodes_of_every_numeric_form_become_initializers():
+    model = parse(
+        HEADER
+        + """
+        g (float[1,4,6,6] x) => (float[1,4,6,6] y) {
+          gains = Constant<value_floats = [1.5, 0.5, 2.0, 1.0]>()
+          shape = Constant<value_ints = [1, 4, 1, 1]>()
+          g4 = Reshape(gains, shape)
+          two = Constant<value_int = 2>()
+          r = Pow(x, two)
+          y = Mul(r, g4)
+        }""",
+    )
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == {"Pow": 1, "Mul": 1}
+    assert_same_function(model, fused)
+
+
+def test_a_string_constant_stays_a_node():
+    model = parse(
+        HEADER
+        + """
+        g (float[1,4] x) => (float[1,4] y, string u) {
+          y = Relu(x)
+          t = Constant<value_string = "kept">()
+          u = Identity(t)
+        }"""
+    )
+    fused, _ = fuse_model(model)
+    onnx.checker.check_model(fused, full_check=True)
+    assert op_counts(fused) == {"Relu": 1, "Constant": 1}
