@@ -528,3 +528,11 @@ def test_a_matrix_on_a_matrix_is_one_gemm_and_on_a_larger_rank_a_matmul_and_add(
     assert gemm.op == "Gemm"
     matmul, add = matrix.node_specs(np.float32, True, 3)
     assert (matmul.op, add.op) == ("MatMul", "Add")
+
+
+def test_per_channel_scales_and_shifts_of_different_counts_are_refused():
+    from repvgg_onnx.algebra.channel_affine import channel_affine
+
+    with pytest.raises(ValueError, match="2 scales and 3 shifts"):
+        channel_affine([1.0, 2.0], [0.0, 1.0, 2.0])
+    assert channel_affine([1.0, 2.0], 0.5).shift.tolist() == [0.5]  # a scalar broadcasts

@@ -56,3 +56,18 @@ def test_inexact_or_costlier_cases_stay(body):
     assert op_counts(fused) == op_counts(model)
     assert outcome.fused == []
     assert_same_function(model, fused)
+
+
+def test_a_product_of_unknown_shape_stays():
+    """A custom op's output has no inferred shape: whether ``A`` is a matrix is not known."""
+    model = _model(
+        '<ir_version: 8, opset_import: ["" : 17, "com.example" : 1]>'
+        + """
+        g (float[4, 6] a, float[6, 3] w, float[4, 3] c) => (float[4, 3] y) {
+            q = com.example.Scramble(a)
+            p = MatMul(q, w)
+            y = Add(p, c)
+        }"""
+    )
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == op_counts(model) and outcome.fused == []

@@ -877,3 +877,18 @@ def test_an_identity_a_1x3_and_a_3x1_stay_apart_where_merging_costs_more():
     assert skip.reason.startswith("merging Identity, Conv1x3, Conv3x1 of 'x' would cost")
     assert skip.node == producer_name(model, row)
     assert_same_function(model, fused)
+
+
+def test_a_shift_before_a_same_padded_conv_on_a_dynamic_input_stays_with_its_reason():
+    """On an input of unknown size, ``auto_pad=SAME_UPPER`` with stride 2 pads by the input
+    size: the pads are not known, so a BN's shift (which the padding would see) stays."""
+    builder = Builder(32)
+    weight = builder.const(builder.rng.normal(size=(C, C, 3, 3)))
+    bn = builder.batchnorm("x")
+    y = builder.node("Conv", [bn, weight], auto_pad="SAME_UPPER", strides=[2, 2])
+    model = builder.model(y, size="H")
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"BatchNormalization": 1, "Conv": 1}
+    reason = "auto_pad=SAME_UPPER with strides [2, 2] pads by the input size"
+    assert any(reason in skip.reason for skip in outcome.skipped), outcome.skipped
+    assert_same_function(model, fused)
