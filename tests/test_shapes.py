@@ -122,3 +122,89 @@ def test_inferred_shapes_ignore_value_info_and_declared_outputs():
     shapes = inferred_shapes(model)
     dims = {name: [d.dim_value for d in v.type.tensor_type.shape.dim] for name, v in shapes.items()}
     assert dims == {"t": [1, 4], "y": [1, 1, 4]}
+
+
+def _generated_then_sliced(op: str, length: int) -> onnx.ModelProto:
+    """``op`` makes a 1-D tensor of ``length`` elements from constants; a Slice reads it."""
+    const = lambda value, name: onnx.numpy_helper.from_array(np.array(value, np.int64), name)  # noqa: E731
+    inputs = {
+        "Range": ["zero", "length", "one"],
+        "ConstantOfShape": ["shape"],
+        "Expand": ["three", "shape"],
+        "Tile": ["three", "shape"],
+    }[op]
+    nodes = [
+        onnx.helper.make_node(op, inputs, ["made"]),
+        onnx.helper.make_node("Slice", ["made", "one_v", "five_v"], ["part"]),
+        onnx.helper.make_node("Shape", ["part"], ["y"]),
+    ]
+    inits = [
+        const(0, "zero"),
+        const(1, "one"),
+        const(length, "length"),
+        const([length], "shape"),
+        const([3], "three"),
+        const([1], "one_v"),
+        const([5], "five_v"),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes,
+        "g",
+        [],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.INT64, None)],
+        inits,
+    )
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("op", ["Range", "ConstantOfShape", "Expand", "Tile"])
+def test_a_long_vector_made_from_constants_is_not_propagated(monkeypatch, op):
+    """onnx's data propagation builds such a vector element by element (a Range to 10^8
+    then sliced: 8 s; to 2^32, from a damaged conv's pads: out of memory). Past 2^20 elements
+    inference runs without it, and still finds the shapes."""
+    from repvgg_onnx.graph import shapes
+
+    propagated = []
+    infer = onnx.shape_inference.infer_shapes
+
+    def recording(model, *args, data_prop=False, **kwargs):
+        propagated.append(data_prop)
+        return infer(model, *args, data_prop=data_prop, **kwargs)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", recording)
+    long_one = inferred_shapes(_generated_then_sliced(op, shapes.MAX_PROPAGATED_ELEMENTS + 1))
+    short_one = inferred_shapes(_generated_then_sliced(op, 64))
+    assert propagated == [False, True]
+    assert long_one["part"].type.tensor_type.shape.dim[0].dim_value == 4
+    assert short_one["part"].type.tensor_type.shape.dim[0].dim_value == 4
+
+
+def test_a_vector_length_given_by_a_constant_node_or_unknown(monkeypatch):
+    """A Constant node's value counts like an initializer's; a length fed at run time is not
+    known, so it does not stop propagation (and inference still types the result)."""
+    from repvgg_onnx.graph import shapes
+
+    propagated = []
+    infer = onnx.shape_inference.infer_shapes
+
+    def recording(model, *args, data_prop=False, **kwargs):
+        propagated.append(data_prop)
+        return infer(model, *args, data_prop=data_prop, **kwargs)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", recording)
+    by_node = _generated_then_sliced("Range", 1)
+    length = np.array(shapes.MAX_PROPAGATED_ELEMENTS + 1, np.int64)
+    by_node.graph.node.insert(
+        0,
+        onnx.helper.make_node(
+            "Constant", [], ["length"], value=onnx.numpy_helper.from_array(length)
+        ),
+    )
+    del by_node.graph.initializer[2]  # the initializer "length"
+    fed = _generated_then_sliced("Range", 1)
+    del fed.graph.initializer[2]
+    fed.graph.input.append(onnx.helper.make_tensor_value_info("length", onnx.TensorProto.INT64, []))
+    inferred_shapes(by_node)
+    typed = inferred_shapes(fed)
+    assert propagated == [False, True]
+    assert typed["made"].type.tensor_type.elem_type == onnx.TensorProto.INT64

@@ -12,6 +12,8 @@ declared shape unless inference finds one that contradicts it.
 
 from __future__ import annotations
 
+import math
+
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -41,11 +43,60 @@ def inferred_shapes(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
 
 def _infer(skeleton: onnx.ModelProto) -> onnx.ModelProto:
     """Strict inference; where the graph holds something it cannot type (a custom op), the
-    lenient kind, which infers what it can and leaves the rest unknown."""
+    lenient kind, which infers what it can and leaves the rest unknown. With data propagation
+    (the values of shape computations), unless a result it would build is too large."""
+    propagate = _propagation_is_bounded(skeleton)
     try:
-        return onnx.shape_inference.infer_shapes(skeleton, strict_mode=True, data_prop=True)
+        return onnx.shape_inference.infer_shapes(skeleton, strict_mode=True, data_prop=propagate)
     except Exception:  # onnx raises its own error types and RuntimeError
-        return onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+        return onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=propagate)
+
+
+#: Ops whose 1-D result onnx's data propagation builds element by element when its length
+#: comes from constants: a ``Range`` to 10^8 that a ``Slice`` reads takes 8 s to propagate,
+#: one to 2^32 (a damaged conv's pads) runs out of memory. (Shapes are 1-D and short.)
+_SIZED_BY_CONSTANTS = frozenset({"Range", "ConstantOfShape", "Expand", "Tile"})
+
+#: A 1-D result of more elements is not propagated: no shape is that long.
+MAX_PROPAGATED_ELEMENTS = 1 << 20
+
+
+def _propagation_is_bounded(model: onnx.ModelProto) -> bool:
+    """No op of :data:`_SIZED_BY_CONSTANTS` in ``model`` makes a 1-D result of more than
+    :data:`MAX_PROPAGATED_ELEMENTS` elements from its constant inputs."""
+    sized, constant_nodes = [], []
+    for node in model.graph.node:  # one pass: this runs before every inference
+        op = node.op_type
+        if op in _SIZED_BY_CONSTANTS:
+            sized.append(node)
+        elif op == "Constant":
+            constant_nodes.append(node)
+    if not sized:
+        return True
+    read = {name for node in sized for name in node.input}
+    constants = {t.name: t for t in model.graph.initializer if t.name in read}
+    for node in constant_nodes:
+        value = node.attribute[0] if node.attribute else None
+        if node.output[0] in read and value is not None and value.name == "value":
+            constants[node.output[0]] = value.t
+    return all(_vector_length(node, constants) <= MAX_PROPAGATED_ELEMENTS for node in sized)
+
+
+def _vector_length(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> float:
+    """The length of ``node``'s result if its constant inputs make it 1-D, else 0."""
+    values = [
+        onnx.numpy_helper.to_array(constants[name]) if name in constants else None
+        for name in node.input
+    ]
+    if node.op_type == "Range":
+        if len(values) != 3 or any(v is None or v.size != 1 for v in values):
+            return 0
+        start, limit, delta = (float(v.reshape(-1)[0]) for v in values)
+        return max(math.ceil((limit - start) / delta), 0) if delta else 0
+    sizes = values[1] if node.op_type in ("Expand", "Tile") and len(values) > 1 else values[0]
+    if sizes is None or sizes.size != 1:  # a shape or repeats of one element: a 1-D result
+        return 0
+    return abs(float(sizes.reshape(-1)[0]))
 
 
 def annotate_shapes(graph: gs.Graph, inferred: dict[str, onnx.ValueInfoProto]) -> None:
