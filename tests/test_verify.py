@@ -11,7 +11,13 @@ from helpers import REPVGG_BRANCHES, block_model, fuse_model
 from repvgg_onnx import io
 from repvgg_onnx.errors import InputSpecError
 from repvgg_onnx.io import model_tensors
-from repvgg_onnx.verification.compare import compare_output, verify_models
+from repvgg_onnx.verification.compare import (
+    RunResult,
+    Tolerances,
+    compare_output,
+    compare_runs,
+    verify_models,
+)
 from repvgg_onnx.verification.inputs import parse_input_shapes, resolve_input_shapes
 
 
@@ -119,3 +125,18 @@ def test_the_two_sessions_never_coexist(monkeypatch):
     result = verify_models(model, fused, batches=2)
     assert result.passed and result.batches == 2
     assert most == [1, 1] and live == []
+
+
+def _runs(*batches: float) -> RunResult:
+    """A run of one scalar output ``s`` over ``batches`` (its values), inputs left out."""
+    return RunResult(({},) * len(batches), tuple({"s": np.float32(v)} for v in batches))
+
+
+def test_a_scalar_output_is_compared_in_every_batch():
+    """A scalar (a loss, a global score) that differs only in the second batch fails: every
+    batch's value counts, not the first batch's alone."""
+    tolerances = Tolerances()
+    [same] = compare_runs(_runs(1.0, 2.0), _runs(1.0, 2.0), [("s", "s")], tolerances)
+    [differs] = compare_runs(_runs(1.0, 2.0), _runs(1.0, 5.0), [("s", "s")], tolerances)
+    assert same.passed and not differs.passed
+    assert differs.max_abs_error == pytest.approx(3.0)

@@ -136,10 +136,13 @@ class RunResult:
         return list(self.outputs[0])
 
     def joined(self, name: str) -> np.ndarray:
-        """Output ``name`` of every batch as one array, batches stacked along the first axis."""
+        """Output ``name`` of every batch as one array: batches joined along the first axis,
+        or, for a scalar output, stacked along a new one (every batch's value is compared)."""
         values = [batch[name] for batch in self.outputs]
-        if len(values) == 1 or values[0].ndim == 0:
+        if len(values) == 1:
             return values[0]
+        if values[0].ndim == 0:
+            return np.stack(values)
         return np.concatenate(values, axis=0)
 
 
