@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 import numpy as np
+import onnx
 import pytest
 
 from helpers import REPVGG_BRANCHES, block_model, fuse_model
@@ -140,3 +141,55 @@ def test_a_scalar_output_is_compared_in_every_batch():
     [differs] = compare_runs(_runs(1.0, 2.0), _runs(1.0, 5.0), [("s", "s")], tolerances)
     assert same.passed and not differs.passed
     assert differs.max_abs_error == pytest.approx(3.0)
+
+
+def test_the_cosine_of_outputs_that_are_all_zero():
+    """Two all-zero outputs point the same way (1.0); zero against anything else is 0.0,
+    never a NaN from dividing by a zero norm."""
+    zeros, ones = np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32)
+    assert compare_output("y", zeros, zeros, None, None).cosine_similarity == 1.0
+    assert compare_output("y", zeros, ones, None, None).cosine_similarity == 0.0
+
+
+@pytest.mark.parametrize(
+    "tolerances",
+    [{"atol": -1.0}, {"rtol": float("nan")}, {"output_atol": {"y": -0.5}}],
+    ids=["negative-atol", "nan-rtol", "negative-per-output"],
+)
+def test_a_tolerance_that_is_not_a_number_at_least_0_is_refused(tolerances):
+    with pytest.raises(InputSpecError, match="must be a number >= 0"):
+        Tolerances(**tolerances)
+
+
+def test_a_tolerance_for_an_output_the_reference_lacks_is_refused():
+    with pytest.raises(InputSpecError, match=r"a tolerance is given for \['z'\]"):
+        Tolerances(output_rtol={"z": 0.1}).check_names(["y"])
+
+
+def _relu_or_abs(op: str, inputs: tuple[str, ...] = ("x",)) -> onnx.ModelProto:
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node(op, ["x"], ["y"])],
+        "g",
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [2, 3]) for n in inputs],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
+    )
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def test_given_feeds_are_the_inputs_verified_on():
+    """``Relu`` and ``Abs`` agree on non-negative inputs only: given those, they pass (random
+    inputs would have negatives)."""
+    feeds = {"x": np.abs(np.random.default_rng(0).normal(size=(2, 3))).astype(np.float32)}
+    relu, absolute = _relu_or_abs("Relu"), _relu_or_abs("Abs")
+    assert verify_models(relu, absolute, feeds=feeds).passed
+    assert not verify_models(relu, absolute).passed
+
+
+def test_batches_must_be_at_least_one():
+    with pytest.raises(InputSpecError, match="at least 1, not 0"):
+        verify_models(_relu_or_abs("Relu"), _relu_or_abs("Relu"), batches=0)
+
+
+def test_models_whose_inputs_differ_in_name_and_count_cannot_be_compared():
+    with pytest.raises(InputSpecError, match="the models' inputs differ"):
+        verify_models(_relu_or_abs("Relu"), _relu_or_abs("Relu", ("a", "b")))
