@@ -157,21 +157,27 @@ def _generated_then_sliced(op: str, length: int) -> onnx.ModelProto:
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
 
 
+@pytest.fixture
+def propagated(monkeypatch) -> list[bool]:
+    """Whether each shape inference from here on propagates data, in order."""
+    calls: list[bool] = []
+    infer = onnx.shape_inference.infer_shapes
+
+    def recording(model, *args, data_prop=False, **kwargs):
+        calls.append(data_prop)
+        return infer(model, *args, data_prop=data_prop, **kwargs)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", recording)
+    return calls
+
+
 @pytest.mark.parametrize("op", ["Range", "ConstantOfShape", "Expand", "Tile"])
-def test_a_long_vector_made_from_constants_is_not_propagated(monkeypatch, op):
+def test_a_long_vector_made_from_constants_is_not_propagated(propagated, op):
     """onnx's data propagation builds such a vector element by element (a Range to 10^8
     then sliced: 8 s; to 2^32, from a damaged conv's pads: out of memory). Past 2^20 elements
     inference runs without it, and still finds the shapes."""
     from repvgg_onnx.graph import shapes
 
-    propagated = []
-    infer = onnx.shape_inference.infer_shapes
-
-    def recording(model, *args, data_prop=False, **kwargs):
-        propagated.append(data_prop)
-        return infer(model, *args, data_prop=data_prop, **kwargs)
-
-    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", recording)
     long_one = inferred_shapes(_generated_then_sliced(op, shapes.MAX_PROPAGATED_ELEMENTS + 1))
     short_one = inferred_shapes(_generated_then_sliced(op, 64))
     assert propagated == [False, True]
@@ -179,19 +185,11 @@ def test_a_long_vector_made_from_constants_is_not_propagated(monkeypatch, op):
     assert short_one["part"].type.tensor_type.shape.dim[0].dim_value == 4
 
 
-def test_a_vector_length_given_by_a_constant_node_or_unknown(monkeypatch):
+def test_a_vector_length_given_by_a_constant_node_or_unknown(propagated):
     """A Constant node's value counts like an initializer's; a length fed at run time is not
     known, so it does not stop propagation (and inference still types the result)."""
     from repvgg_onnx.graph import shapes
 
-    propagated = []
-    infer = onnx.shape_inference.infer_shapes
-
-    def recording(model, *args, data_prop=False, **kwargs):
-        propagated.append(data_prop)
-        return infer(model, *args, data_prop=data_prop, **kwargs)
-
-    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", recording)
     by_node = _generated_then_sliced("Range", 1)
     length = np.array(shapes.MAX_PROPAGATED_ELEMENTS + 1, np.int64)
     by_node.graph.node.insert(
