@@ -193,3 +193,34 @@ def test_batches_must_be_at_least_one():
 def test_models_whose_inputs_differ_in_name_and_count_cannot_be_compared():
     with pytest.raises(InputSpecError, match="the models' inputs differ"):
         verify_models(_relu_or_abs("Relu"), _relu_or_abs("Relu", ("a", "b")))
+
+
+def test_random_float_inputs_are_signed_and_fractional():
+    """Seeded normal floats: negatives and fractions, so ``Relu`` and ``Abs`` (or a rounding)
+    cannot pass for one another."""
+    from repvgg_onnx.verification.inputs import synthesize_inputs
+
+    [x] = synthesize_inputs(_relu_or_abs("Relu"), {"x": [2, 3]}, seed=0).values()
+    assert x.dtype == np.float32 and (x < 0).any() and (x != np.round(x)).any()
+
+
+def test_an_input_shape_too_large_to_make_is_refused():
+    from repvgg_onnx.verification.inputs import MAX_INPUT_ELEMENTS, synthesize_inputs
+
+    with pytest.raises(InputSpecError, match="give a smaller shape for it"):
+        synthesize_inputs(_relu_or_abs("Relu"), {"x": [MAX_INPUT_ELEMENTS + 1]}, seed=0)
+
+
+def test_inputs_files_that_do_not_fit_the_model_are_refused(tmp_path):
+    from repvgg_onnx.verification.inputs import check_feeds, load_feeds
+
+    one_input, two_inputs = _relu_or_abs("Relu"), _relu_or_abs("Relu", ("x", "b"))
+    array = np.ones((2, 3), np.float32)
+    np.save(tmp_path / "x.npy", array)
+    assert list(load_feeds(tmp_path / "x.npy", one_input)) == ["x"]
+    with pytest.raises(InputSpecError, match=r"an \.npy file holds one array, and the model has 2"):
+        load_feeds(tmp_path / "x.npy", two_inputs)
+    with pytest.raises(InputSpecError, match=r"missing \['b'\], unexpected \['c'\]"):
+        check_feeds(two_inputs, {"x": array, "c": array})
+    with pytest.raises(InputSpecError, match="is float64, the model wants float32"):
+        check_feeds(one_input, {"x": array.astype(np.float64)})
