@@ -140,3 +140,24 @@ def test_the_flatten_idiom_folds_without_an_evaluator(monkeypatch):
     assert fold_constants.fold_constants(graph, runtime).rewrites
     [reshape] = graph.nodes
     np.testing.assert_array_equal(reshape.inputs[1].values, [2, -1])
+
+
+def test_a_scatter_nd_with_a_repeated_index_falls_back_to_writing_in_order():
+    """The vectorized ScatterND cannot order two writes to one place: onnx's own runs then,
+    and the later write stands."""
+    from onnx import numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ScatterND", ["data", "indices", "updates"], ["y"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [
+            numpy_helper.from_array(np.zeros(4, np.float32), "data"),
+            numpy_helper.from_array(np.array([[1], [1]], np.int64), "indices"),
+            numpy_helper.from_array(np.array([5.0, 7.0], np.float32), "updates"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    [y] = reference_evaluator(model).run(None, {})
+    np.testing.assert_array_equal(y, [0.0, 7.0, 0.0, 0.0])
