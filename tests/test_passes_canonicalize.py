@@ -325,3 +325,19 @@ def test_a_string_constant_stays_a_node():
     fused, _ = fuse_model(model)
     onnx.checker.check_model(fused, full_check=True)
     assert op_counts(fused) == {"Relu": 1, "Constant": 1}
+
+
+def test_a_sum_split_into_adds_leaves_the_graph_in_topological_order():
+    """The Adds that replace a Sum are appended to the graph's nodes; the pass sorts them in
+    before the Relu that reads the sum (passes may rely on the order, and export keeps it)."""
+    model = parse(
+        HEADER
+        + """
+        g (float[1,4] x, float[1,4] y, float[1,4] z) => (float[1,4] r) {
+          s = Sum(x, y, z)
+          r = Relu(s)
+        }"""
+    )
+    graph = gs.import_onnx(model)
+    canonicalize(graph)
+    assert [node.op for node in graph.nodes] == ["Add", "Add", "Relu"]

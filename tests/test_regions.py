@@ -892,3 +892,23 @@ def test_a_shift_before_a_same_padded_conv_on_a_dynamic_input_stays_with_its_rea
     reason = "auto_pad=SAME_UPPER with strides [2, 2] pads by the input size"
     assert any(reason in skip.reason for skip in outcome.skipped), outcome.skipped
     assert_same_function(model, fused)
+
+
+def test_a_bn_after_a_conv_whose_output_is_a_graph_output_says_so():
+    builder = Builder(33)
+    conv = builder.conv("x", (3, 3), "centre", 1, 1)
+    bn = builder.batchnorm(conv)
+    shape = [1, C, SIZE, SIZE]
+    graph = helper.make_graph(
+        builder.nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(t, TensorProto.FLOAT, shape) for t in (bn, conv)],
+        builder.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1, "BatchNormalization": 1}
+    [skip] = outcome.skipped
+    assert "is also read by the graph output, so it must keep its value" in skip.reason
+    assert_same_function(model, fused)
