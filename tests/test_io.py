@@ -778,3 +778,31 @@ def test_the_skeleton_size_bound_counts_constant_nodes_and_strings() -> None:
     )
     skeleton = model_skeleton(helper.make_model(graph))
     assert model_tensors.skeleton_size_bound(skeleton) >= 200_000 + 300_000
+
+
+def test_external_data_without_a_length_runs_to_the_end_of_its_file(tmp_path: Path) -> None:
+    """``length`` is optional in an external data entry: the tensor's bytes run from its
+    offset to the end of the data file."""
+    model = two_conv_model()
+    w1 = model.graph.initializer[0]
+    expected = numpy_helper.to_array(w1)
+    (tmp_path / "w1.bin").write_bytes(b"\xff" * 16 + w1.raw_data)
+    set_external_data(w1, "w1.bin", 16)
+    w1.ClearField("raw_data")
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    loaded = io.load_model(path)
+    np.testing.assert_array_equal(numpy_helper.to_array(loaded.graph.initializer[0]), expected)
+
+
+def test_a_long_checker_message_is_cut_to_one_short_line(tmp_path: Path) -> None:
+    """A node with a 2,000-character name that the checker rejects: its message quotes the
+    name; the error line stays short."""
+    model = two_conv_model()
+    model.graph.node[0].name = "n" * 2000
+    model.graph.node[0].input[0] = "nowhere"
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    message = load_error(path)
+    assert "fails the ONNX checker" in message and "..." in message
+    assert "\n" not in message and len(message) < 500
