@@ -252,3 +252,25 @@ def test_the_documented_many_model_output(monkeypatch):
     documented = ci_doc_block("inspect-many").splitlines()
     assert documented[0] == "$ repvgg-onnx inspect models/samples --fail-if-fusable"
     assert documented[1] == "…" and documented[2:] == printed
+
+
+def test_what_fuse_leaves_makes_a_model_not_deploy_form(tmp_path):
+    """BatchNormalizations fuse must leave (before zero-padded convs) and a sum of linear
+    branches it cannot merge (stride-2 ``SAME`` on an input of unknown size) each make a
+    model "not deploy form", with what would remain, never "deploy form"."""
+    from helpers import BranchSpec, block_model, fuse_model
+
+    same = [
+        BranchSpec("conv_bn", stride=2, auto_pad="SAME_UPPER"),
+        BranchSpec("conv_bn", kernel=(1, 1), stride=2, auto_pad="SAME_UPPER"),
+    ]
+    branch_sum, _ = fuse_model(block_model(same, size="h"))
+    onnx.save(branch_sum, tmp_path / "branch_sum.onnx")
+    batchnorms = PREBN_PADDED / "ts17_nofold.onnx"
+    result = invoke("inspect", batchnorms, tmp_path / "branch_sum.onnx", TINY / "reference.onnx")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[-4:-1] == [
+        f"  not deploy form  {batchnorms}: 2 BatchNormalizations would remain",
+        f"  not deploy form  {tmp_path}/branch_sum.onnx: 1 sum of linear branches would remain",
+        f"  deploy form      {TINY / 'reference.onnx'}",
+    ]
