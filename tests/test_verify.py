@@ -224,3 +224,17 @@ def test_inputs_files_that_do_not_fit_the_model_are_refused(tmp_path):
         check_feeds(two_inputs, {"x": array, "c": array})
     with pytest.raises(InputSpecError, match="is float64, the model wants float32"):
         check_feeds(one_input, {"x": array.astype(np.float64)})
+
+
+def test_a_candidate_that_fails_where_the_reference_ran_is_blamed_not_the_inputs():
+    """The reference ran on these inputs, so the candidate's failure is its own: the error says
+    so, and does not ask for other input sizes."""
+    from repvgg_onnx.errors import ModelRunError
+
+    broken = _relu_or_abs("Relu")
+    broken.graph.node.insert(0, onnx.helper.make_node("Reshape", ["x", "bad"], ["x6"]))
+    broken.graph.node[1].input[0] = "x6"
+    broken.graph.initializer.append(onnx.numpy_helper.from_array(np.array([4, 4]), "bad"))
+    with pytest.raises(ModelRunError, match="on the inputs the other model ran on") as failure:
+        verify_models(_relu_or_abs("Relu"), broken)
+    assert failure.value.hint is None
