@@ -206,3 +206,18 @@ def test_a_vector_length_given_by_a_constant_node_or_unknown(propagated):
     typed = inferred_shapes(fed)
     assert propagated == [False, True]
     assert typed["made"].type.tensor_type.elem_type == onnx.TensorProto.INT64
+
+
+def test_a_lying_shape_of_a_tensor_inference_cannot_type_is_dropped():
+    """A custom op's output claimed ``[1,1,1,C]``: inference finds nothing for it, so it has
+    no shape (not the claimed one), and ``t + zeros[1,1,1]`` is not taken for ``t + 0``."""
+    model = onnx.parser.parse_model(
+        '<ir_version: 8, opset_import: ["" : 17, "com.example" : 1]>\n'
+        """g (float[1,4] x) => (float y) <float[1,1,1,4] t, float[1,1,1] z = {0}> {
+            t = com.example.Scramble(x)
+            s = Add(t, z)
+            y = Relu(s)
+        }"""
+    )
+    fused = repvgg_onnx.fuse(model, verify=False).model
+    assert op_counts(fused) == {"Scramble": 1, "Add": 1, "Relu": 1}
