@@ -117,3 +117,15 @@ print("onnxruntime" in sys.modules)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("cut", [3, isolation._HEADER.size + 50], ids=["in-header", "in-payload"])
+def test_a_message_the_child_did_not_finish_is_dropped(cut: int) -> None:
+    """A child killed while writing leaves its last message cut short: what came whole is
+    read, the rest dropped (then reported as a crash), never unpacked half."""
+    import io
+
+    note_message = isolation._HEADER.pack(b"n", 5) + b"fused"
+    result = isolation._HEADER.pack(b"r", 100) + b"x" * 100
+    channel = io.BytesIO((note_message + result)[: len(note_message) + cut])
+    assert isolation._receive_all(channel, None) == ("fused", None)
