@@ -912,3 +912,27 @@ def test_a_bn_after_a_conv_whose_output_is_a_graph_output_says_so():
     [skip] = outcome.skipped
     assert "is also read by the graph output, so it must keep its value" in skip.reason
     assert_same_function(model, fused)
+
+
+def test_inspect_gives_each_batchnorm_that_stays_its_reason():
+    """One BN stays for the MatMul after it (another axis: the skip that names it), one is a
+    graph output after a Relu (nothing to fold into: what it reads and what reads it)."""
+    import repvgg_onnx
+
+    builder = Builder(34)
+    matmul = builder.node(
+        "MatMul", [builder.batchnorm("x"), builder.const(builder.rng.normal(size=(SIZE, SIZE)))]
+    )
+    tail = builder.batchnorm(builder.node("Relu", [matmul]))
+    shape = [1, C, SIZE, SIZE]
+    graph = helper.make_graph(
+        builder.nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(tail, TensorProto.FLOAT, shape)],
+        builder.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    first, second = repvgg_onnx.inspect(model).batchnorms
+    assert "the MatMul works on the last axis and the BN on axis 1" in first.reason
+    assert "Relu" in second.reason and "the graph output" in second.reason
