@@ -238,3 +238,33 @@ def test_a_candidate_that_fails_where_the_reference_ran_is_blamed_not_the_inputs
     with pytest.raises(ModelRunError, match="on the inputs the other model ran on") as failure:
         verify_models(_relu_or_abs("Relu"), broken)
     assert failure.value.hint is None
+
+
+def test_the_api_refuses_verify_calls_that_cannot_mean_anything(tmp_path, monkeypatch):
+    """Reference outputs with options that need a model A; no model B and no reference
+    outputs; saving outputs into a folder that does not exist (refused before anything runs)."""
+    import repvgg_onnx
+    from repvgg_onnx.errors import ModelSaveError
+
+    model = _relu_or_abs("Relu")
+    golden = tmp_path / "golden.npz"
+    with pytest.raises(InputSpecError, match="with reference outputs, the inputs are the saved"):
+        repvgg_onnx.verify(model, reference_outputs=golden, input_shapes={"x": [2, 3]})
+    with pytest.raises(InputSpecError, match="verify needs two models"):
+        repvgg_onnx.verify(model)
+    monkeypatch.setattr(repvgg_onnx.api, "isolated", lambda *a, **k: pytest.fail("it ran"))
+    with pytest.raises(ModelSaveError, match="does not exist"):
+        repvgg_onnx.verify(model, model, save_outputs=tmp_path / "missing" / "golden.npz")
+
+
+def test_fuse_tells_when_it_chooses_functions_to_inline():
+    from test_functions import repvgg_and_activation_model
+
+    import repvgg_onnx
+
+    heard: list[str] = []
+    repvgg_onnx.fuse(repvgg_and_activation_model(), verify=False, progress=heard.append)
+    assert "choosing the local functions to inline" in heard
+    heard.clear()
+    repvgg_onnx.fuse(_relu_or_abs("Relu"), verify=False, progress=heard.append)
+    assert "choosing the local functions to inline" not in heard
