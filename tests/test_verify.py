@@ -268,3 +268,12 @@ def test_fuse_tells_when_it_chooses_functions_to_inline():
     heard.clear()
     repvgg_onnx.fuse(_relu_or_abs("Relu"), verify=False, progress=heard.append)
     assert "choosing the local functions to inline" not in heard
+
+
+def test_fuse_in_memory_verifies_by_default():
+    """No output path: the fused model is still checked in onnxruntime before it is returned."""
+    import repvgg_onnx
+
+    result = repvgg_onnx.fuse(block_model(REPVGG_BRANCHES))
+    assert result.verification is not None and result.verification.passed
+    assert repvgg_onnx.fuse(block_model(REPVGG_BRANCHES), verify=False).verification is None
