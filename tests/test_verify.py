@@ -277,3 +277,19 @@ def test_fuse_in_memory_verifies_by_default():
     result = repvgg_onnx.fuse(block_model(REPVGG_BRANCHES))
     assert result.verification is not None and result.verification.passed
     assert repvgg_onnx.fuse(block_model(REPVGG_BRANCHES), verify=False).verification is None
+
+
+def test_an_original_onnxruntime_cannot_run_is_not_blamed_on_fuse():
+    """An int32 conv weight passes the load-time checker, but onnxruntime refuses the model:
+    ``fuse``'s verification says the original cannot run (the input's fault), not that the
+    fused model is a bug of ours."""
+    import repvgg_onnx
+    from repvgg_onnx.errors import ModelRunError
+
+    model = block_model(REPVGG_BRANCHES)
+    weight = model.graph.initializer[0]
+    as_int = onnx.numpy_helper.to_array(weight).astype(np.int32)
+    weight.CopyFrom(onnx.numpy_helper.from_array(as_int, weight.name))
+    with pytest.raises(ModelRunError, match="cannot load the original model") as failure:
+        repvgg_onnx.fuse(model)
+    assert failure.value.role == "original"
