@@ -250,3 +250,12 @@ def test_a_sum_of_linear_branches_fuse_refused_is_not_called_deploy_form(tmp_pat
     relu_in_branch, _ = fuse_model(io_model(builder, y))
     assert repvgg_onnx.inspect(relu_in_branch).branch_sums == ()
     assert repvgg_onnx.inspect(relu_in_branch).deploy_form
+
+
+def test_a_model_without_graph_outputs_is_refused():
+    from repvgg_onnx.errors import UnsupportedModelError
+
+    model = _conv_bn_model()
+    del model.graph.output[:]
+    with pytest.raises(UnsupportedModelError, match="declares no graph outputs"):
+        fuse_model(model)
