@@ -259,3 +259,20 @@ def test_a_model_without_graph_outputs_is_refused():
     del model.graph.output[:]
     with pytest.raises(UnsupportedModelError, match="declares no graph outputs"):
         fuse_model(model)
+
+
+def test_below_ir_version_4_listed_initializers_are_constants_and_fold():
+    """Before IR version 4 every initializer had to be listed as a graph input: the listing
+    says nothing about overriding, so the BN still folds into the conv (and stays listed)."""
+    model = _conv_bn_model()
+    model.ir_version = 3
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("", 8))
+    model.graph.input.extend(
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        for t in model.graph.initializer
+    )
+    fused, _ = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1}
+    assert {t.name for t in fused.graph.initializer} <= {i.name for i in fused.graph.input}
+    assert_same_function(model, fused)
