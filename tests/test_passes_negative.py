@@ -276,3 +276,15 @@ def test_below_ir_version_4_listed_initializers_are_constants_and_fold():
     assert op_counts(fused) == {"Conv": 1}
     assert {t.name for t in fused.graph.initializer} <= {i.name for i in fused.graph.input}
     assert_same_function(model, fused)
+
+
+def test_a_listed_initializer_no_node_reads_keeps_its_default():
+    """An initializer listed as a graph input (IR >= 4: a default a caller may override) that
+    no node reads stays an input with its initializer: the fused model never asks for it."""
+    model = _conv_bn_model()
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.ones(2, np.float32), "spare"))
+    model.graph.input.append(helper.make_tensor_value_info("spare", TensorProto.FLOAT, [2]))
+    fused, _ = fuse_model(model)
+    assert [i.name for i in fused.graph.input] == ["x", "spare"]
+    assert "spare" in {t.name for t in fused.graph.initializer}
+    assert_same_function(model, fused)
