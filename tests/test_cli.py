@@ -198,3 +198,68 @@ def test_real_subprocess_and_version(block_path, tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "file not found" in bad.stderr
     assert "repvgg-onnx, version" in invoke("--version").output
+
+
+def test_debug_shows_the_traceback_of_an_internal_error(block_path, tmp_path, monkeypatch):
+    from repvgg_onnx import api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(api, "inspect", broken)
+    plain = invoke("inspect", block_path)
+    assert plain.exit_code == 3
+    assert plain.stderr.strip() == (
+        "internal error: RuntimeError: a bug; rerun with --debug and report it."
+    )
+    debugged = invoke("inspect", block_path, "--debug")
+    assert isinstance(debugged.exception, RuntimeError)
+
+
+def test_an_error_still_writes_the_report_asked_for(tmp_path):
+    """A CI job always has a report to show: a failed command writes an error report."""
+    report = tmp_path / "report.json"
+    result = invoke("fuse", tmp_path / "missing.onnx", tmp_path / "out.onnx", "--report", report)
+    assert result.exit_code == 2
+    written = json.loads(report.read_text())
+    assert written["error"]["exit_code"] == 2 and written["verdict"]["status"] == "error"
+    assert "file not found" in written["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--atol", "-1"], "--atol must be a number >= 0, not -1."),
+        (["--atol", "1e-3", "--atol", "1e-4"], "--atol VALUE is given 2 times; give it once."),
+        (["--rtol", "y:1e-3", "--rtol", "y:1e-2"], "--rtol gives output 'y' two values"),
+    ],
+)
+def test_verify_refuses_tolerances_that_contradict_themselves(block_path, options, message):
+    result = invoke("verify", block_path, block_path, *options)
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def test_verify_refuses_inputs_with_input_shapes_and_a_missing_model_b(block_path, tmp_path):
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, input=np.zeros((1, 4, 8, 8), np.float32))
+    both = invoke(
+        "verify", block_path, block_path, "--inputs", inputs, "--input-shape", "x:1x4x8x8"
+    )
+    assert both.exit_code == 2 and "--inputs fixes the shapes itself" in both.stderr
+    alone = invoke("verify", block_path)
+    assert alone.exit_code == 2 and "verify needs two models" in alone.stderr
+
+
+def test_fuse_of_a_deploy_form_warns_that_nothing_was_fused(tmp_path):
+    fused = tmp_path / "fused.onnx"
+    first = invoke("fuse", _write_block(tmp_path), fused)
+    assert first.exit_code == 0 and f"Wrote {fused}" in first.stdout
+    again = invoke("fuse", fused, tmp_path / "twice.onnx")
+    assert again.exit_code == 0
+    assert "nothing was fused" in again.stderr and "computes the same graph" in again.stderr
+
+
+def _write_block(folder: Path) -> Path:
+    path = folder / "block.onnx"
+    onnx.save(block_model(REPVGG_BRANCHES), path)
+    return path
