@@ -195,3 +195,70 @@ def test_a_fused_model_that_fails_the_checker_is_a_bug_not_a_pass():
     check_fused_model(original, original)  # a valid result passes
     broken = _with_unknown_op(original)
     check_fused_model(broken, broken)  # an original that fails it too: not made worse
+
+
+def _inspect_verdict_models(folder: Path) -> dict[str, Path]:
+    """A training form, one whose BNs fuse must leave, one with a sum fuse cannot merge, and a
+    deploy form."""
+    from helpers import BranchSpec, fuse_model
+
+    models = Path(__file__).resolve().parent.parent / "models" / "fixtures"
+    same = [
+        BranchSpec("conv_bn", stride=2, auto_pad="SAME_UPPER"),
+        BranchSpec("conv_bn", kernel=(1, 1), stride=2, auto_pad="SAME_UPPER"),
+    ]
+    branch_sum, _ = fuse_model(block_model(same, size="h"))
+    onnx.save(branch_sum, folder / "sums.onnx")
+    onnx.save(block_model(REPVGG_BRANCHES), folder / "training.onnx")
+    return {
+        "training": folder / "training.onnx",
+        "batchnorms": models / "families" / "prebn_padded" / "ts17_nofold.onnx",
+        "sums": folder / "sums.onnx",
+        "deploy": models / "tiny_block" / "reference.onnx",
+    }
+
+
+VERDICTS = {
+    "training": (
+        "1 fusable block (repvgg-onnx fuse would fuse):",
+        "❌ 1 fusable block (training form)",
+    ),
+    "batchnorms": (
+        "No fusable block, but BatchNormalization remains: not deploy form.",
+        "⚠️ no fusable block, 2 BatchNormalizations left",
+    ),
+    "sums": (
+        "No fusable block, but sums of linear branches remain: not deploy form.",
+        "⚠️ no fusable block, 1 sum of linear branches left",
+    ),
+    "deploy": (
+        "No fusable block and no BatchNormalization: the model is in deploy form.",
+        "✅ no fusable block, no BatchNormalization (deploy form)",
+    ),
+}
+
+
+@pytest.mark.parametrize("state", list(VERDICTS))
+def test_inspect_states_each_verdict_truly_in_text_and_markdown(tmp_path, state):
+    """Exactly one verdict per model, and the right one: a training form is never called
+    deploy form, nor a model whose BNs or sums would remain."""
+    path = _inspect_verdict_models(tmp_path)[state]
+    text_verdict, markdown_verdict = VERDICTS[state]
+    text = invoke("inspect", path).stdout
+    markdown = invoke("inspect", path, "--format", "markdown").stdout
+    assert text_verdict in text and markdown_verdict in markdown
+    for other, (other_text, other_markdown) in VERDICTS.items():
+        if other != state:
+            assert other_text not in text and other_markdown not in markdown
+    details = DETAILS.get(state)
+    if details is not None:  # what would remain is listed, with its reason
+        assert details[0] in text and details[1] in markdown
+
+
+DETAILS = {
+    "batchnorms": (
+        "2 BatchNormalizations would remain:",
+        "BatchNormalization that would remain",
+    ),
+    "sums": ("1 sum of linear branches would remain:", "Sums of linear branches that would remain"),
+}
