@@ -262,3 +262,12 @@ DETAILS = {
     ),
     "sums": ("1 sum of linear branches would remain:", "Sums of linear branches that would remain"),
 }
+
+
+@pytest.mark.parametrize(("suffix", "words"), [(".md", "❌ error (exit 2)"), (".txt", "not found")])
+def test_an_error_report_in_markdown_or_text_says_error(tmp_path, suffix, words):
+    report = tmp_path / f"r{suffix}"
+    result = invoke("inspect", tmp_path / "missing.onnx", "--report", report)
+    assert result.exit_code == 2
+    written = report.read_text()
+    assert words in written and "passed" not in written and "deploy form" not in written
