@@ -271,3 +271,17 @@ def test_an_error_report_in_markdown_or_text_says_error(tmp_path, suffix, words)
     assert result.exit_code == 2
     written = report.read_text()
     assert words in written and "passed" not in written and "deploy form" not in written
+
+
+def test_the_fuse_text_report_states_what_it_did(block_path, tmp_path):
+    """Blocks fused are counted by rule, never "Fused nothing"; the candidates left alone are
+    listed with their reasons, as are the nodes canonicalized and the time taken."""
+    fused = invoke("fuse", block_path, tmp_path / "out.onnx").stdout
+    assert "Fused 1 block (affine_region: 1):" in fused and "Fused nothing" not in fused
+    assert "Time:       load " in fused
+    families = Path(__file__).resolve().parent.parent / "models" / "fixtures" / "families"
+    padded = invoke("fuse", families / "prebn_padded" / "ts17_nofold.onnx", tmp_path / "p.onnx")
+    assert "Skipped 2 candidates:" in padded.stdout
+    assert "cannot absorb the BN" in padded.stdout and "Canonicalized" not in padded.stdout
+    dbb = invoke("fuse", families / "dbb" / "ts17_nofold.onnx", tmp_path / "d.onnx", "--no-verify")
+    assert "Canonicalized: " in dbb.stdout and "(no-ops, Constant nodes" in dbb.stdout
