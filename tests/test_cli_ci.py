@@ -202,3 +202,16 @@ def test_diff_html_report_pictures_every_block(pair, tmp_path):
     assert html.count("<svg") >= 2 * 7
     assert "Conv3x3+BN, Conv1x1+BN, BN → Conv3x3" in html
     assert "http://" not in html and "https://" not in html
+
+
+def test_verify_text_and_markdown_name_the_agreement_and_the_divergence(pair):
+    """The text report shows a classifier's top-1 agreement, and with --localize the tensor
+    where the tampered model first diverges; Markdown shows each output compared."""
+    training, fused, tampered = pair
+    honest = invoke("verify", training, fused).stdout
+    assert "top-1 agreement 100.0%" in honest
+    localized = invoke("verify", training, tampered, "--localize").stdout
+    assert "FAILED: the models differ" in localized
+    assert "localized: " in localized and "/stage2/" in localized
+    markdown = invoke("fuse", training, fused.parent / "again.onnx", "--format", "markdown")
+    assert "'output' ok: max abs" in markdown.stdout
