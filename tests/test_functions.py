@@ -591,3 +591,18 @@ def test_a_function_between_a_conv_and_its_batchnorm_is_inlined():
     assert result.report.inlining.functions == ("Pass",)
     assert counts(result.model) == {"Conv": 1}
     assert_same_outputs(model, result.model)
+
+
+def test_a_function_that_calls_itself_is_refused_with_its_call_path():
+    """ONNX functions cannot recurse: ``Loop → Loop`` is refused in one line (exit 2), never
+    followed until Python's recursion limit."""
+    from repvgg_onnx.errors import UnsupportedModelError
+
+    looping = function("Loop", ["x"], ["y"], [call("Loop", ["x"], "y")])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, SIZE, SIZE])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, SIZE, SIZE])
+    graph = helper.make_graph([call("Loop", ["x"], "y")], "main", [x], [y])
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)]
+    model = helper.make_model(graph, opset_imports=opsets, functions=[looping], ir_version=10)
+    with pytest.raises(UnsupportedModelError, match="local function 'Loop' calls itself"):
+        repvgg_onnx.fuse(model, verify=False)
