@@ -12,22 +12,35 @@ import onnx_graphsurgeon as gs
 from .contracts import KEEPS_INTERFACE_AND_NAMES, WELL_FORMED, contract
 from .graph_utils import UniqueNames, splice_nodes
 from .pass_result import FusedBlock, PassResult
+from .region_memory import current_memory, nodes_to_replan
 from .regions import RULE, RegionFinder, RegionPlan
 from .rewrite import chain_nodes
 
 
 @contract(requires=WELL_FORMED, ensures=KEEPS_INTERFACE_AND_NAMES)
 def fuse_affine_regions(graph: gs.Graph) -> PassResult:
-    """Plan every region (no edits), then rewrite the ones that gain; report both."""
-    plans, skipped = RegionFinder(graph).plan_all()
+    """Plan every region (no edits), then rewrite the ones that gain; report both.
+
+    Within a fixpoint that remembers (:func:`.region_memory.remembering`), a run after one in
+    which only this pass edited the graph plans again only what those edits could change."""
+    finder = RegionFinder(graph)
+    memory = current_memory()
+    if memory is not None and memory.usable:
+        replan = nodes_to_replan(memory, finder.is_linear)
+        plans, skipped, known = finder.plan_all(replan, memory.known)
+    else:
+        plans, skipped, known = finder.plan_all()
     names = UniqueNames(graph)
-    placements, fused = [], []
+    placements, fused, created = [], [], []
+    rewritten = [(plan.root, plan.root_node.op) for plan in plans]
     for plan in plans:
         nodes, block = _rewrite(plan, names)
         placements.append((plan.root_node, nodes))
         fused.append(block)
-    if fused:
-        splice_nodes(graph, placements)
+        created.append(nodes)
+    read_by_removed = splice_nodes(graph, placements) if fused else []
+    if memory is not None:
+        memory.remember(known, created, read_by_removed, rewritten)
     return PassResult(fused=fused, skipped=skipped)
 
 

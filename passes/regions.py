@@ -32,6 +32,7 @@ from .data_movement import chain_as_pad, describe_nodes
 from .graph_utils import constant_values, describe_uses, has_single_use, producer, rank
 from .pass_result import Refusal, attempt
 from .readers import Kind, Layout, LinearOp, cost_of, keeps_channels, read_node
+from .region_memory import KnownRoot
 from .region_terms import (
     WEIGHTED,
     Emission,
@@ -80,26 +81,39 @@ class _Costly(Exception):
 
 @dataclass
 class RegionFinder:
-    """Reads every node once, then plans every region of ``graph``."""
+    """Reads each node once (when planning first asks about it), then plans the regions of
+    ``graph``."""
 
     graph: gs.Graph
     readings: dict[int, LinearOp | Refusal | None] = field(default_factory=dict)
     anchors: set[int] = field(default_factory=set)
+    _in_graph: set[int] = field(default_factory=set)
     _linked: dict[int, bool] = field(default_factory=dict)
     _costs: dict[int, float] = field(default_factory=dict)
     _region_costs: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.readings = {id(node): read_node(node) for node in self.graph.nodes}
+        self._in_graph = {id(node) for node in self.graph.nodes}
+
+    def reading(self, node: gs.Node | None) -> LinearOp | Refusal | None:
+        """``read_node(node)`` for a node of the graph, read once; ``None`` for any other
+        (a graph input's or constant's missing producer, a node of a subgraph)."""
+        if node is None or id(node) not in self._in_graph:
+            return None
+        key = id(node)
+        if key not in self.readings:
+            self.readings[key] = read_node(node)
+        return self.readings[key]
+
+    def is_linear(self, node: gs.Node) -> bool:
+        return isinstance(self.reading(node), LinearOp)
 
     def op_of(self, tensor: gs.Tensor) -> LinearOp | None:
-        node = producer(tensor)
-        reading = self.readings.get(id(node)) if node is not None else None
+        reading = self.reading(producer(tensor))
         return reading if isinstance(reading, LinearOp) else None
 
     def refusal_of(self, tensor: gs.Tensor) -> Refusal | None:
-        node = producer(tensor)
-        reading = self.readings.get(id(node)) if node is not None else None
+        reading = self.reading(producer(tensor))
         return reading if isinstance(reading, Refusal) else None
 
     def is_interior(self, tensor: gs.Tensor) -> bool:
@@ -118,24 +132,60 @@ class RegionFinder:
         op = self.op_of(tensor)
         if op is None or op.output is not tensor or not has_single_use(self.graph, tensor):
             return False
-        reader = self.readings.get(id(tensor.outputs[0]))
+        reader = self.reading(tensor.outputs[0])
         return isinstance(reader, LinearOp) and any(t is tensor for t in reader.inputs)
 
-    def plan_all(self) -> tuple[list[RegionPlan], list[Refusal]]:
-        """Plans for every region worth rewriting, and the candidates skipped (with reasons)."""
-        pending = [
-            reading.output
-            for reading in self.readings.values()
-            if isinstance(reading, LinearOp) and not self.is_interior(reading.output)
-        ]
+    def plan_all(
+        self, replan: set[int] | None = None, known: dict[int, KnownRoot] | None = None
+    ) -> tuple[list[RegionPlan], list[Refusal], dict[int, KnownRoot]]:
+        """Plans for every region worth rewriting, the candidates skipped (with reasons), and
+        the roots planned with nothing to rewrite (for the next run's ``known``).
+
+        Roots are planned last node first, each with the roots cut below it right after it.
+        With ``replan`` (node ids) only the roots among those nodes are planned; a root of
+        ``known`` that is not among them repeats its refusals where it stands (see
+        :mod:`.region_memory`); any other node is not even read."""
+        roots: list[tuple[gs.Tensor, KnownRoot | None]] = []
+        for node in self.graph.nodes:
+            if replan is None or id(node) in replan:
+                reading = self.reading(node)
+                if isinstance(reading, LinearOp) and not self.is_interior(reading.output):
+                    roots.append((reading.output, None))
+            elif known and (entry := known.get(id(node))) is not None:
+                roots.append((entry.output, entry))
         plans, skipped = [], []
+        still_known: dict[int, KnownRoot] = {}
         planned: set[int] = set()
-        while pending:
-            root = pending.pop()
+        for root, entry in reversed(roots):
             if id(root) in planned:
                 continue
-            planned.add(id(root))
-            plan, cuts, skips = self._plan_root(root)
+            if entry is None:
+                tree_plans, tree_skipped, tree = self._plan_tree(root, planned)
+                plans.extend(tree_plans)
+                if not tree_plans:
+                    entry = KnownRoot(producer(root), root, tuple(tree_skipped), tuple(tree))
+            else:
+                planned.update(id(t) for t in entry.planned)
+                tree_skipped = list(entry.skipped)
+            skipped.extend(tree_skipped)
+            if entry is not None:
+                still_known[id(entry.node)] = entry
+        return plans, skipped, still_known
+
+    def _plan_tree(
+        self, root: gs.Tensor, planned: set[int]
+    ) -> tuple[list[RegionPlan], list[Refusal], list[gs.Tensor]]:
+        """Plan ``root`` and, depth first, the roots cut below it that are not ``planned``
+        yet: their plans, their refusals, and the tensors planned."""
+        plans, skipped, tree = [], [], []
+        pending = [root]
+        while pending:
+            tensor = pending.pop()
+            if id(tensor) in planned:
+                continue
+            planned.add(id(tensor))
+            tree.append(tensor)
+            plan, cuts, skips = self._plan_root(tensor)
             release_mapped_pages()  # the region's weights were read; its plan holds new ones
             skipped.extend(skips)
             if plan is not None:
@@ -145,7 +195,7 @@ class RegionFinder:
                     self.anchors.add(id(cut))
                     if self.op_of(cut) is not None:
                         pending.append(cut)
-        return plans, skipped
+        return plans, skipped, tree
 
     def _plan_root(self, root: gs.Tensor):
         op = self.op_of(root)

@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 from .graph_utils import producer
 
 #: Ops that end the upward look: a pattern's non-linear core never passes through them.
-_LINEAR_BOUNDARY = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"})
+LINEAR_BOUNDARY = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"})
 #: How many nodes above the tail the core's tell-tale op may sit (GELU: Mul ← Add ← Erf).
 _DEPTH = 3
 _TELLS = (
@@ -36,7 +36,7 @@ def fused_pattern_ending_at(tensor: gs.Tensor) -> str | None:
             above.extend(
                 parent
                 for parent in (producer(t) for t in node.inputs if not isinstance(t, gs.Constant))
-                if parent is not None and parent.op not in _LINEAR_BOUNDARY
+                if parent is not None and parent.op not in LINEAR_BOUNDARY
             )
         frontier = above
     for tells, name in _TELLS:

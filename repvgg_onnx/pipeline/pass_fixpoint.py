@@ -18,6 +18,8 @@ from repvgg_onnx.passes.graph_utils import ensure_topological_order
 from repvgg_onnx.passes.matmul_add_to_gemm import fuse_matmul_add_into_gemm
 from repvgg_onnx.passes.pass_result import FusedBlock, PassResult, Skipped
 from repvgg_onnx.passes.readers import is_training_batchnorm
+from repvgg_onnx.passes.region_memory import current_memory as current_region_memory
+from repvgg_onnx.passes.region_memory import remembering as remembering_regions
 from repvgg_onnx.pipeline.constant_folding import fold_constants_on_onnxruntime, onnxruntime_worker
 
 Pass = Callable[[gs.Graph], PassResult]
@@ -62,6 +64,7 @@ def check_inference_graph(graph: gs.Graph) -> None:
 
 
 @onnxruntime_worker()  # one onnxruntime child folds the constants of every round of a run
+@remembering_regions()  # a round plans again only the regions the last one could change
 def run_passes(
     graph: gs.Graph,
     passes: Sequence[Pass] = DEFAULT_PASSES,
@@ -79,6 +82,7 @@ def run_passes(
     """
     check_inference_graph(graph)
     ensure_topological_order(graph)
+    memory = current_region_memory()
     original_tensors = set(tensor_map(graph))
     result = PipelineResult()
     for _ in range(MAX_ROUNDS):
@@ -90,9 +94,12 @@ def run_passes(
             outcome = run(graph)
             outcomes.append(outcome)
             while outcome.shapes_stale:
+                memory.forget()  # shapes change: the region pass plans everything again
                 reinfer_shapes(graph)
                 outcome = run(graph)
                 outcomes.append(outcome)
+            if outcome.modified:
+                memory.note_edit()
         for outcome in outcomes:
             result.fused.extend(outcome.fused)
             result.canonicalized += outcome.rewrites
