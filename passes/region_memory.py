@@ -120,9 +120,7 @@ def remembering() -> Iterator[RegionMemory]:
         _memory = outer
 
 
-def nodes_to_replan(
-    memory: RegionMemory, is_linear: Callable[[gs.Node], bool]
-) -> set[int]:
+def nodes_to_replan(memory: RegionMemory, is_linear: Callable[[gs.Node], bool]) -> set[int]:
     """The ids of the nodes whose linear component the last run's rewrites may have changed
     (see the module docstring); ``is_linear`` says whether a node is read as a linear op."""
     replan: set[int] = set()

@@ -124,7 +124,9 @@ def test_random_networks_plan_the_same_with_the_worklist(blocks, groups, seed):
         assert_worklist_changes_nothing(model, monkeypatch)
 
 
-def plan_counts(model: onnx.ModelProto, monkeypatch) -> tuple[list[int], list[int], onnx.ModelProto]:
+def plan_counts(
+    model: onnx.ModelProto, monkeypatch
+) -> tuple[list[int], list[int], onnx.ModelProto]:
     """Roots planned and nodes read in each region run, and the fused model."""
     planned, read = [], []
     plan_root, read_node = regions.RegionFinder._plan_root, regions.read_node
