@@ -38,9 +38,10 @@ def fuse_affine_regions(graph: gs.Graph) -> PassResult:
         placements.append((plan.root_node, nodes))
         fused.append(block)
         created.append(nodes)
-    read_by_removed = splice_nodes(graph, placements) if fused else []
+    if fused:
+        splice_nodes(graph, placements)
     if memory is not None:
-        memory.remember(known, created, read_by_removed, rewritten)
+        memory.remember(known, created, rewritten)
     return PassResult(fused=fused, skipped=skipped)
 
 

@@ -65,13 +65,10 @@ def replace_uses(tensor: gs.Tensor, replacement: gs.Tensor) -> None:
                 node.inputs[index] = replacement
 
 
-def splice_nodes(
-    graph: gs.Graph, placements: list[tuple[gs.Node, list[gs.Node]]]
-) -> list[gs.Tensor]:
+def splice_nodes(graph: gs.Graph, placements: list[tuple[gs.Node, list[gs.Node]]]) -> None:
     """Insert each list of new nodes just before its anchor node, then remove every node
     that no longer has a reader, walking up from the anchors (what ``cleanup`` would remove
-    there, without visiting the whole graph). Returns the tensors the removed nodes read that
-    are still computed or read (their readers changed), each once.
+    there, without visiting the whole graph).
 
     Invariant: the graph stays in topological order, provided it was and each new node reads
     only tensors computed before its anchor (or by new nodes placed before it). Graph outputs
@@ -79,14 +76,12 @@ def splice_nodes(
     """
     before = {id(anchor): new for anchor, new in placements}
     dead: set[int] = set()
-    read: dict[int, gs.Tensor] = {}
     stack = [anchor for anchor, _ in placements]
     while stack:
         node = stack.pop()
         if id(node) in dead or any(t.outputs or is_graph_output(graph, t) for t in node.outputs):
             continue
         dead.add(id(node))
-        read.update((id(t), t) for t in node.inputs)
         producers = [p for t in node.inputs if (p := producer(t)) is not None]
         node.inputs.clear()
         node.outputs.clear()
@@ -97,7 +92,6 @@ def splice_nodes(
         if id(node) not in dead:
             nodes.append(node)
     graph.nodes = nodes
-    return [t for t in read.values() if t.inputs or t.outputs]
 
 
 def ensure_topological_order(graph: gs.Graph) -> None:

@@ -5,16 +5,19 @@ The region pass plans each *root* (a linear op whose output is not interior to a
 cutting below it where composing is not exact and planning the cut tensors as roots of
 their own. Planning a root reads only its *linear component* (the linear ops connected to
 it through tensors one of them computes and another reads) and, for the wording of its
-reasons and the runtime-pattern check, the non-linear nodes next to that component. So
-between two runs of the region pass in which nothing else edited the graph (no other pass
-modified it, shapes were not inferred again), planning a root gives what it gave last time
-unless its component holds a node that a rewrite created, or one that computes or reads a
-tensor a removed node read, or the root composes constants over an activation output whose
-pattern look-up (:func:`~.runtime_patterns.fused_pattern_ending_at`) passes where a
-rewritten region's output is computed. :func:`nodes_to_replan` finds those components; the
-other roots' refusals are repeated from last time, in the same order, and a component made
-of one new node alone (a region rewritten into one node between non-linear ops) plans to
-nothing and says nothing.
+reasons and the runtime-pattern check, the non-linear nodes next to that component. A
+rewrite replaces a region's nodes by new ones that read every tensor the region read (a
+term that cancels is still emitted, as a zero map) and write its output. So between two
+runs of the region pass in which nothing else edited the graph (no other pass modified it,
+shapes were not inferred again), planning a root gives what it gave last time unless its
+component holds a node a rewrite created (which reaches the linear ops computing the
+region's sources, whose readers changed), or it composes constants over an activation
+output whose pattern look-up (:func:`~.runtime_patterns.fused_pattern_ending_at`) passes
+where a rewritten region's output is computed. :func:`nodes_to_replan` finds those
+components; the other roots repeat last time's refusals, in the same order. A component
+made of one new node alone (a region rewritten into one node of one variable input, between
+non-linear ops) plans to nothing and says nothing; a new ``Add`` of two such inputs would
+say why it stays, so it is planned again.
 
 Invariant (``tests/test_region_worklist.py``): with the memory, every run of the fixpoint
 returns the same plans, in the same order, and the same refusals, in the same order, as
@@ -31,23 +34,17 @@ import onnx_graphsurgeon as gs
 
 from .graph_utils import producer
 from .pass_result import Refusal
-from .runtime_patterns import LINEAR_BOUNDARY
-
-#: The ops whose bare constants :func:`~.runtime_patterns.fused_pattern_ending_at` may keep
-#: before a weighted op (regions' ``_CONSTANT_ARITHMETIC``).
-_TAIL_OPS = frozenset({"Mul", "Div", "Add", "Sub"})
+from .runtime_patterns import LINEAR_BOUNDARY, TAIL_OPS
 
 
 @dataclass(frozen=True)
 class KnownRoot:
-    """A root planned in the last run, with nothing to rewrite in its tree: its node (still in
-    the graph), its output, the refusals planning it and the roots cut below it reported, and
-    the tensors planned (the root's output and those cut roots)."""
+    """A root planned in its own place in the last run: its node, its output, and the
+    refusals planning it and the roots cut below it reported."""
 
     node: gs.Node
     output: gs.Tensor
     skipped: tuple[Refusal, ...]
-    planned: tuple[gs.Tensor, ...]
 
 
 @dataclass
@@ -61,9 +58,7 @@ class RegionMemory:
     created: list[gs.Node] = field(default_factory=list)
     """Every node the last run's rewrites created."""
     lone: dict[int, gs.Node] = field(default_factory=dict)
-    """Of those, the nodes that are a whole rewrite alone (one region, one new node)."""
-    read_by_removed: list[gs.Tensor] = field(default_factory=list)
-    """Tensors the nodes the rewrites removed read, still in the graph."""
+    """Of those, the nodes that are a whole rewrite alone and read one variable tensor."""
     rewritten: list[tuple[gs.Tensor, str]] = field(default_factory=list)
     """Each rewritten region's output, with the op type of the node that computed it."""
     edits: int = 0
@@ -77,7 +72,7 @@ class RegionMemory:
         """Something other than the region pass changed the graph: plan everything next."""
         self.valid_at = None
         self.known, self.created, self.lone = {}, [], {}
-        self.read_by_removed, self.rewritten = [], []
+        self.rewritten = []
 
     @property
     def usable(self) -> bool:
@@ -88,15 +83,17 @@ class RegionMemory:
         self,
         known: dict[int, KnownRoot],
         created: list[list[gs.Node]],
-        read_by_removed: list[gs.Tensor],
         rewritten: list[tuple[gs.Tensor, str]],
     ) -> None:
         """Record a region run: its known roots and, per rewrite, the nodes it created. Its
         own edit (if it rewrote anything) is the next one the fixpoint notes."""
         self.known = known
         self.created = [node for nodes in created for node in nodes]
-        self.lone = {id(nodes[0]): nodes[0] for nodes in created if len(nodes) == 1}
-        self.read_by_removed = read_by_removed
+        self.lone = {
+            id(nodes[0]): nodes[0]
+            for nodes in created
+            if len(nodes) == 1 and _variable_inputs(nodes[0]) == 1
+        }
         self.rewritten = rewritten
         self.valid_at = self.edits + (1 if created else 0)
 
@@ -143,15 +140,15 @@ def nodes_to_replan(memory: RegionMemory, is_linear: Callable[[gs.Node], bool]) 
         component = add_component(node)
         if len(component) == 1 and id(node) in memory.lone:
             replan.discard(id(node))  # one new node between non-linear ops: nothing to plan
-    for tensor in memory.read_by_removed:  # read by fewer nodes: a region may grow through it
-        source = producer(tensor)
-        if source is not None and id(source) not in replan and is_linear(source):
-            add_component(source)
     for tensor, old_op in memory.rewritten:
         for node in _tails_after(tensor, old_op):
             if id(node) not in replan and is_linear(node):
                 add_component(node)
     return replan
+
+
+def _variable_inputs(node: gs.Node) -> int:
+    return sum(1 for tensor in node.inputs if not isinstance(tensor, gs.Constant))
 
 
 def _neighbours(node: gs.Node) -> Iterator[gs.Node]:
@@ -164,22 +161,15 @@ def _neighbours(node: gs.Node) -> Iterator[gs.Node]:
 
 
 def _tails_after(tensor: gs.Tensor, old_op: str) -> Iterator[gs.Node]:
-    """Bare constant arithmetic (Mul/Div/Add/Sub) reading the output of a node whose
-    runtime-pattern look-up can reach the node computing ``tensor`` (a rewritten region's
-    output, computed by an ``old_op`` before): that node is on the look-up's path only if it
-    or the one before is not a linear layer, and the look-up climbs at most two nodes past the
-    activation."""
+    """Bare constant arithmetic (Mul/Div/Add/Sub) reading an activation computed from
+    ``tensor`` (a rewritten region's output, computed by an ``old_op`` before): the
+    activation's runtime-pattern look-up climbs two nodes above it, never through a linear
+    layer, so whether it sees the nodes above ``tensor`` changes only if the old or the new
+    writer is not a linear layer. (No op a region reads or writes is itself a pattern's tell,
+    and a writer two nodes above the activation is the look-up's last step.)"""
     writer = producer(tensor)
     if old_op in LINEAR_BOUNDARY and (writer is None or writer.op in LINEAR_BOUNDARY):
         return
-    activations = list(tensor.outputs)
-    activations += [
-        reader
-        for first in tensor.outputs
-        if first.op not in LINEAR_BOUNDARY
-        for output in first.outputs
-        for reader in output.outputs
-    ]
-    for activation in activations:
+    for activation in tensor.outputs:
         for output in activation.outputs:
-            yield from (reader for reader in output.outputs if reader.op in _TAIL_OPS)
+            yield from (reader for reader in output.outputs if reader.op in TAIL_OPS)

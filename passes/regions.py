@@ -53,7 +53,7 @@ from .region_terms import (
     spatial_size,
 )
 from .rewrite import node_specs
-from .runtime_patterns import fused_pattern_ending_at, kept_tail_reason
+from .runtime_patterns import TAIL_OPS, fused_pattern_ending_at, kept_tail_reason
 
 RULE = "affine_region"
 
@@ -139,7 +139,7 @@ class RegionFinder:
         self, replan: set[int] | None = None, known: dict[int, KnownRoot] | None = None
     ) -> tuple[list[RegionPlan], list[Refusal], dict[int, KnownRoot]]:
         """Plans for every region worth rewriting, the candidates skipped (with reasons), and
-        the roots planned with nothing to rewrite (for the next run's ``known``).
+        each root planned in its own place with what it reported (the next run's ``known``).
 
         Roots are planned last node first, each with the roots cut below it right after it.
         With ``replan`` (node ids) only the roots among those nodes are planned; a root of
@@ -154,37 +154,31 @@ class RegionFinder:
             elif known and (entry := known.get(id(node))) is not None:
                 roots.append((entry.output, entry))
         plans, skipped = [], []
-        still_known: dict[int, KnownRoot] = {}
+        known_now: dict[int, KnownRoot] = {}
         planned: set[int] = set()
         for root, entry in reversed(roots):
             if id(root) in planned:
                 continue
             if entry is None:
-                tree_plans, tree_skipped, tree = self._plan_tree(root, planned)
+                tree_plans, tree_skipped = self._plan_tree(root, planned)
                 plans.extend(tree_plans)
-                if not tree_plans:
-                    entry = KnownRoot(producer(root), root, tuple(tree_skipped), tuple(tree))
-            else:
-                planned.update(id(t) for t in entry.planned)
-                tree_skipped = list(entry.skipped)
-            skipped.extend(tree_skipped)
-            if entry is not None:
-                still_known[id(entry.node)] = entry
-        return plans, skipped, still_known
+                entry = KnownRoot(producer(root), root, tuple(tree_skipped))
+            skipped.extend(entry.skipped)
+            known_now[id(entry.node)] = entry
+        return plans, skipped, known_now
 
     def _plan_tree(
         self, root: gs.Tensor, planned: set[int]
-    ) -> tuple[list[RegionPlan], list[Refusal], list[gs.Tensor]]:
+    ) -> tuple[list[RegionPlan], list[Refusal]]:
         """Plan ``root`` and, depth first, the roots cut below it that are not ``planned``
-        yet: their plans, their refusals, and the tensors planned."""
-        plans, skipped, tree = [], [], []
+        yet: their plans and their refusals."""
+        plans, skipped = [], []
         pending = [root]
         while pending:
             tensor = pending.pop()
             if id(tensor) in planned:
                 continue
             planned.add(id(tensor))
-            tree.append(tensor)
             plan, cuts, skips = self._plan_root(tensor)
             release_mapped_pages()  # the region's weights were read; its plan holds new ones
             skipped.extend(skips)
@@ -195,7 +189,7 @@ class RegionFinder:
                     self.anchors.add(id(cut))
                     if self.op_of(cut) is not None:
                         pending.append(cut)
-        return plans, skipped, tree
+        return plans, skipped
 
     def _plan_root(self, root: gs.Tensor):
         op = self.op_of(root)
@@ -475,7 +469,7 @@ class _Attempt:
         (YOLOv7's ``ImplicitA`` after a SiLU) they fold into the weighted op."""
         if op.kind not in WEIGHTED or not merged.nodes:
             return None
-        if any(node.op not in _CONSTANT_ARITHMETIC for node in merged.nodes):
+        if any(node.op not in TAIL_OPS for node in merged.nodes):
             return None
         if not is_activation_output(self.finder, merged.source):
             return None
@@ -674,9 +668,6 @@ class _Attempt:
                 "the terms read different tensors: " + "; ".join(parts) + ", so the Add stays",
             )
         )
-
-
-_CONSTANT_ARITHMETIC = frozenset({"Mul", "Div", "Add", "Sub"})
 
 
 def _last_node_name(terms: list[Term]) -> str:

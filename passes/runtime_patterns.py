@@ -13,6 +13,8 @@ import onnx_graphsurgeon as gs
 
 from .graph_utils import producer
 
+#: The ops of a pattern's tail: bare constant arithmetic, kept before the weighted op after it.
+TAIL_OPS = frozenset({"Mul", "Div", "Add", "Sub"})
 #: Ops that end the upward look: a pattern's non-linear core never passes through them.
 LINEAR_BOUNDARY = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"})
 #: How many nodes above the tail the core's tell-tale op may sit (GELU: Mul ← Add ← Erf).

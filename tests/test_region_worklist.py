@@ -16,19 +16,23 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
 from peer_graphs import ALL_CASES, RAISES
-from test_regions import Builder, build_chain, chains
+from test_regions import SIZE, Builder, C, build_chain, chains
 
-from helpers import assert_same_function, repvgg_chain
+from helpers import assert_same_function, fuse_model, op_counts, repvgg_chain
 from repvgg_onnx.errors import UnsupportedModelError
+from repvgg_onnx.graph.shapes import annotate_shapes, inferred_shapes
 from repvgg_onnx.passes import region_memory, regions
 from repvgg_onnx.passes.affine_regions import fuse_affine_regions
+from repvgg_onnx.passes.pass_result import PassResult
 from repvgg_onnx.pipeline.function_inlining import inline_for_passes
 from repvgg_onnx.pipeline.fuse_model import fuse_graph
-from repvgg_onnx.pipeline.pass_fixpoint import DEFAULT_PASSES
+from repvgg_onnx.pipeline.pass_fixpoint import DEFAULT_PASSES, run_passes
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 COMMITTED = sorted(MODELS.rglob("*.onnx"))
@@ -184,15 +188,147 @@ def test_blocks_whose_input_a_rewrite_frees_are_planned_again_and_merge(monkeypa
     assert_same_function(model, fused)
 
 
-def test_an_edit_by_another_pass_makes_the_next_round_plan_everything(monkeypatch):
+def test_the_memory_is_usable_only_after_the_region_pass_own_edit():
     memory = region_memory.RegionMemory()
-    memory.remember({}, [[]], [], [])
+    memory.remember({}, [[]], [])
     assert not memory.usable  # the fixpoint has not counted the region pass's own edit yet
     memory.note_edit()
     assert memory.usable
     memory.note_edit()  # another pass modified the graph
     assert not memory.usable
-    memory.remember({}, [], [], [])
+    memory.remember({}, [], [])
     assert memory.usable  # nothing rewritten: no edit of its own to wait for
     memory.forget()
     assert not memory.usable
+
+
+def replans(model: onnx.ModelProto, other_pass, monkeypatch) -> list[bool]:
+    """For each region run with ``other_pass`` before it in each round: whether it planned
+    every root (no worklist)."""
+    everything = []
+    plan_all = regions.RegionFinder.plan_all
+
+    def spying_plan_all(self, replan=None, known=None):
+        everything.append(replan is None)
+        return plan_all(self, replan, known)
+
+    monkeypatch.setattr(regions.RegionFinder, "plan_all", spying_plan_all)
+    run_passes(gs.import_onnx(model), (other_pass, fuse_affine_regions))
+    return everything
+
+
+def test_an_edit_by_another_pass_makes_the_next_region_run_plan_everything(monkeypatch):
+    """A pass that edits in round 2, says shapes are stale, and is quiet when run again
+    after shape inference: the edit still counts, so round 2's region run plans every root;
+    round 3's, after nothing but the region pass, uses the worklist."""
+    model, _ = repvgg_chain(3)
+    calls = []
+
+    def edits_in_round_two(graph):
+        calls.append(len(calls))
+        if len(calls) == 2:
+            return PassResult(rewrites=1, shapes_stale=True)
+        return PassResult()
+
+    assert replans(model, edits_in_round_two, monkeypatch) == [True, True, False]
+
+
+def test_a_quiet_fixpoint_uses_the_worklist_from_round_two(monkeypatch):
+    model, _ = repvgg_chain(3)
+    assert replans(model, lambda graph: PassResult(), monkeypatch) == [True, False]
+
+
+def test_a_gelu_tail_whose_pattern_look_up_a_rewrite_cuts_short_folds_in_round_two():
+    """``Mul`` after ``ReLU(Conv1x1(e) + e)``, ``e = Erf(x)``: round 1 keeps the Mul before the
+    3x3 conv, since the look-up from the ReLU climbs the Add to the Erf (a GELU's tell). The
+    region becomes one Conv, where the look-up stops, so round 2 folds the Mul into the 3x3
+    conv: that root is planned again although no new node is in its component."""
+    builder = Builder(11)
+    erf = builder.node("Erf", ["x"])
+    summed = builder.node("Add", [builder.conv(erf, (1, 1), "centre", 1, 1), erf])
+    tail = builder.per_channel(builder.node("Relu", [summed]), "Mul")
+    model = builder.model(builder.conv(tail, (3, 3), "centre", 1, 1))
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Erf": 1, "Conv": 2, "Relu": 1}
+    assert outcome.rounds == 3
+    assert_same_function(model, fused)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert_worklist_changes_nothing(model, monkeypatch)
+
+
+def test_every_rewrite_reads_every_tensor_its_region_read():
+    """What the worklist relies on: a rewritten region's sources stay read by its new nodes
+    (a cancelled term is emitted as a zero map), so the new nodes' components reach every
+    linear op whose output lost a reader."""
+    checked = 0
+    for path in COMMITTED:
+        graph = gs.import_onnx(inline_for_passes(onnx.load(path))[0])
+        annotate_shapes(graph, inferred_shapes(gs.export_onnx(graph)))
+        inputs = {id(node): list(node.inputs) for node in graph.nodes}
+        before = {id(node): node for node in graph.nodes}
+        fuse_affine_regions(graph)
+        created = [node for node in graph.nodes if id(node) not in before]
+        read_now = {id(t) for node in created for t in node.inputs}
+        kept = {id(node) for node in graph.nodes}
+        for key, node in before.items():
+            if key in kept:
+                continue
+            for tensor in inputs[key]:
+                if isinstance(tensor, gs.Constant) or not (tensor.inputs or tensor.outputs):
+                    continue
+                assert id(tensor) in read_now, (path.name, node.name, tensor.name)
+                checked += 1
+    assert checked > 500
+
+
+def test_a_rewrite_into_a_lone_add_is_planned_again_to_say_why_it_stays(monkeypatch):
+    """``(conv(x)·2)/2 + ReLU(x)`` with a conv of non-constant weight: round 1 rewrites the
+    sum into one Add of the two inputs; round 2 plans that Add again (it reads two tensors)
+    and says why it stays, as planning every root does."""
+    builder = Builder(5)
+    conv = builder.node("Conv", ["x", "w"], pads=[1, 1, 1, 1])
+    two = builder.const(np.float32(2.0))
+    scaled = builder.node("Div", [builder.node("Mul", [conv, two]), two])
+    weight = helper.make_tensor_value_info("w", TensorProto.FLOAT, [C, C, 3, 3])
+    model = builder.model(
+        builder.node("Add", [scaled, builder.node("Relu", ["x"])]), extra_inputs=[weight]
+    )
+    runs, (_, skipped) = region_runs(model, monkeypatch, remember=True)
+    assert [len(fused) for fused, _ in runs] == [1, 0]
+    [skip] = skipped
+    assert "weight that is not constant" in skip.reason and "the Add stays" in skip.reason
+    assert_worklist_changes_nothing(model, monkeypatch)
+
+
+def test_a_node_of_a_subgraph_is_never_read_as_an_op_of_the_graph(monkeypatch):
+    """A BN read only by a Mul inside an ``If`` branch is a root (nothing of the graph reads
+    its output), so it says why it does not fold into the conv before it; read lazily, the
+    branch's Mul must not make the BN's output look interior."""
+    builder = Builder(9)
+    conv = builder.conv("x", (3, 3), "centre", 1, 1)
+    relu = builder.node("Relu", [conv])
+    bn = builder.batchnorm(conv)
+    shape = [1, C, SIZE, SIZE]
+    scale = numpy_helper.from_array(np.full((C, 1, 1), 2, np.float32), "k")
+    then = helper.make_graph(
+        [helper.make_node("Mul", [bn, "k"], ["then_y"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("then_y", TensorProto.FLOAT, shape)],
+        [scale],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["else_y"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_y", TensorProto.FLOAT, shape)],
+    )
+    builder.nodes.append(
+        helper.make_node("If", ["s"], ["picked"], then_branch=then, else_branch=other)
+    )
+    flag = helper.make_tensor_value_info("s", TensorProto.BOOL, [])
+    model = builder.model(relu, extra_inputs=[flag])
+    model.graph.output.append(helper.make_tensor_value_info("picked", TensorProto.FLOAT, shape))
+    _, (_, skipped) = region_runs(model, monkeypatch, remember=True)
+    [skip] = skipped
+    assert skip.reason.startswith(f"BatchNormalization '{builder.nodes[-2].name}' cannot fold")

@@ -91,15 +91,15 @@ def run_passes(
             progress(f"passes, round {result.rounds}")
         outcomes = []
         for run in passes:
+            first = len(outcomes)
             outcome = run(graph)
             outcomes.append(outcome)
             while outcome.shapes_stale:
-                memory.forget()  # shapes change: the region pass plans everything again
                 reinfer_shapes(graph)
                 outcome = run(graph)
                 outcomes.append(outcome)
-            if outcome.modified:
-                memory.note_edit()
+            if any(outcome.modified for outcome in outcomes[first:]):
+                memory.note_edit()  # the region pass's next run plans what this could change
         for outcome in outcomes:
             result.fused.extend(outcome.fused)
             result.canonicalized += outcome.rewrites
