@@ -35,6 +35,7 @@ def import_graph(model: onnx.ModelProto) -> tuple[gs.Graph, dict[_NodeKey, list]
     """``model``'s main graph in graphsurgeon, and the empty list attributes set aside."""
     model = _densified(model)
     empty = _empty_list_attributes(model.graph)
+    _refuse_shadowing(model.graph, set())
     try:
         graph = import_onnx(model)
     except Exception as error:  # graphsurgeon raises assorted types on odd models
@@ -98,7 +99,64 @@ def export_graph(graph: gs.Graph, empty: dict[_NodeKey, list]) -> onnx.ModelProt
     if empty:
         for node in model.graph.node:
             node.attribute.extend(empty.get(_key(node), ()))
+    _drop_outer_copies(model.graph, {})
     return model
+
+
+def _subgraphs(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, onnx.GraphProto]]:
+    """The subgraphs of ``graph``'s nodes (one level down), each with its node."""
+    found = []
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                found.append((node, attribute.g))
+            found.extend((node, subgraph) for subgraph in attribute.graphs)
+    return found
+
+
+def _refuse_shadowing(graph: onnx.GraphProto, outer: set[str]) -> None:
+    """Refuse a subgraph that defines a name an enclosing graph defines too. ONNX allows
+    such shadowing; graphsurgeon keeps one tensor per name, so the two would become one."""
+    subgraphs = _subgraphs(graph)
+    if not subgraphs:
+        return
+    defined = outer | _names_defined(graph)
+    for node, subgraph in subgraphs:
+        shadowed = sorted(_names_defined(subgraph) & defined)
+        if shadowed:
+            holder = f"{node.op_type} '{node.name}'" if node.name else f"an unnamed {node.op_type}"
+            raise UnsupportedModelError(
+                f"the subgraph '{subgraph.name}' of {holder} defines "
+                f"'{shadowed[0]}', a name its enclosing graph defines too; onnx-graphsurgeon "
+                "cannot keep two tensors of one name apart: rename one of them."
+            )
+        _refuse_shadowing(subgraph, defined)
+
+
+def _names_defined(graph: onnx.GraphProto) -> set[str]:
+    """The names ``graph`` itself gives values: its inputs, initializers and node outputs."""
+    names = {value.name for value in graph.input}
+    names.update(tensor.name for tensor in graph.initializer)
+    names.update(name for node in graph.node for name in node.output)
+    names.discard("")
+    return names
+
+
+def _drop_outer_copies(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto]) -> None:
+    """Remove from each subgraph the initializers that are copies of an enclosing graph's:
+    graphsurgeon writes a constant that a subgraph reads from outside into the subgraph
+    too (the bytes twice; and a large weight, detached for the export, as an empty stub).
+    A name is a copy wherever an enclosing graph has it: :func:`import_graph` refused the
+    models whose subgraphs define a name again."""
+    subgraphs = _subgraphs(graph)
+    if not subgraphs:
+        return
+    visible = {**outer, **{tensor.name: tensor for tensor in graph.initializer}}
+    for _, subgraph in subgraphs:
+        copies = [t for t in subgraph.initializer if t.name in visible]
+        for tensor in copies:
+            subgraph.initializer.remove(tensor)
+        _drop_outer_copies(subgraph, visible)
 
 
 def _key(node: onnx.NodeProto) -> _NodeKey:

@@ -52,7 +52,7 @@ def detach_weights(graph: gs.Graph) -> dict[str, np.ndarray | LazyValues]:
 def attach_weights(model: onnx.ModelProto, weights: dict[str, np.ndarray | LazyValues]) -> None:
     """Fill each stub initializer of ``model`` with its values, releasing them one by one
     (``weights`` is emptied), so the arrays and their protobuf copies never coexist whole."""
-    for tensor in _initializers(model.graph):
+    for tensor in model.graph.initializer:  # only the main graph's are detached
         values = weights.pop(tensor.name, None)
         if isinstance(values, LazyValues):
             name = tensor.name
@@ -63,14 +63,6 @@ def attach_weights(model: onnx.ModelProto, weights: dict[str, np.ndarray | LazyV
         del values
     if weights:
         raise RuntimeError(f"no initializer took the values of {sorted(weights)[:3]}")
-
-
-def _initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    yield from graph.initializer
-    for node in graph.node:
-        for attribute in node.attribute:
-            for subgraph in (attribute.g, *attribute.graphs):
-                yield from _initializers(subgraph)
 
 
 @contextlib.contextmanager

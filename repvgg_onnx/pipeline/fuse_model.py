@@ -124,7 +124,9 @@ def _list_initializer_inputs(model: onnx.ModelProto, original: onnx.ModelProto) 
     below IR version 4 every initializer, new ones included, must be listed."""
     present = {value.name for value in model.graph.input}
     initializers = {tensor.name for tensor in model.graph.initializer}
-    kept = {tensor.name: tensor for tensor in original.graph.initializer}
+    kept: dict[str, onnx.TensorProto] = {}
+    if any(value.name not in present for value in original.graph.input):
+        kept = {tensor.name: tensor for tensor in original.graph.initializer}
     inputs = []
     for value in original.graph.input:
         if value.name in present:
