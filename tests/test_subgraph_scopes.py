@@ -182,3 +182,23 @@ def test_a_nested_branch_shadowing_a_name_two_scopes_up_is_refused(tmp_path):
     result = CliRunner().invoke(main, ["fuse", str(tmp_path / "in.onnx"), str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "the subgraph 'inner_then' of an unnamed If defines 'big'" in result.output
+
+
+@pytest.mark.parametrize("name", ["x", "top"], ids=["a graph input", "a node output"])
+def test_a_branch_initializer_shadowing_any_value_of_the_graph_is_refused(name, tmp_path):
+    values = np.ones((1, C, 8, 8), np.float32)
+    then = branch(
+        [helper.make_node("Identity", [name], ["inner"], name="read")],
+        "inner",
+        "then",
+        [numpy_helper.from_array(values, name)],
+    )
+    model = model_of(
+        [conv("x", "top", "top_conv"), if_node(then, identity_branch())],
+        [weight()],
+        [value("top", [1, C, 8, 8]), value("picked", [1, C, 8, 8])],
+    )
+    onnx.save(model, tmp_path / "in.onnx")
+    result = CliRunner().invoke(main, ["fuse", str(tmp_path / "in.onnx"), str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert f"of If 'pick' defines '{name}', a name its enclosing graph defines" in result.output

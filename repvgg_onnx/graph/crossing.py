@@ -115,14 +115,15 @@ def _subgraphs(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, onnx.GraphP
 
 
 def _refuse_shadowing(graph: onnx.GraphProto, outer: set[str]) -> None:
-    """Refuse a subgraph that defines a name an enclosing graph defines too. ONNX allows
-    such shadowing; graphsurgeon keeps one tensor per name, so the two would become one."""
+    """Refuse a subgraph with an initializer named like a value of an enclosing graph. ONNX
+    allows such shadowing; graphsurgeon keeps one tensor per name, so the two would become
+    one. (A node output cannot shadow: the checker refuses it.)"""
     subgraphs = _subgraphs(graph)
     if not subgraphs:
         return
     defined = outer | _names_defined(graph)
     for node, subgraph in subgraphs:
-        shadowed = sorted(_names_defined(subgraph) & defined)
+        shadowed = sorted({tensor.name for tensor in subgraph.initializer} & defined)
         if shadowed:
             holder = f"{node.op_type} '{node.name}'" if node.name else f"an unnamed {node.op_type}"
             raise UnsupportedModelError(
@@ -138,7 +139,6 @@ def _names_defined(graph: onnx.GraphProto) -> set[str]:
     names = {value.name for value in graph.input}
     names.update(tensor.name for tensor in graph.initializer)
     names.update(name for node in graph.node for name in node.output)
-    names.discard("")
     return names
 
 
