@@ -75,6 +75,10 @@ def _spreads_constants(op: LinearOp) -> bool:
     )
 
 
+_UNREAD = object()
+"""What :meth:`RegionFinder.reading` finds for a node it has not read yet."""
+
+
 class _Costly(Exception):
     """The region as a whole would cost more than the nodes it replaces."""
 
@@ -98,12 +102,13 @@ class RegionFinder:
     def reading(self, node: gs.Node | None) -> LinearOp | Refusal | None:
         """``read_node(node)`` for a node of the graph, read once; ``None`` for any other
         (a graph input's or constant's missing producer, a node of a subgraph)."""
-        if node is None or id(node) not in self._in_graph:
+        if node is None:
             return None
         key = id(node)
-        if key not in self.readings:
-            self.readings[key] = read_node(node)
-        return self.readings[key]
+        found = self.readings.get(key, _UNREAD)
+        if found is _UNREAD:
+            found = self.readings[key] = read_node(node) if key in self._in_graph else None
+        return found
 
     def is_linear(self, node: gs.Node) -> bool:
         return isinstance(self.reading(node), LinearOp)
