@@ -213,5 +213,11 @@ def test_verify_text_and_markdown_name_the_agreement_and_the_divergence(pair):
     localized = invoke("verify", training, tampered, "--localize").stdout
     assert "FAILED: the models differ" in localized
     assert "localized: " in localized and "/stage2/" in localized
+    localized_markdown = invoke(
+        "verify", training, tampered, "--localize", "--format", "markdown"
+    ).stdout
+    [line] = [line for line in localized_markdown.splitlines() if "Localized" in line]
+    assert line.startswith("**Localized:** ") and "/stage2/" in line
+    assert "Localized" not in invoke("verify", training, fused, "--format", "markdown").stdout
     markdown = invoke("fuse", training, fused.parent / "again.onnx", "--format", "markdown")
     assert "'output' ok: max abs" in markdown.stdout

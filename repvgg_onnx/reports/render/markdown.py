@@ -192,12 +192,10 @@ def _inspect_markdown(report: dict, budget: Budget) -> str:
     lines += [""] if in_subgraphs else []
     rows = [(b["output"], rewrite_text(b)) for b in fusable]
     lines += _blocks_table(rows, budget, "No fusable block.")
-    if batchnorms:
-        items = [f"{_code(bn['node'])}: {_cell(bn['reason'])}" for bn in batchnorms]
-        lines += _collapsed("BatchNormalization that would remain", items, budget, open_=True)
-    if sums:
-        items = [f"{_code(s['node'])}: {_cell(s['reason'])}" for s in sums]
-        lines += _collapsed("Sums of linear branches that would remain", items, budget, open_=True)
+    items = [f"{_code(bn['node'])}: {_cell(bn['reason'])}" for bn in batchnorms]
+    lines += _collapsed("BatchNormalization that would remain", items, budget, open_=True)
+    items = [f"{_code(s['node'])}: {_cell(s['reason'])}" for s in sums]
+    lines += _collapsed("Sums of linear branches that would remain", items, budget, open_=True)
     lines += _skipped_list(report["skipped"], budget)
     return "\n".join(lines) + "\n"
 
