@@ -64,15 +64,29 @@ def identity_branch(name: str = "else") -> onnx.GraphProto:
     return branch([helper.make_node("Identity", ["x"], ["kept"], name="keep")], "kept", name)
 
 
-def shared_weight_model(small: bool = False) -> onnx.ModelProto:
-    """``big`` read by a node of the graph and by one in the ``then`` branch of an If, which
-    reads it from outside."""
-    then = branch([conv("x", "inner", "inner_conv", small)], "inner", "then")
+def around(then: onnx.GraphProto, small: bool = False) -> onnx.ModelProto:
+    """The graph: ``big`` read by a node of its own and by the If whose ``then`` branch is
+    ``then``."""
     return model_of(
         [conv("x", "top", "top_conv", small), if_node(then, identity_branch())],
         [weight(small=small)],
         [value("top", [1, C, 8, 8]), value("picked", [1, C, 8, 8])],
     )
+
+
+def nested(inner: onnx.GraphProto, name: str = "") -> onnx.GraphProto:
+    """A ``then`` branch holding an If whose own ``then`` branch is ``inner``."""
+    node = helper.make_node(
+        "If", ["flag"], ["inner_picked"], name=name, then_branch=inner,
+        else_branch=identity_branch("inner_else"),
+    )  # fmt: skip
+    return branch([node], "inner_picked", "then")
+
+
+def shared_weight_model(small: bool = False) -> onnx.ModelProto:
+    """``big`` read by a node of the graph and by one in the ``then`` branch of an If, which
+    reads it from outside."""
+    return around(branch([conv("x", "inner", "inner_conv", small)], "inner", "then"), small)
 
 
 def assert_same_on_both_branches(original: onnx.ModelProto, fused: onnx.ModelProto) -> None:
@@ -111,16 +125,7 @@ def test_a_weight_read_inside_and_outside_a_branch_is_written_once(small, tmp_pa
 
 def test_a_weight_read_two_branches_down_is_written_once(tmp_path):
     inner = branch([conv("x", "deep", "deep_conv")], "deep", "inner_then")
-    nested = helper.make_node(
-        "If", ["flag"], ["inner_picked"], name="inner_pick", then_branch=inner,
-        else_branch=identity_branch("inner_else"),
-    )  # fmt: skip
-    then = branch([nested], "inner_picked", "then")
-    model = model_of(
-        [conv("x", "top", "top_conv"), if_node(then, identity_branch())],
-        [weight()],
-        [value("top", [1, C, 8, 8]), value("picked", [1, C, 8, 8])],
-    )
+    model = around(nested(inner, "inner_pick"))
     onnx.save(model, tmp_path / "in.onnx")
     fuse(tmp_path / "in.onnx", tmp_path / "out.onnx", verify=False)
     fused = onnx.load(tmp_path / "out.onnx")
@@ -142,12 +147,7 @@ def test_a_branch_weight_of_its_own_stays_in_the_branch(tmp_path):
 
 def shadowing_model() -> onnx.ModelProto:
     """The branch defines its own ``big`` (other values) while the graph has one too."""
-    then = branch([conv("x", "inner", "inner_conv")], "inner", "then", [weight(seed=4)])
-    return model_of(
-        [conv("x", "top", "top_conv"), if_node(then, identity_branch())],
-        [weight()],
-        [value("top", [1, C, 8, 8]), value("picked", [1, C, 8, 8])],
-    )
+    return around(branch([conv("x", "inner", "inner_conv")], "inner", "then", [weight(seed=4)]))
 
 
 @pytest.mark.parametrize("command", ["fuse", "inspect"])
@@ -168,16 +168,7 @@ def test_a_branch_shadowing_a_name_of_the_graph_is_refused_in_one_line(command, 
 
 def test_a_nested_branch_shadowing_a_name_two_scopes_up_is_refused(tmp_path):
     inner = branch([conv("x", "deep", "deep_conv")], "deep", "inner_then", [weight(seed=5)])
-    nested = helper.make_node(
-        "If", ["flag"], ["inner_picked"], then_branch=inner,
-        else_branch=identity_branch("inner_else"),
-    )  # fmt: skip
-    then = branch([nested], "inner_picked", "then")
-    model = model_of(
-        [conv("x", "top", "top_conv"), if_node(then, identity_branch())],
-        [weight()],
-        [value("top", [1, C, 8, 8]), value("picked", [1, C, 8, 8])],
-    )
+    model = around(nested(inner))
     onnx.save(model, tmp_path / "in.onnx")
     result = CliRunner().invoke(main, ["fuse", str(tmp_path / "in.onnx"), str(tmp_path / "o")])
     assert result.exit_code == 2
@@ -193,12 +184,7 @@ def test_a_branch_initializer_shadowing_any_value_of_the_graph_is_refused(name, 
         "then",
         [numpy_helper.from_array(values, name)],
     )
-    model = model_of(
-        [conv("x", "top", "top_conv"), if_node(then, identity_branch())],
-        [weight()],
-        [value("top", [1, C, 8, 8]), value("picked", [1, C, 8, 8])],
-    )
-    onnx.save(model, tmp_path / "in.onnx")
+    onnx.save(around(then), tmp_path / "in.onnx")
     result = CliRunner().invoke(main, ["fuse", str(tmp_path / "in.onnx"), str(tmp_path / "o")])
     assert result.exit_code == 2
     assert f"of If 'pick' defines '{name}', a name its enclosing graph defines" in result.output
