@@ -733,10 +733,14 @@ def _planned_roots(monkeypatch) -> list[tuple[int, str]]:
 
     roots: list[tuple[int, str]] = []
     finders: dict[int, int] = {}
+    kept = []  # each finder held, so that the next round's cannot take its id
     plan_root = regions.RegionFinder._plan_root
 
     def recording_plan_root(self, root):
-        roots.append((finders.setdefault(id(self), len(finders)), root.name))
+        if id(self) not in finders:
+            finders[id(self)] = len(finders)
+            kept.append(self)
+        roots.append((finders[id(self)], root.name))
         return plan_root(self, root)
 
     monkeypatch.setattr(regions.RegionFinder, "_plan_root", recording_plan_root)
