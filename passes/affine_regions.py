@@ -31,9 +31,9 @@ def fuse_affine_regions(graph: gs.Graph) -> PassResult:
     else:
         plans, skipped, known = finder.plan_all()
     names = UniqueNames(graph)
-    placements, fused, created = [], [], []
-    rewritten = [(plan.root, plan.root_node.op) for plan in plans]
+    placements, fused, created, rewritten = [], [], [], []
     for plan in plans:
+        rewritten.append((plan.root, plan.root_node.op))
         nodes, block = _rewrite(plan, names)
         placements.append((plan.root_node, nodes))
         fused.append(block)

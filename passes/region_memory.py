@@ -51,14 +51,15 @@ class KnownRoot:
 class RegionMemory:
     """The last run's roots and rewrites, valid while only the region pass edited the graph.
 
-    Holds graph objects (never their ids alone), so an id it keys by is never reused while
-    it is held."""
+    Holds every graph object it keys by id (``lone`` are ids of nodes ``created`` holds), so
+    no such id is reused while it is held."""
 
     known: dict[int, KnownRoot] = field(default_factory=dict)
     created: list[gs.Node] = field(default_factory=list)
     """Every node the last run's rewrites created."""
-    lone: dict[int, gs.Node] = field(default_factory=dict)
-    """Of those, the nodes that are a whole rewrite alone and read one variable tensor."""
+    lone: set[int] = field(default_factory=set)
+    """Of those, the ids of the nodes that are a whole rewrite alone and read one variable
+    tensor."""
     rewritten: list[tuple[gs.Tensor, str]] = field(default_factory=list)
     """Each rewritten region's output, with the op type of the node that computed it."""
     edits: int = 0
@@ -67,12 +68,6 @@ class RegionMemory:
     def note_edit(self) -> None:
         """The fixpoint saw a pass modify the graph (the region pass's own edits included)."""
         self.edits += 1
-
-    def forget(self) -> None:
-        """Something other than the region pass changed the graph: plan everything next."""
-        self.valid_at = None
-        self.known, self.created, self.lone = {}, [], {}
-        self.rewritten = []
 
     @property
     def usable(self) -> bool:
@@ -90,9 +85,7 @@ class RegionMemory:
         self.known = known
         self.created = [node for nodes in created for node in nodes]
         self.lone = {
-            id(nodes[0]): nodes[0]
-            for nodes in created
-            if len(nodes) == 1 and _variable_inputs(nodes[0]) == 1
+            id(nodes[0]) for nodes in created if len(nodes) == 1 and _variable_inputs(nodes[0]) == 1
         }
         self.rewritten = rewritten
         self.valid_at = self.edits + (1 if created else 0)
