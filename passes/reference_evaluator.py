@@ -16,19 +16,18 @@ The ops whose results this module's evaluator is tested to share with onnxruntim
 opset where their signature changes, are :data:`CHECKED_OPS`: constant folding trusts the
 reference alone (where onnxruntime cannot run a node) only on those.
 
-``onnx.reference`` takes a tenth of a second to import, so it is imported on first use, and
-the three index ops of TorchScript's ``flatten`` (``Shape → Gather → Unsqueeze → Concat``,
-in nearly every exported classifier) are computed by :func:`evaluate_index_ops` with numpy,
-the same thing as onnxruntime (a test compares them on random cases at opsets 9 to 18).
+``onnx.reference`` takes a tenth of a second to import, so it is imported on first use
+(constant folding computes index ops with :mod:`.exact_ops` first, and often needs no more).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import cache
 
 import numpy as np
 import onnx
+
+from .exact_ops import unsqueeze
 
 
 def scatter_nd(data: np.ndarray, indices: np.ndarray, updates: np.ndarray) -> np.ndarray | None:
@@ -44,15 +43,6 @@ def scatter_nd(data: np.ndarray, indices: np.ndarray, updates: np.ndarray) -> np
     output = np.copy(data).reshape((-1, *data.shape[depth:]))
     output[flat] = updates.reshape((len(flat), *data.shape[depth:]))
     return output.reshape(data.shape)
-
-
-def unsqueeze(data: np.ndarray, axes: Sequence[int]) -> np.ndarray:
-    """``data`` with a dimension of size 1 at each of ``axes``, which count in the output's
-    rank (``-1`` is its last dimension); repeated or out-of-range axes raise ``ValueError``."""
-    rank = data.ndim + len(axes)
-    if any(not -rank <= int(a) < rank for a in axes):
-        raise ValueError(f"Unsqueeze axes {list(axes)} out of range for an output of rank {rank}")
-    return np.expand_dims(data, tuple(int(a) % rank for a in axes))
 
 
 @cache
@@ -108,51 +98,3 @@ CHECKED_OPS = frozenset(
         "Sub", "Tile", "Transpose", "Unsqueeze", "Where", "Clip",
     }
 )  # fmt: skip
-
-#: Ops :func:`evaluate_index_ops` computes: their whole specification is one numpy call.
-INDEX_OPS = frozenset({"Gather", "Unsqueeze", "Concat"})
-
-
-def evaluate_index_ops(
-    nodes: Sequence[onnx.NodeProto], values: dict[str, np.ndarray], opset: int
-) -> dict[str, np.ndarray] | None:
-    """Run ``nodes`` (in order; each an op of :data:`INDEX_OPS` in the standard domain) on
-    ``values`` by name; every output by name, or ``None`` if a node is not one this computes
-    exactly (then the reference evaluator runs them)."""
-    known = dict(values)
-    for node in nodes:
-        if node.op_type not in INDEX_OPS or node.domain not in ("", "ai.onnx"):
-            return None
-        inputs = [known.get(name) for name in node.input]
-        if len(node.output) != 1 or not inputs or any(v is None for v in inputs):
-            return None
-        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        try:
-            output = _index_op(node.op_type, inputs, attributes, opset)
-        except (ValueError, IndexError, TypeError):  # numpy refuses what ONNX forbids
-            return None
-        if output is None:
-            return None
-        known[node.output[0]] = np.asarray(output)
-    return {name: value for name, value in known.items() if name not in values}
-
-
-def _index_op(op: str, inputs: list[np.ndarray], attributes: dict, opset: int):
-    known = {"axis"} if op != "Unsqueeze" else set() if opset >= 13 else {"axes"}
-    if not attributes.keys() <= known:  # an attribute the op does not have: invalid
-        return None
-    data = inputs[0]
-    if op == "Gather":
-        if len(inputs) != 2:
-            return None
-        return np.take(data, inputs[1], axis=int(attributes.get("axis", 0)))  # raises if invalid
-    if op == "Unsqueeze":
-        if len(inputs) != (2 if opset >= 13 else 1):  # axes: an input from opset 13 on
-            return None
-        axes = inputs[1] if opset >= 13 else attributes.get("axes")
-        if axes is None:
-            return None
-        return unsqueeze(data, [int(a) for a in np.asarray(axes).reshape(-1)])  # raises if invalid
-    if "axis" not in attributes:  # Concat's axis is required
-        return None
-    return np.concatenate(inputs, axis=int(attributes["axis"]))

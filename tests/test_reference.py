@@ -1,4 +1,5 @@
-"""The vectorized ScatterND computes exactly what onnx's reference loop computes."""
+"""The vectorized ScatterND computes exactly what onnx's reference loop computes; the flatten
+idiom folds without an evaluator."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import pytest
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
-from helpers import run
 from repvgg_onnx.passes.reference_evaluator import reference_evaluator
 
 
@@ -47,68 +47,6 @@ def test_scatternd_matches_the_reference_loop(seed, reduction):
     [want] = ReferenceEvaluator(model).run(None, feeds)
     [got] = reference_evaluator(model).run(None, feeds)
     np.testing.assert_array_equal(got, want)
-
-
-def _index_case(rng: np.random.Generator, opset: int):
-    """A random Gather, Unsqueeze or Concat node and its inputs (some invalid: axes or indices
-    out of range, float indices, no axis, Unsqueeze axes in
-    the other opsets' form or in both)."""
-    op = ["Gather", "Unsqueeze", "Concat"][int(rng.integers(3))]
-    data = rng.integers(-9, 9, size=[int(s) for s in rng.integers(1, 4, rng.integers(0, 4))])
-    inputs = {"data": data.astype(np.int64)}
-    attributes = {}
-    if op == "Gather":
-        axis = int(rng.integers(-data.ndim - 1, data.ndim + 1)) if data.ndim else 0
-        size = data.shape[axis] if -data.ndim <= axis < data.ndim else 1
-        shape = [int(s) for s in rng.integers(1, 3, rng.integers(0, 3))]
-        indices = rng.integers(-size - 1, size + 1, size=shape)
-        inputs["indices"] = indices.astype(np.float64 if rng.random() < 0.2 else np.int64)
-        attributes["axis"] = axis
-    elif op == "Unsqueeze":
-        rank = data.ndim + int(rng.integers(1, 3))
-        axes = rng.integers(-rank - 1, rank + 1, size=rank - data.ndim).astype(np.int64)
-        form = rng.choice(["input", "attribute", "both"], p=[0.4, 0.4, 0.2])
-        if form != "attribute":  # valid from opset 13 on
-            inputs["axes"] = axes
-        if form != "input":  # valid before opset 13
-            attributes["axes"] = [int(a) for a in axes]
-    else:
-        inputs["other"] = rng.integers(-9, 9, size=data.shape).astype(np.int64)
-        if rng.random() < 0.8:  # else without its required axis
-            attributes["axis"] = (
-                int(rng.integers(-data.ndim - 1, data.ndim + 1)) if data.ndim else 0
-            )
-    node = helper.make_node(op, list(inputs), ["out"], **attributes)
-    return node, inputs
-
-
-@pytest.mark.parametrize("opset", [9, 11, 13, 18])
-@pytest.mark.parametrize("seed", range(60))
-def test_index_ops_compute_what_onnxruntime_computes(seed, opset):
-    """Negative Unsqueeze axes before opset 13 count in the output's rank, as onnxruntime
-    reads them (onnx's reference inserts them one at a time: ``[C] → [1, C, 1]``)."""
-    from repvgg_onnx.passes.reference_evaluator import evaluate_index_ops
-
-    node, inputs = _index_case(np.random.default_rng(seed), opset)
-    graph = helper.make_graph(
-        [node],
-        "index",
-        [
-            helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-            for n, v in inputs.items()
-        ],
-        [helper.make_tensor_value_info("out", TensorProto.INT64, None)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    got = evaluate_index_ops([node], inputs, opset)
-    try:
-        [want] = run(model, inputs)
-    except Exception:  # an invalid case: ours must decline it, never compute something
-        assert got is None
-        return
-    if got is not None:
-        assert got["out"].dtype == np.asarray(want).dtype
-        np.testing.assert_array_equal(got["out"], want)
 
 
 def test_the_flatten_idiom_folds_without_an_evaluator(monkeypatch):
