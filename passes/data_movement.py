@@ -62,6 +62,10 @@ def chain_as_pad(nodes: list[gs.Node], source: gs.Tensor, opset: int) -> AffineC
         return Refusal.because(
             f"{describe_nodes(nodes)} could not be evaluated ({type(error).__name__})"
         )
+    first, second = np.asarray(first), np.asarray(second)
+    found = _placed_pad(first, second, probe)
+    if found is not None:
+        return found
     return _as_pad(np.asarray(first, np.float64), np.asarray(second, np.float64), shape, nodes)
 
 
@@ -92,6 +96,49 @@ def _chain_model(
         list(initializers.values()),
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _placed_pad(first: np.ndarray, second: np.ndarray, probe: np.ndarray) -> AffineConv | None:
+    """The pad, if ``first`` and ``second`` hold ``probe`` and ``−probe`` unchanged in one
+    window at a spatial offset and one finite constant per channel in both everywhere else;
+    else ``None`` (then :func:`_as_pad` reads them element by element and says why not).
+
+    What it accepts, :func:`_as_pad` accepts with the same pad: every input element copied
+    once, by one spatial offset, and a border of per-channel constants. It only looks at the
+    window and the border slabs, not at a classification of every element."""
+    shape = probe.shape
+    if first.ndim != probe.ndim:
+        return None
+    landed = np.flatnonzero((first.reshape(-1) == 1) & (second.reshape(-1) == -1))
+    if not len(landed):
+        return None
+    # where input element 0 landed; the window check below fails unless that is the window's
+    # corner in batch 0, channel 0, and the window fits
+    begin = [int(i) for i in np.unravel_index(int(landed[0]), first.shape)][2:]
+    end = [out - inp - b for out, inp, b in zip(first.shape[2:], shape[2:], begin, strict=True)]
+    window = (
+        slice(None),
+        slice(None),
+        *(slice(b, b + n) for b, n in zip(begin, shape[2:], strict=True)),
+    )
+    if not (np.array_equal(first[window], probe) and np.array_equal(second[window], -probe)):
+        return None
+    slabs = [
+        (slice(None), slice(None), *([slice(None)] * axis), side)
+        for axis, (b, n) in enumerate(zip(begin, shape[2:], strict=True))
+        for side in (slice(0, b), slice(b + n, None))
+    ]
+    border = [s for s in slabs if first[s].size]
+    if not border:
+        return pad_conv(shape[1], begin + end, np.zeros(shape[1]))
+    fill = first[border[0]].reshape(shape[0], shape[1], -1)[0, :, 0]
+    spread = fill.reshape((1, -1) + (1,) * (len(shape) - 2))
+    if not np.all(np.isfinite(fill)):
+        return None
+    for slab in border:
+        if not (np.all(first[slab] == spread) and np.all(second[slab] == spread)):
+            return None
+    return pad_conv(shape[1], begin + end, fill.astype(np.float64))
 
 
 def _common_offset(first: np.ndarray, copy: np.ndarray, shape: tuple[int, ...]) -> list[int] | None:

@@ -16,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from helpers import assert_same_function, fuse_model, op_counts, random_feeds, run
+from repvgg_onnx.algebra.affine_conv import AffineConv, pad_values
 from repvgg_onnx.passes import fold_constants
 
 C, SIZE, OPSET = 4, 6, 17
@@ -425,3 +426,105 @@ def test_a_source_too_large_to_probe_exactly_is_refused(monkeypatch):
     reasons = [s.reason for s in outcome.skipped]
     assert any("is too large to read" in r for r in reasons), reasons
     assert op_counts(fused) == op_counts(model)
+
+
+def _probe_outputs(rng: np.random.Generator, shape, begin, end, fill):
+    """What a pad chain writes on probe ``p`` and on ``−p``: ``p`` at ``begin``, ``fill[c]``
+    around it (float32, as the reference evaluator returns)."""
+    probe = np.arange(1, np.prod(shape) + 1, dtype=np.float32).reshape(shape)
+    out_shape = (*shape[:2], *(n + b + e for n, b, e in zip(shape[2:], begin, end, strict=True)))
+    window = (
+        slice(None),
+        slice(None),
+        *(slice(b, b + n) for b, n in zip(begin, shape[2:], strict=True)),
+    )
+    outputs = []
+    for sign in (1, -1):
+        out = np.broadcast_to(np.reshape(fill, (1, -1, 1, 1)), out_shape).astype(np.float32)
+        out[window] = sign * probe
+        outputs.append(out)
+    return probe, window, outputs
+
+
+def _spoil(rng, first, second, window, how):
+    """One way a chain's outputs stop being a pad."""
+    border = ~np.zeros(first.shape, bool)
+    border[window] = False
+    spots = np.argwhere(border)
+    at = tuple(spots[int(rng.integers(len(spots)))]) if len(spots) else None
+    inside = tuple(np.argwhere(~border)[int(rng.integers(int((~border).sum())))])
+    if how == "border differs in the second run" and at is not None:
+        second[at] += 1
+    elif how == "border differs in the first run" and at is not None:
+        first[at] -= 1
+    elif how == "border differs within a channel" and at is not None:
+        first[at] += 1
+        second[at] += 1
+    elif how == "border is a copy" and at is not None:
+        first[at], second[at] = first[inside], second[inside]
+    elif how == "copy changed in one run":
+        second[inside] += 0.5
+    elif how == "copy is a constant":
+        first[inside] = second[inside] = 7.0
+    elif how == "copies swapped":
+        other = tuple(np.argwhere(~border)[0])
+        for a in (first, second):
+            a[inside], a[other] = a[other].copy(), a[inside].copy()
+    elif how == "inf fill" and at is not None:
+        channel = border & (np.arange(first.shape[1]).reshape(1, -1, 1, 1) == at[1])
+        first[channel] = second[channel] = np.inf
+    elif how == "rank changed":
+        return first[..., None], second[..., None]
+    elif how == "channel moved":
+        first[:] = np.roll(first, 1, axis=1)
+        second[:] = np.roll(second, 1, axis=1)
+
+
+SPOILS = [
+    "none", "border differs in the second run", "border differs in the first run",
+    "border differs within a channel", "border is a copy",
+    "copy changed in one run", "copy is a constant", "copies swapped", "inf fill",
+    "rank changed", "channel moved",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("how", SPOILS)
+@pytest.mark.parametrize("seed", range(12))
+def test_the_window_check_accepts_exactly_the_pads_the_element_check_accepts(seed, how):
+    """``_placed_pad`` (window and border slabs) returns a pad only where ``_as_pad`` (every
+    element classified) returns the same pad, and returns one wherever ``_as_pad`` does."""
+    from repvgg_onnx.passes.data_movement import _as_pad, _placed_pad
+
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 3)), int(rng.integers(1, 4)), *rng.integers(1, 5, 2))
+    begin, end = [int(v) for v in rng.integers(0, 3, 2)], [int(v) for v in rng.integers(0, 3, 2)]
+    fill = rng.choice([0.0, 1.0, -1.0, 0.25, 3.0], size=shape[1])
+    probe, window, (first, second) = _probe_outputs(rng, shape, begin, end, fill)
+    first, second = _spoil(rng, first, second, window, how) or (first, second)
+    placed = _placed_pad(first, second, probe)
+    element = _as_pad(first.astype(np.float64), second.astype(np.float64), shape, [])
+    if placed is None:
+        assert not isinstance(element, AffineConv), (how, element)
+        return
+    assert isinstance(element, AffineConv), (how, element)
+    assert placed.pads == element.pads
+    np.testing.assert_array_equal(placed.kernel, element.kernel)
+    np.testing.assert_array_equal(pad_values(placed), pad_values(element))
+    if how == "none":
+        assert list(placed.pads) == begin + end
+
+
+@pytest.mark.parametrize("build", ACCEPTED, ids=lambda f: f.__name__)
+def test_a_pad_chain_is_read_from_its_window_and_border_alone(monkeypatch, build):
+    """Every chain that is a pad is read by the window check; the element by element reading
+    (for its reasons why a chain is not one) never runs."""
+    from repvgg_onnx.passes import data_movement
+
+    def unexpected(*_):
+        raise AssertionError("a pad chain was read element by element")
+
+    monkeypatch.setattr(data_movement, "_as_pad", unexpected)
+    model = build()
+    fused, outcome = fuse_model(model)
+    assert op_counts(fused) == {"Conv": 1}, outcome.skipped
+    assert_same_function(model, fused)
