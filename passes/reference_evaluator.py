@@ -38,7 +38,8 @@ def scatter_nd(data: np.ndarray, indices: np.ndarray, updates: np.ndarray) -> np
     rows = indices.reshape(-1, depth).astype(np.int64)
     rows = np.where(rows < 0, rows + np.array(leading, dtype=np.int64), rows)
     flat = np.ravel_multi_index(tuple(rows.T), leading)
-    if np.bincount(flat).max(initial=0) > 1:
+    ordered = np.sort(flat)  # not a bincount: that allocates one counter per element of data
+    if np.any(ordered[1:] == ordered[:-1]):
         return None
     output = np.copy(data).reshape((-1, *data.shape[depth:]))
     output[flat] = updates.reshape((len(flat), *data.shape[depth:]))

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
-from repvgg_onnx.passes.reference_evaluator import reference_evaluator
+from repvgg_onnx.passes.reference_evaluator import reference_evaluator, scatter_nd
 
 
 def _scatter_model(shape, depth, count, reduction):
@@ -99,3 +99,7 @@ def test_a_scatter_nd_with_a_repeated_index_falls_back_to_writing_in_order():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
     [y] = reference_evaluator(model).run(None, {})
     np.testing.assert_array_equal(y, [0.0, 7.0, 0.0, 0.0])
+    # numpy happens to keep the later write too, but does not promise it: not vectorized
+    indices = np.array([[2], [0], [-2]], np.int64)  # -2 is 2
+    assert scatter_nd(np.zeros(4), indices, np.ones(3)) is None
+    assert scatter_nd(np.zeros(4), indices[:2], np.ones(2)) is not None
