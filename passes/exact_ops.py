@@ -50,36 +50,44 @@ def evaluate_exact_ops(
     known = dict(values)
     computed: dict[str, np.ndarray] = {}
     for node in nodes:
-        output = exact_output(node, known, opset)
+        if node.op_type not in _OPS or node.domain not in _STANDARD or len(node.output) != 1:
+            continue
+        attributes = {a.name: _attribute_value(a) for a in node.attribute}
+        output = exact_output(node.op_type, list(node.input), attributes, known, opset)
         if output is not None:
             known[node.output[0]] = computed[node.output[0]] = output
     return computed
 
 
 def exact_output(
-    node: onnx.NodeProto, known: dict[str, np.ndarray], opset: int
+    op: str, inputs: list[str], attributes: dict, known: dict[str, np.ndarray], opset: int
 ) -> np.ndarray | None:
-    """``node``'s one output computed from ``known`` values, or ``None`` if it is not one this
-    module computes exactly (or an input is unknown)."""
-    op = _OPS.get(node.op_type)
-    if op is None or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+    """The one output of a standard-domain ``op`` node reading ``inputs`` (names, ``""`` for
+    an omitted one) computed from ``known`` values, or ``None`` if it is not one this module
+    computes exactly (or an input is unknown). ``attributes`` hold Python values, a tensor as
+    a numpy array."""
+    computes = _OPS.get(op)
+    if computes is None or any(name and name not in known for name in inputs):
         return None
-    if any(name and name not in known for name in node.input):
+    since, attributes_by_opset, run = computes
+    if opset < since or not attributes.keys() <= attributes_by_opset(opset):
         return None
-    inputs = [known[name] if name else None for name in node.input]
-    since, attributes_by_opset, run = op
-    if opset < since:
-        return None
-    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if not attributes.keys() <= attributes_by_opset(opset):
-        return None
+    values = [known[name] if name else None for name in inputs]
     try:
-        output = np.asarray(run(inputs, attributes, opset))
+        output = np.asarray(run(values, attributes, opset))
     except (Declined, ValueError, IndexError, TypeError, OverflowError, ZeroDivisionError):
         return None  # numpy refuses what ONNX forbids, or the case is one we do not compute
     if output.size > MAX_ELEMENTS:
         return None
     return output
+
+
+def _attribute_value(attribute: onnx.AttributeProto) -> object:
+    value = helper.get_attribute_value(attribute)
+    return numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value
+
+
+_STANDARD = ("", "ai.onnx")
 
 
 def unsqueeze(data: np.ndarray, axes: Sequence[int]) -> np.ndarray:
@@ -283,7 +291,7 @@ def _constant_of_shape(inputs, attributes, opset):
     if inputs[0].dtype != np.int64 or any(d < 0 for d in shape):
         raise Declined
     value = attributes.get("value")
-    fill = np.zeros(1, np.float32) if value is None else numpy_helper.to_array(value)
+    fill = np.zeros(1, np.float32) if value is None else np.asarray(value)
     if fill.size != 1 or fill.dtype.kind not in "biuf" or math.prod(shape) > MAX_ELEMENTS:
         raise Declined
     return np.full(shape, fill.reshape(()), dtype=fill.dtype)

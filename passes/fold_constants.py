@@ -29,6 +29,7 @@ from repvgg_onnx.graph.unread_nodes import remove_unread_nodes
 from .computed_shapes import infer_shapes_read_by_shape_nodes
 from .constant_evaluation import NodeValues, Runtime, evaluate_constants
 from .contracts import KEEPS_INTERFACE_AND_NAMES, WELL_FORMED, contract
+from .exact_ops import EXACT_OPS, exact_output
 from .graph_utils import (
     attribute,
     constant_values,
@@ -177,15 +178,63 @@ def _evaluate_all(
     graph: gs.Graph, nodes: list[gs.Node], runtime: Runtime | None
 ) -> list[NodeValues]:
     """What may be written for each of ``nodes``, evaluated together on the constants they
-    read."""
+    read: the exact ops (:mod:`.exact_ops`) on the nodes as they are, the others as protos by
+    :func:`~.constant_evaluation.evaluate_constants`."""
     inside = {id(t) for node in nodes for t in node.outputs}
     values = {}
     for node in nodes:
         for tensor in node.inputs:
             if not is_omitted(tensor) and id(tensor) not in inside:
                 values[tensor.name] = constant_values(tensor)
-    protos = [node_proto(node) for node in nodes]
-    return evaluate_constants(protos, values, int(graph.opset or 17), runtime)
+    opset = int(graph.opset or 17)
+    exact = _exact_values(nodes, values, opset)
+    rest = [node for node in nodes if node.outputs[0].name not in exact]
+    if rest:
+        protos = [node_proto(node) for node in rest]
+        decided = iter(evaluate_constants(protos, values | exact, opset, runtime))
+    return [
+        NodeValues([exact[node.outputs[0].name]])
+        if node.outputs[0].name in exact
+        else next(decided)
+        for node in nodes
+    ]
+
+
+def _exact_values(
+    nodes: list[gs.Node], values: dict[str, np.ndarray], opset: int
+) -> dict[str, np.ndarray]:
+    """:func:`~.exact_ops.evaluate_exact_ops` on graphsurgeon nodes (their attributes already
+    read, so no proto is written for them): each output computed, by name."""
+    known = dict(values)
+    computed: dict[str, np.ndarray] = {}
+    for node in nodes:
+        if node.op not in EXACT_OPS or len(node.outputs) != 1 or not is_standard(node):
+            continue
+        attributes = _plain_attributes(node)
+        if attributes is None:
+            continue
+        inputs = ["" if is_omitted(t) else t.name for t in node.inputs]
+        output = exact_output(node.op, inputs, attributes, known, opset)
+        if output is not None:
+            known[node.outputs[0].name] = computed[node.outputs[0].name] = output
+    return computed
+
+
+#: graphsurgeon's type of an attribute a function body takes from its caller.
+_ATTRIBUTE_REFERENCES = tuple(filter(None, [getattr(gs.Node, "AttributeRef", None)]))
+
+
+def _plain_attributes(node: gs.Node) -> dict | None:
+    """The node's attributes as Python values (a tensor as its array), or ``None`` if one
+    refers to a function's attribute or holds a graph."""
+    plain = {}
+    for name, value in node.attrs.items():
+        if isinstance(value, gs.Constant):
+            value = constant_values(value)
+        if value is None or isinstance(value, (gs.Graph, *_ATTRIBUTE_REFERENCES)):
+            return None
+        plain[name] = value
+    return plain
 
 
 def _shape_of(node: gs.Node) -> list[np.ndarray] | None:
