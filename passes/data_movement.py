@@ -54,7 +54,7 @@ def chain_as_pad(nodes: list[gs.Node], source: gs.Tensor, opset: int) -> AffineC
         )
     try:
         model = _chain_model(nodes, source, shape, opset)
-        evaluator = reference_evaluator(model)
+        evaluator = reference_evaluator(model, overwrite_intermediates=True)
         probe = np.arange(1, math.prod(shape) + 1, dtype=np.float32).reshape(shape)
         [first] = evaluator.run(None, {"x": probe})
         [second] = evaluator.run(None, {"x": -probe})

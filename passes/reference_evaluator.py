@@ -22,6 +22,7 @@ reference alone (where onnxruntime cannot run a node) only on those.
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import cache
 
 import numpy as np
@@ -30,9 +31,13 @@ import onnx
 from .exact_ops import unsqueeze
 
 
-def scatter_nd(data: np.ndarray, indices: np.ndarray, updates: np.ndarray) -> np.ndarray | None:
+def scatter_nd(
+    data: np.ndarray, indices: np.ndarray, updates: np.ndarray, *, in_place: bool = False
+) -> np.ndarray | None:
     """``ScatterND(data, indices, updates)`` without reduction, or ``None`` if an index tuple
-    repeats (then the order of writes matters). Out-of-range indices raise ``ValueError``."""
+    repeats (then the order of writes matters). Out-of-range indices raise ``ValueError``.
+    ``in_place`` writes into ``data`` (C-contiguous; nothing else may read it) instead of a
+    copy."""
     depth = indices.shape[-1]
     leading = data.shape[:depth]
     rows = indices.reshape(-1, depth).astype(np.int64)
@@ -41,9 +46,11 @@ def scatter_nd(data: np.ndarray, indices: np.ndarray, updates: np.ndarray) -> np
     ordered = np.sort(flat)  # not a bincount: that allocates one counter per element of data
     if np.any(ordered[1:] == ordered[:-1]):
         return None
-    output = np.copy(data).reshape((-1, *data.shape[depth:]))
-    output[flat] = updates.reshape((len(flat), *data.shape[depth:]))
-    return output.reshape(data.shape)
+    output = data if in_place else np.array(data, order="C")
+    output.reshape((-1, *data.shape[depth:]))[flat] = updates.reshape(
+        (len(flat), *data.shape[depth:])
+    )  # a C-contiguous array reshapes into a view of itself, so this writes into it
+    return output
 
 
 @cache
@@ -68,10 +75,16 @@ def _scatter_nd_op() -> type:
 
     class VectorizedScatterND(ScatterND):
         op_domain = ""
+        #: The data inputs this op may write into: read by it alone, computed by the model.
+        overwritable: frozenset[str] = frozenset()
 
         def _run(self, data, indices, updates, reduction=None):
             if reduction in (None, "none"):
-                output = scatter_nd(data, indices, updates)
+                in_place = (
+                    self.onnx_node.input[0] in self.overwritable
+                    and data.flags.c_contiguous  # np.pad keeps a Fortran-ordered input's order
+                )
+                output = scatter_nd(data, indices, updates, in_place=in_place)
                 if output is not None:
                     return (output,)
             return super()._run(data, indices, updates, reduction=reduction)
@@ -80,12 +93,39 @@ def _scatter_nd_op() -> type:
     return VectorizedScatterND
 
 
-def reference_evaluator(model: onnx.ModelProto):
+def reference_evaluator(model: onnx.ModelProto, *, overwrite_intermediates: bool = False):
     """An :class:`onnx.reference.ReferenceEvaluator` of ``model`` with the vectorized
-    ``ScatterND`` and the specified ``Unsqueeze``."""
+    ``ScatterND`` and the specified ``Unsqueeze``. With ``overwrite_intermediates``, a
+    ``ScatterND`` writes into its data when that is a fresh array only it reads (see
+    :func:`_overwritable`): a chain of border writes then copies the map once, not once per
+    write (the evaluator's intermediate results must then not be read back)."""
     from onnx.reference import ReferenceEvaluator
 
-    return ReferenceEvaluator(model, new_ops=[_scatter_nd_op(), _unsqueeze_op()])
+    scatter = _scatter_nd_op()
+    if overwrite_intermediates:
+        overwritable = _overwritable(model.graph)
+        scatter = type("ScatterND", (scatter,), {"overwritable": overwritable})
+    return ReferenceEvaluator(model, new_ops=[scatter, _unsqueeze_op()])
+
+
+#: Ops whose output is always an array of its own (``np.pad``; a ``ScatterND``'s copy, or its
+#: data written in place, which was one), never a view of or the same object as an input.
+_FRESH_OUTPUTS = frozenset({"Pad", "ScatterND"})
+
+
+def _overwritable(graph: onnx.GraphProto) -> frozenset[str]:
+    """The outputs of ``graph``'s :data:`_FRESH_OUTPUTS` nodes that exactly one input of one
+    node reads and that are not graph outputs: no other name holds their array, and no other
+    reader sees it written."""
+    reads = Counter(name for node in graph.node for name in node.input)
+    outputs = {value.name for value in graph.output}
+    return frozenset(
+        name
+        for node in graph.node
+        if node.op_type in _FRESH_OUTPUTS  # another domain's op would not run at all
+        for name in node.output
+        if reads[name] == 1 and name not in outputs
+    )
 
 
 #: Ops whose results :func:`reference_evaluator` is tested to share with onnxruntime, at every

@@ -4,6 +4,7 @@ idiom folds without an evaluator."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
@@ -103,3 +104,72 @@ def test_a_scatter_nd_with_a_repeated_index_falls_back_to_writing_in_order():
     indices = np.array([[2], [0], [-2]], np.int64)  # -2 is 2
     assert scatter_nd(np.zeros(4), indices, np.ones(3)) is None
     assert scatter_nd(np.zeros(4), indices[:2], np.ones(2)) is not None
+
+
+def _border_write_model(body: str) -> onnx.ModelProto:
+    """A model of ``x`` (float[1, 2, 3, 3]) with the constants a border write needs: ``pads``
+    (1 around H and W), ``rows`` (row 0 of both channels), ``ones`` (its updates)."""
+    from onnx import parser
+
+    return parser.parse_model(
+        f"""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 2, 3, 3] x) => ({body.split("=>")[0]}) {{
+            pads = Constant<value = int64[8] {{0, 0, 1, 1, 0, 0, 1, 1}}>()
+            rows = Constant<value = int64[2, 1, 4, 4] {{
+                0,0,0,0, 0,0,0,1, 0,0,0,2, 0,0,0,3, 0,1,0,0, 0,1,0,1, 0,1,0,2, 0,1,0,3}}>()
+            ones = Constant<value = float[2, 1, 4] {{1, 1, 1, 1, 1, 1, 1, 1}}>()
+            {body.split("=>")[1]}
+        }}"""
+    )
+
+
+#: Models in which a ScatterND must not write into its data: read again elsewhere (by a Neg,
+#: as a graph output, through a Reshape's view), the graph input itself, or a Fortran-ordered
+#: padded map (its reshape would be a copy, so the writes would be lost); and a chain of
+#: writes, which may.
+IN_PLACE_TRAPS = {
+    "read twice": """float[1, 2, 5, 5] y, float[1, 2, 5, 5] z =>
+        t = Pad(x, pads)
+        y = ScatterND(t, rows, ones)
+        z = Neg(t)""",
+    "a graph output": """float[1, 2, 5, 5] y, float[1, 2, 5, 5] t =>
+        t = Pad(x, pads)
+        y = ScatterND(t, rows, ones)""",
+    "a reshape's view": """float[1, 2, 5, 5] y, float[1, 2, 5, 5] z =>
+        shape = Constant<value = int64[4] {1, 2, 5, 5}>()
+        t = Pad(x, pads)
+        u = Reshape(t, shape)
+        y = ScatterND(u, rows, ones)
+        z = Neg(t)""",
+    "the input": """float[1, 2, 3, 3] y =>
+        rows3 = Constant<value = int64[1, 1, 4] {0, 0, 0, 0}>()
+        ones3 = Constant<value = float[1, 1] {5}>()
+        y = ScatterND(x, rows3, ones3)""",
+    "fortran order": """float[1, 2, 5, 5] y =>
+        xt = Transpose<perm = [3, 2, 1, 0]>(x)
+        xc = Identity(xt)
+        back = Transpose<perm = [3, 2, 1, 0]>(xc)
+        c = Pad(back, pads)
+        y = ScatterND(c, rows, ones)""",
+    "a chain of writes": """float[1, 2, 5, 5] y =>
+        twos = Constant<value = float[2, 1, 4] {2, 2, 2, 2, 2, 2, 2, 2}>()
+        t = Pad(x, pads)
+        u = ScatterND(t, rows, ones)
+        y = ScatterND(u, rows, twos)""",
+}
+
+
+@pytest.mark.parametrize("case", IN_PLACE_TRAPS)
+def test_scatter_nd_writes_in_place_only_into_arrays_nothing_else_reads(case):
+    """Evaluated twice with intermediates overwritten, the outputs are onnx's own, and the
+    input fed in is unchanged."""
+    model = _border_write_model(IN_PLACE_TRAPS[case])
+    x = np.arange(18, dtype=np.float32).reshape(1, 2, 3, 3)
+    want = ReferenceEvaluator(model).run(None, {"x": x.copy()})
+    evaluator = reference_evaluator(model, overwrite_intermediates=True)
+    for _ in range(2):
+        fed = x.copy()
+        got = evaluator.run(None, {"x": fed})
+        np.testing.assert_array_equal(fed, x)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
