@@ -1,16 +1,22 @@
-"""Index and data-movement ops computed with numpy, exactly as onnxruntime computes them.
+"""Index and data-movement ops, and IEEE arithmetic, computed with numpy exactly as onnxruntime
+computes them.
 
 Exporters compute shapes and index tensors in the graph: TorchScript's ``flatten`` is
 ``Shape → Gather → Unsqueeze → Concat`` in nearly every classifier, and its slice assignments
 (DBB's border writes) are hundreds of ``ConstantOfShape``, ``Range``, ``Expand``, ``Where``,
-``Equal`` and integer ``Add``/``Mul`` nodes per layer. Each op here is one or two numpy calls
-whose result is fixed by the specification: copies and selections of elements (any element
-type), integer arithmetic within range, comparisons. Nothing here rounds, so "exactly" means
-bit for bit; ``tests/test_exact_ops.py`` compares every op with onnxruntime on random cases,
-invalid ones included, at the opsets where its signature changes.
+``Equal`` and integer ``Add``/``Mul`` nodes per layer; they also fold weights in the graph
+(DBB's ``W + I``, a BatchNormalization's ``β − μγ/sqrt(var + ε)``). Each op here is one or two
+numpy calls whose result the specification fixes bit for bit: copies and selections of
+elements (any element type), integer arithmetic within range, comparisons, and ``Add``,
+``Sub``, ``Mul``, ``Div``, ``Sqrt`` of float32/float64, each element one correctly rounded IEEE
+754 operation in numpy as in onnxruntime (on finite, normal values with finite, normal
+results: the sign and payload of a NaN, and subnormals a build may flush to zero, are left to
+onnxruntime). ``tests/test_exact_ops.py`` compares every op with onnxruntime byte for byte on
+random cases, invalid ones and every float trap included, at the opsets where its signature
+changes.
 
 :func:`evaluate_exact_ops` computes the nodes of a constant subgraph it can and leaves the rest
-(a float ``Sqrt``, an op not here, an input it declines) to onnxruntime, checked against onnx's
+(a ``Sigmoid``, an op not here, an input it declines) to onnxruntime, checked against onnx's
 reference evaluator (:mod:`.constant_evaluation`).
 
 Invariant: a value is returned only for a node whose op, opset, attributes, input count and
@@ -28,7 +34,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-#: An output with more elements is declined (onnxruntime computes it, as before).
+#: An output with more elements is declined before it is computed (onnxruntime computes it,
+#: and constant folding's own budget decides whether it is written).
 MAX_ELEMENTS = 1 << 22
 
 #: Integer operands of ``Add``/``Sub`` within this magnitude cannot overflow int64; ``Mul``'s
@@ -74,12 +81,9 @@ def exact_output(
         return None
     values = [known[name] if name else None for name in inputs]
     try:
-        output = np.asarray(run(values, attributes, opset))
+        return np.asarray(run(values, attributes, opset))
     except (Declined, ValueError, IndexError, TypeError, OverflowError, ZeroDivisionError):
         return None  # numpy refuses what ONNX forbids, or the case is one we do not compute
-    if output.size > MAX_ELEMENTS:
-        return None
-    return output
 
 
 def _attribute_value(attribute: onnx.AttributeProto) -> object:
@@ -106,13 +110,14 @@ def _count(inputs: list, least: int, most: int | None = None) -> None:
         raise Declined
 
 
-def _ints(value: np.ndarray | None, default: list[int] | None = None) -> list[int]:
-    """A 1-D (or scalar) int32/int64 tensor as Python ints."""
+def _ints(
+    value: np.ndarray | None, default: list[int] | None = None, types: tuple = (np.int64,)
+) -> list[int]:
+    """A 1-D (or scalar) tensor of one of ``types`` as Python ints; ``default`` for an omitted
+    optional input (a required one is never omitted: :func:`_count` checked)."""
     if value is None:
-        if default is None:
-            raise Declined
-        return default
-    if value.dtype not in (np.int32, np.int64) or value.ndim > 1:
+        return default or []
+    if value.dtype not in types or value.ndim > 1:
         raise Declined
     return [int(v) for v in value.reshape(-1)]
 
@@ -130,6 +135,14 @@ def _integers(*arrays: np.ndarray) -> np.dtype:
     return dtype
 
 
+def _within_limit(*shapes: Sequence[int]) -> tuple[int, ...]:
+    """The broadcast of ``shapes``, if it holds at most :data:`MAX_ELEMENTS` elements."""
+    shape = np.broadcast_shapes(*(tuple(s) for s in shapes))
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise Declined
+    return shape
+
+
 def _axis(axis: int, rank: int) -> int:
     if not -rank <= axis < rank:
         raise Declined
@@ -140,12 +153,11 @@ def _gather(inputs, attributes, opset):
     _count(inputs, 2)
     data, indices = inputs
     _same_types(data)
-    if indices.dtype not in (np.int32, np.int64) or data.ndim == 0:
+    if indices.dtype not in (np.int32, np.int64):  # numpy would take int8 or bool indices
         raise Declined
     axis = _axis(int(attributes.get("axis", 0)), data.ndim)
-    if np.any((indices < -data.shape[axis]) | (indices >= data.shape[axis])):
-        raise Declined
-    return np.take(data, indices, axis=axis)
+    _within_limit([data.size // max(data.shape[axis], 1) * indices.size])
+    return np.take(data, indices, axis=axis)  # raises for an index out of range, as ONNX
 
 
 def _unsqueeze(inputs, attributes, opset):
@@ -160,9 +172,7 @@ def _unsqueeze(inputs, attributes, opset):
 def _concat(inputs, attributes, opset):
     if not inputs or any(i is None for i in inputs) or "axis" not in attributes:
         raise Declined
-    _same_types(*inputs)
-    if len({i.ndim for i in inputs}) != 1 or inputs[0].ndim == 0:
-        raise Declined
+    _same_types(*inputs)  # numpy raises for scalars and ranks that differ
     return np.concatenate(inputs, axis=_axis(int(attributes["axis"]), inputs[0].ndim))
 
 
@@ -177,16 +187,11 @@ def _reshape(inputs, attributes, opset):
     data = inputs[0]
     _same_types(data)
     shape = _ints(inputs[1])
-    if inputs[1].dtype != np.int64 or shape.count(-1) > 1 or any(d < -1 for d in shape):
+    if shape.count(-1) > 1 or any(d < -1 for d in shape):
         raise Declined
-    if not attributes.get("allowzero", 0):
-        if any(d == 0 and i >= data.ndim for i, d in enumerate(shape)):
-            raise Declined
+    if not attributes.get("allowzero", 0):  # a 0 copies the input's dimension
         shape = [data.shape[i] if d == 0 else d for i, d in enumerate(shape)]
-    elif 0 in shape and -1 in shape:
-        raise Declined
-    if -1 in shape and math.prod(d for d in shape if d != -1) == 0:
-        raise Declined  # an inferred dimension beside a zero one is ambiguous
+    # numpy raises where ONNX forbids: a 0 past the input's rank, an inferred -1 beside a 0
     return data.reshape(shape).copy()
 
 
@@ -194,13 +199,8 @@ def _expand(inputs, attributes, opset):
     _count(inputs, 2)
     data = inputs[0]
     _same_types(data)
-    shape = _ints(inputs[1])
-    if inputs[1].dtype != np.int64 or any(d < 0 for d in shape):
-        raise Declined
-    target = np.broadcast_shapes(data.shape, tuple(shape))
-    if math.prod(target) > MAX_ELEMENTS:
-        raise Declined
-    return np.broadcast_to(data, target).copy()
+    shape = _ints(inputs[1])  # numpy refuses a negative dimension
+    return np.broadcast_to(data, _within_limit(data.shape, shape)).copy()
 
 
 def _slice(inputs, attributes, opset):
@@ -217,18 +217,17 @@ def _slice(inputs, attributes, opset):
         index_types = {i.dtype for i in inputs[1:] if i is not None}
         if len(index_types) != 1:
             raise Declined
-        starts, ends = _ints(inputs[1]), _ints(inputs[2])
-        axes = _ints(inputs[3], list(range(len(starts))))
-        steps = _ints(inputs[4], [1] * len(starts))
+        indices = (np.int32, np.int64)  # Slice's Tind
+        starts, ends = _ints(inputs[1], types=indices), _ints(inputs[2], types=indices)
+        axes = _ints(inputs[3], list(range(len(starts))), indices)
+        steps = _ints(inputs[4], [1] * len(starts), indices)
     data = inputs[0]
     _same_types(data)
-    if not len(starts) == len(ends) == len(axes) == len(steps) or data.ndim == 0:
-        raise Declined
     axes = [_axis(a, data.ndim) for a in axes]
-    if len(set(axes)) != len(axes) or 0 in steps:
+    if len(set(axes)) != len(axes):  # a step of 0 numpy refuses itself
         raise Declined
     window = [slice(None)] * data.ndim
-    for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
+    for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):  # equal lengths
         window[axis] = _clamped(start, end, step, data.shape[axis])
     return data[tuple(window)].copy()
 
@@ -252,9 +251,7 @@ def _transpose(inputs, attributes, opset):
     data = inputs[0]
     _same_types(data)
     perm = list(attributes.get("perm", range(data.ndim - 1, -1, -1)))
-    if sorted(perm) != list(range(data.ndim)):
-        raise Declined
-    return np.transpose(data, perm).copy()
+    return np.transpose(data, perm).copy()  # raises unless perm permutes the axes
 
 
 def _squeeze(inputs, attributes, opset):
@@ -271,9 +268,7 @@ def _squeeze(inputs, attributes, opset):
     if not axes:  # onnxruntime reads an empty axes input as none: every 1 goes
         raise Declined
     axes = [_axis(a, data.ndim) for a in axes]
-    if len(set(axes)) != len(axes) or any(data.shape[a] != 1 for a in axes):
-        raise Declined
-    return np.squeeze(data, tuple(axes)).copy()
+    return np.squeeze(data, tuple(axes)).copy()  # raises for a repeated axis or a size not 1
 
 
 def _shape(inputs, attributes, opset):
@@ -287,14 +282,12 @@ def _shape(inputs, attributes, opset):
 
 def _constant_of_shape(inputs, attributes, opset):
     _count(inputs, 1)
-    shape = _ints(inputs[0])
-    if inputs[0].dtype != np.int64 or any(d < 0 for d in shape):
-        raise Declined
+    shape = _ints(inputs[0])  # numpy refuses a negative dimension
     value = attributes.get("value")
     fill = np.zeros(1, np.float32) if value is None else np.asarray(value)
-    if fill.size != 1 or fill.dtype.kind not in "biuf" or math.prod(shape) > MAX_ELEMENTS:
+    if fill.dtype.kind not in "biuf":
         raise Declined
-    return np.full(shape, fill.reshape(()), dtype=fill.dtype)
+    return np.full(_within_limit(shape), fill.reshape(()), dtype=fill.dtype)  # one element
 
 
 def _cast(inputs, attributes, opset):
@@ -316,21 +309,26 @@ def _range(inputs, attributes, opset):
     _count(inputs, 3)
     start, limit, delta = inputs
     dtype = _integers(start, limit, delta)
-    if any(v.ndim != 0 for v in inputs) or int(delta) == 0:
+    if any(v.ndim != 0 for v in inputs):  # numpy 1.x would read a 1-element vector as one
         raise Declined
     if any(abs(int(v)) >= _MUL_LIMIT for v in inputs):
         raise Declined
     count = max(-(-(int(limit) - int(start)) // int(delta)), 0)  # ceil, in exact integers
+    _within_limit([count])
     return (int(start) + int(delta) * np.arange(count, dtype=np.int64)).astype(dtype)
 
 
 def _arithmetic(combine: Callable[[np.ndarray, np.ndarray], np.ndarray], limit: int):
+    """A binary op of integers within ``limit`` or of float32/float64 values, each element one
+    correctly rounded IEEE operation (see :func:`_ieee`)."""
+
     def run(inputs, attributes, opset):
         _count(inputs, 2)
         a, b = inputs
+        _within_limit(a.shape, b.shape)
+        if _same_types(a, b).kind == "f":
+            return _ieee(combine, a, b)
         dtype = _integers(a, b)
-        if opset < 7:  # broadcasting by attributes
-            raise Declined
         wide = [v.astype(np.int64) for v in (a, b)]
         if any(v.size and int(np.abs(v).max()) >= limit for v in wide):
             raise Declined
@@ -343,11 +341,49 @@ def _arithmetic(combine: Callable[[np.ndarray, np.ndarray], np.ndarray], limit: 
     return run
 
 
+#: The float types whose +, −, ×, ÷ and square root numpy and onnxruntime both compute as
+#: the one correctly rounded IEEE 754 result (float16 arithmetic may round twice).
+_IEEE_TYPES = frozenset(map(np.dtype, ("float32", "float64")))
+
+
+def _ieee(operation: Callable[..., np.ndarray], *operands: np.ndarray) -> np.ndarray:
+    """``operation`` (one IEEE operation per element) of finite, normal float32/float64
+    ``operands``, if its results are finite and normal too. Infinities, NaN (whose sign and
+    payload implementations choose) and subnormals (which a build may flush to zero) are
+    declined: onnxruntime computes those."""
+    if operands[0].dtype not in _IEEE_TYPES:
+        raise Declined
+    with np.errstate(all="ignore"):
+        result = operation(*operands)
+    if not all(_normal(v) for v in (*operands, result)):
+        raise Declined
+    return result
+
+
+def _normal(values: np.ndarray) -> bool:
+    """Every element finite and zero or normal (not subnormal)."""
+    magnitude = np.abs(values)
+    tiny = np.finfo(values.dtype).tiny
+    return bool(np.all(np.isfinite(values) & ((magnitude == 0) | (magnitude >= tiny))))
+
+
+def _divide(inputs, attributes, opset):
+    _count(inputs, 2)
+    _same_types(*inputs)
+    return _ieee(np.divide, *inputs)  # floats only: integer division is onnxruntime's
+
+
+def _sqrt(inputs, attributes, opset):
+    _count(inputs, 1)
+    return _ieee(np.sqrt, inputs[0])
+
+
 def _equal(inputs, attributes, opset):
     _count(inputs, 2)
     dtype = _same_types(*inputs)
     if opset < 11 and dtype not in (np.bool_, np.int32, np.int64):  # Equal-7's types
         raise Declined
+    _within_limit(*(v.shape for v in inputs))
     return np.equal(*inputs)
 
 
@@ -360,6 +396,7 @@ def _where(inputs, attributes, opset):
     condition, x, y = inputs
     if condition.dtype != np.bool_ or _same_types(x, y) not in _WHERE_TYPES:
         raise Declined
+    _within_limit(condition.shape, x.shape, y.shape)
     return np.where(condition, x, y)
 
 
@@ -396,6 +433,8 @@ _OPS: dict[str, tuple[int, Callable[[int], frozenset[str]], Callable]] = {
     "Add": (7, _only(), _arithmetic(np.add, _ADD_LIMIT)),
     "Sub": (7, _only(), _arithmetic(np.subtract, _ADD_LIMIT)),
     "Mul": (7, _only(), _arithmetic(np.multiply, _MUL_LIMIT)),
+    "Div": (7, _only(), _divide),
+    "Sqrt": (6, _only(), _sqrt),
     "Equal": (7, _only(), _equal),
     "Where": (9, _only(), _where),
 }

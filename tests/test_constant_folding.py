@@ -129,6 +129,13 @@ CASES = [
 ]
 
 
+@pytest.fixture
+def no_exact_ops(monkeypatch):
+    """Constant evaluation without :mod:`~repvgg_onnx.passes.exact_ops`: every node goes to
+    onnxruntime and the reference evaluator, whose agreement these tests are about."""
+    monkeypatch.setattr(constant_evaluation, "evaluate_exact_ops", lambda *_: {})
+
+
 def _case_id(case) -> str:
     op, opset, _, attributes, _ = case
     return f"{op}-{opset}-{'-'.join(sorted(attributes))}"
@@ -181,6 +188,7 @@ def test_folding_writes_what_onnxruntime_computes(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.usefixtures("no_exact_ops")
 def test_the_reference_agrees_with_onnxruntime_on_every_checked_op(case):
     """What justifies :data:`CHECKED_OPS`: the reference alone folds them as onnxruntime would."""
     op, opset, inputs, attributes, outputs = case
@@ -203,8 +211,9 @@ def test_every_checked_op_has_cases_at_the_torchscript_opsets_and_after():
 def _conv_bn_scale_shift(opset: int, scale_first: bool = False) -> onnx.ModelProto:
     """onnxruntime's ``conv_bn_mul_add_unsqueeze_neg_axes``: Conv → BatchNormalization →
     ``Mul(·, Unsqueeze(s, axes=[-2, -1]))`` → ``Add(·, Unsqueeze(b, axes=[-2, -1]))``.
-    ``scale_first`` computes ``s`` as ``s0 * 2`` in the graph, so the constant subgraph is no
-    longer index ops alone and runs through onnxruntime and the reference evaluator."""
+    ``scale_first`` computes ``s`` as ``|s0|`` in the graph (``s0`` is positive), an op the
+    exact ops (:mod:`~repvgg_onnx.passes.exact_ops`) leave to onnxruntime, so the constant
+    subgraph runs through onnxruntime and the reference evaluator."""
     channels = 4
     rng = np.random.default_rng(11)
     weights = {
@@ -225,7 +234,7 @@ def _conv_bn_scale_shift(opset: int, scale_first: bool = False) -> onnx.ModelPro
     nodes = [
         helper.make_node("Conv", ["x", "W", "B"], ["conv"], pads=[1, 1, 1, 1]),
         helper.make_node("BatchNormalization", ["conv", "gamma", "beta", "mean", "var"], ["bn"]),
-        helper.make_node("Mul", ["s0", "two"], ["s"])
+        helper.make_node("Abs", ["s0"], ["s"])
         if scale_first
         else helper.make_node("Identity", ["s0"], ["s"]),
         helper.make_node("Unsqueeze", ["s", *axes], ["s3"], **unsqueeze),
@@ -272,8 +281,8 @@ def _onnx_reference(model: onnx.ModelProto):
 
 def test_a_disagreement_with_the_reference_is_refused_with_the_reason(monkeypatch):
     """onnx's own evaluator (negative axes inserted one at a time) against onnxruntime on
-    ``Unsqueeze(s0 · 2)``, which reads a float product (so numpy's exact ops do not compute
-    it): the Unsqueeze stays, with both shapes in the skip reason, and the model stays right.
+    ``Unsqueeze(|s0|)``, which reads an ``Abs`` (so numpy's exact ops do not compute it): the
+    Unsqueeze stays, with both shapes in the skip reason, and the model stays right.
     ``Unsqueeze(b)`` of a stored weight is an exact op and folds as specified."""
     monkeypatch.setattr(constant_evaluation, "reference_evaluator", _onnx_reference)
     model = _conv_bn_scale_shift(11, scale_first=True)
@@ -294,6 +303,7 @@ def test_an_op_onnxruntime_cannot_run_is_refused_unless_the_reference_is_checked
     assert larger.refusal.startswith("onnxruntime cannot evaluate this constant Max")
 
 
+@pytest.mark.usefixtures("no_exact_ops")
 def test_without_onnxruntime_only_checked_ops_fold_by_the_reference():
     """A runtime that computes nothing (onnxruntime crashed): ``Mul`` is checked and folds,
     ``Max`` after it is not and stays, with the reason."""
@@ -345,10 +355,11 @@ def _run_script(script: str) -> list[str]:
     return done.stdout.splitlines()
 
 
-def test_folding_runs_onnxruntime_in_one_child_process(tmp_path):
-    """A DBB whose border weights are computed in the graph (Equal, Where, Expand, Range...)
-    folds its constants in three calls, all served by one child: onnxruntime is imported
-    once, and never in the fusing process itself, so verification can still fork."""
+def test_a_dbb_folds_its_computed_weights_without_onnxruntime(tmp_path):
+    """A DBB whose border weights are computed in the graph (Equal, Where, Expand, Range, and
+    a BatchNormalization's shift from Sqrt, Div, Mul, Sub) folds them with the exact ops
+    alone: no onnxruntime child starts, and onnxruntime is never imported in the fusing
+    process itself (so verification can still fork)."""
     fixture = Path(__file__).resolve().parent.parent / "models/fixtures/families/dbb"
     script = (
         "import sys, repvgg_onnx, repvgg_onnx.pipeline.constant_folding as runtime\n"
@@ -359,7 +370,44 @@ def test_folding_runs_onnxruntime_in_one_child_process(tmp_path):
         "print(len(starts))\n"
         "print(sorted(m for m in sys.modules if m.startswith('onnxruntime')))"
     )
-    assert _run_script(script) == ["1", "[]"]
+    assert _run_script(script) == ["0", "[]"]
+
+
+def test_folding_runs_onnxruntime_in_one_child_process(tmp_path):
+    """Constants that only onnxruntime computes (``Sigmoid``, a float ``Cast``), in two rounds of
+    folding (the second reads the shape the first made known), are served by one child;
+    onnxruntime is never imported in the fusing process itself."""
+    from onnx import parser
+
+    model = parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 4] x) => (float[4] y) {
+            z = Constant<value = float[1] {0.2}>()
+            three = Constant<value = float[1] {3.6}>()
+            sz = Sigmoid(z)
+            f = Add(sz, three)
+            shape = Cast<to = 7>(f)
+            r = Reshape(x, shape)
+            size = Shape(r)
+            beta = ConstantOfShape<value = float[1] {1.5}>(size)
+            gate = Sigmoid(beta)
+            y = Mul(r, gate)
+        }"""
+    )
+    path = tmp_path / "gated.onnx"
+    onnx.save(model, path)
+    script = (
+        "import sys, repvgg_onnx, repvgg_onnx.pipeline.constant_folding as runtime\n"
+        "starts, start = [], runtime._start_child\n"
+        "runtime._start_child = lambda: starts.append(1) or start()\n"
+        "submits, submit = [], runtime._Worker.submit\n"
+        "runtime._Worker.submit = lambda *a: submits.append(1) or submit(*a)\n"
+        f"result = repvgg_onnx.fuse({str(path)!r}, verify=False)\n"
+        "assert not [s for s in result.report.skipped if s.rule == 'fold_constants']\n"
+        "print(len(starts), len(submits) > 1)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('onnxruntime')))"
+    )
+    assert _run_script(script) == ["1 True", "[]"]
 
 
 def test_a_child_that_dies_answers_nothing_and_the_next_call_starts_another():
@@ -636,7 +684,9 @@ def _reference_through(monkeypatch, change) -> None:
 
 
 def _product(monkeypatch, change) -> constant_evaluation.NodeValues:
-    """``a · b`` of two float32 constants, with the reference's result changed by ``change``."""
+    """``a · b`` of two float32 constants, with the reference's result changed by ``change``
+    (the exact ops, which would compute it, left out)."""
+    monkeypatch.setattr(constant_evaluation, "evaluate_exact_ops", lambda *_: {})
     _reference_through(monkeypatch, change)
     values = {"a": np.array([3.0, 4.0], F), "b": np.array([2.0, 0.1], F)}
     [product] = evaluate_constants(
@@ -672,6 +722,7 @@ def test_a_constant_only_onnxruntime_computes_is_folded_with_its_values(monkeypa
         raise RuntimeError("the reference cannot run this")
 
     monkeypatch.setattr(constant_evaluation, "run_reference", no_reference)
+    monkeypatch.setattr(constant_evaluation, "evaluate_exact_ops", lambda *_: {})
     values = {"a": np.array([3.0, 4.0], F), "b": np.array([2.0, 0.5], F)}
     nodes = [helper.make_node("Mul", ["a", "b"], ["product"])]
     [product] = evaluate_constants(nodes, values, 17, onnxruntime_values)
