@@ -207,34 +207,18 @@ def _exact_values(
     read, so no proto is written for them): each output computed, by name."""
     known = dict(values)
     computed: dict[str, np.ndarray] = {}
-    for node in nodes:
-        if node.op not in EXACT_OPS or len(node.outputs) != 1 or not is_standard(node):
+    for node in nodes:  # standard and of one output, as every foldable exact op is
+        if node.op not in EXACT_OPS:
             continue
-        attributes = _plain_attributes(node)
-        if attributes is None:
-            continue
+        attributes = {
+            name: constant_values(value) if isinstance(value, gs.Constant) else value
+            for name, value in node.attrs.items()
+        }  # a value the op cannot read (a tensor not loaded) makes numpy raise: declined
         inputs = ["" if is_omitted(t) else t.name for t in node.inputs]
         output = exact_output(node.op, inputs, attributes, known, opset)
         if output is not None:
             known[node.outputs[0].name] = computed[node.outputs[0].name] = output
     return computed
-
-
-#: graphsurgeon's type of an attribute a function body takes from its caller.
-_ATTRIBUTE_REFERENCES = tuple(filter(None, [getattr(gs.Node, "AttributeRef", None)]))
-
-
-def _plain_attributes(node: gs.Node) -> dict | None:
-    """The node's attributes as Python values (a tensor as its array), or ``None`` if one
-    refers to a function's attribute or holds a graph."""
-    plain = {}
-    for name, value in node.attrs.items():
-        if isinstance(value, gs.Constant):
-            value = constant_values(value)
-        if value is None or isinstance(value, (gs.Graph, *_ATTRIBUTE_REFERENCES)):
-            return None
-        plain[name] = value
-    return plain
 
 
 def _shape_of(node: gs.Node) -> list[np.ndarray] | None:

@@ -781,3 +781,69 @@ def test_shapes_read_by_a_shape_node_wait_when_an_input_has_no_type():
     graph = gs.Graph(nodes=nodes, inputs=[x], outputs=[shape], opset=17)
     assert infer_shapes_read_by_shape_nodes(graph, {id(pads)}) is False
     assert padded.shape is None and padded.dtype is None
+
+
+def test_exact_ops_and_runtime_ops_interleaved_fold_to_onnxruntime_values():
+    """A constant chain that alternates numpy's exact ops and ops only onnxruntime computes
+    (``Reshape → Sigmoid → Add → Exp → Unsqueeze``) folds whole, to onnxruntime's values."""
+    from onnx import parser
+
+    model = parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 13]>
+        g (float[2, 3, 1] x) => (float[2, 3, 1] y) {
+            w = Constant<value = float[3] {0.5, -1.25, 2.0}>()
+            shape = Constant<value = int64[2] {1, 3}>()
+            b = Constant<value = float[1] {0.1}>()
+            axes = Constant<value = int64[1] {2}>()
+            row = Reshape(w, shape)
+            gate = Sigmoid(row)
+            shifted = Add(gate, b)
+            grown = Exp(shifted)
+            scale = Unsqueeze(grown, axes)
+            y = Mul(x, scale)
+        }"""
+    )
+    fused, outcome = fuse_graph(model)
+    assert op_counts(fused) == {"Mul": 1}, outcome.skipped
+    _assert_same_outputs(model, fused)
+    [scale] = [t for t in fused.graph.initializer]
+    [ones_times_scale] = run(model, {"x": np.ones((2, 3, 1), F)})  # onnxruntime's own scale
+    np.testing.assert_array_equal(
+        numpy_helper.to_array(scale).reshape(-1), ones_times_scale[0, :, 0]
+    )
+
+
+def test_only_what_the_exact_ops_leave_goes_to_the_runtime_with_only_what_it_reads():
+    """The runtime gets the nodes numpy did not compute, and the values those nodes read (a
+    DBB's weights would otherwise be pickled to the child whole)."""
+    seen = {}
+
+    def runtime(nodes, values, opset):
+        seen.update(ops=[node.op_type for node in nodes], values=sorted(values))
+        return dict
+
+    values = {
+        "w": np.array([0.5, -1.0], F),
+        "unread": np.ones(1000, F),
+        "shape": np.array([2, 1], I64),
+    }
+    nodes = [
+        helper.make_node("Reshape", ["w", "shape"], ["column"]),
+        helper.make_node("Sigmoid", ["column"], ["gate"]),
+        helper.make_node("Add", ["unread", "unread"], ["twice"]),
+    ]
+    evaluate_constants(nodes, values, 17, runtime)
+    assert seen == {"ops": ["Sigmoid"], "values": ["column"]}
+
+
+def test_exact_ops_are_computed_on_the_graph_without_writing_protos(monkeypatch):
+    """Folding's exact ops read graphsurgeon's nodes: no proto is written for them."""
+    from repvgg_onnx.passes import fold_constants as folding
+
+    def no_proto(node):
+        raise AssertionError(f"a proto was written for {node.op}")
+
+    monkeypatch.setattr(folding, "node_proto", no_proto)
+    model = _node_model("Concat", 13, [i64(1, 2), i64(3)], {"axis": 0}, 1, as_initializers=True)
+    graph, _ = import_graph(model)
+    assert folding.fold_constants(graph, runtime=None).rewrites == 1

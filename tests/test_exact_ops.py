@@ -361,11 +361,12 @@ def test_integers_out_of_range_are_left_to_onnxruntime(op, values, to):
     assert evaluate_exact_ops([node], feeds, 17) == {}
 
 
-def test_a_node_of_another_domain_or_reading_an_unknown_value_is_not_computed():
+def test_a_node_of_another_domain_or_signature_or_reading_an_unknown_value_is_not_computed():
     feeds = {"a": np.array([1, 2], np.int64)}
     nodes = [
         helper.make_node("Add", ["a", "a"], ["mine"], domain="custom"),
         helper.make_node("Add", ["a", "unknown"], ["partial"]),
+        helper.make_node("Identity", ["a"], ["one", "two"]),  # not Identity's signature
         helper.make_node("Add", ["a", "a"], ["double"]),
     ]
     assert list(evaluate_exact_ops(nodes, feeds, 17)) == ["double"]
