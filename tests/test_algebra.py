@@ -450,6 +450,22 @@ def test_a_1x1_inner_conv_composes_with_any_outer_geometry(
     )
 
 
+@pytest.mark.parametrize("inner_kernel", [1, 3])
+def test_a_composed_kernel_holds_no_negative_zero(monkeypatch, inner_kernel):
+    """A tap product of −0.0 (a zero times a negative weight, where a BLAS does not start its
+    sums from +0.0) is written as 0.0 by the 1x1 path, as the general path's sum from zeros
+    writes it, so both write the same bytes."""
+    from repvgg_onnx.algebra import affine_conv as convs
+    from repvgg_onnx.algebra.linear_forms import compose
+
+    products = convs._tap_products
+    monkeypatch.setattr(convs, "_tap_products", lambda *a: -np.abs(products(*a)) * 0.0)
+    inner = affine_conv(np.ones((2, 2, inner_kernel, inner_kernel)), np.zeros(2))
+    outer = affine_conv(np.ones((2, 2, 3, 3)), np.zeros(2))
+    kernel = compose(outer, inner).kernel
+    assert np.all(kernel == 0) and not np.any(np.signbit(kernel))
+
+
 def test_merging_no_branch_is_an_error():
     with pytest.raises(ValueError, match="nothing to merge"):
         merge_affine_convs([])

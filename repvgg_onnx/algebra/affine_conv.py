@@ -474,6 +474,8 @@ def _tap_products(outer: AffineConv, inner: AffineConv, groups: int) -> np.ndarr
         return products.reshape(groups, cout // groups, -1, columns)
     a = outer.kernel.reshape(groups, cout // groups, cmid // groups, -1)
     b = inner_rows.reshape(groups, cmid // groups, columns)
+    if groups == 1:  # no stack to copy the one product into
+        return np.tensordot(a[0], b[0], axes=([1], [0]))[np.newaxis]
     return np.stack([np.tensordot(a[g], b[g], axes=([1], [0])) for g in range(groups)])
 
 
@@ -485,17 +487,19 @@ def _convolve_kernels(
     steps_outer, steps_inner = _tap_steps(outer, inner)
     dilations, shape = _composed_lattice(outer, inner)
     cout, cin = outer.out_channels, inner.in_channels
-    kernel = np.zeros((groups, cout // groups, cin // groups, *shape))
+    grouped = (groups, cout // groups, cin // groups, *shape)
     inner_window = [
         step // lattice if k > 1 else 1
         for step, lattice, k in zip(steps_inner, dilations, inner_k, strict=True)
     ]
     taps = _tap_products(outer, inner, groups)
     if all(k == 1 for k in inner_k):  # each outer tap is a tap of its own (DBB's 1x1 → kxk)
-        # added to the zeros, not assigned: 0.0 + x, as the loop below computes (a −0.0 product
-        # becomes 0.0), so both ways write the same bytes
-        kernel += np.moveaxis(taps, 2, -1).reshape(kernel.shape)
+        kernel = np.moveaxis(taps, 2, -1).reshape(grouped)  # taps is ours to overwrite
+        # x + 0.0, as the loop below computes 0.0 + x (a −0.0 product becomes 0.0), so both
+        # ways write the same bytes
+        kernel += 0.0
         return kernel.reshape(cout, cin // groups, *shape), tuple(dilations)
+    kernel = np.zeros(grouped)
     for flat, tap in enumerate(np.ndindex(*outer_k)):
         product = taps[:, :, flat].reshape(groups, cout // groups, cin // groups, *inner_k)
         window = tuple(
