@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -159,3 +160,48 @@ def test_nodes_dropped_from_the_graph_are_freed_with_it() -> None:
         assert not [ref for ref in objects if ref() is not None]
     finally:
         gc.enable()
+
+
+def _dropped_and_kept(graph):
+    """Drop a Conv from the graph, unlinked from what stays but still a cycle with its weight
+    (as a pass leaves a merged branch): the rest of the graph stays whole."""
+    conv = next(node for node in graph.nodes if node.op == "Conv")
+    weight = conv.inputs[1]
+    graph.nodes.remove(conv)
+    conv.outputs.clear()
+    conv.inputs[0] = weight  # off the graph's input: a cycle of imported objects alone
+    return conv, weight
+
+
+def test_what_the_passes_dropped_is_freed_before_the_export_without_a_collection() -> None:
+    import gc
+    import weakref
+
+    from repvgg_onnx.graph.crossing import export_graph, release_dropped, watch
+
+    model = block_model(REPVGG_BRANCHES, cin=4, cout=4, seed=1)
+    graph, empty = import_graph(model)
+    imported = watch(graph)
+    conv, weight = _dropped_and_kept(graph)
+    dropped = [weakref.ref(conv), weakref.ref(weight)]
+    del conv, weight
+    gc.disable()
+    try:
+        assert release_dropped(graph, imported)
+        assert not [ref for ref in dropped if ref() is not None]
+    finally:
+        gc.enable()
+    export_graph(graph, empty)  # what is left is whole
+
+
+def test_a_graph_with_subgraphs_leaves_what_it_dropped_to_the_collector() -> None:
+    """A body may still read a tensor the main graph no longer does: nothing is released."""
+    from repvgg_onnx.graph.crossing import release_dropped, watch
+
+    graph, _ = import_graph(block_model(REPVGG_BRANCHES, cin=4, cout=4, seed=1))
+    imported = watch(graph)
+    conv, weight = _dropped_and_kept(graph)
+    body = gs.Graph(nodes=[gs.Node("Identity", inputs=[weight], outputs=[gs.Variable("w2")])])
+    graph.nodes.append(gs.Node("If", attrs={"then_branch": body, "else_branch": body}))
+    assert not release_dropped(graph, imported)
+    assert weight.name and conv.op == "Conv"  # untouched

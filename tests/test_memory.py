@@ -76,3 +76,15 @@ def test_fuse_graph_runs_with_collection_paused(monkeypatch) -> None:
     monkeypatch.setattr(transform, "run_passes", spy)
     transform.fuse_graph(block_model(REPVGG_BRANCHES))
     assert seen == [False] and gc.isenabled()
+
+
+def test_a_large_model_frees_what_the_passes_dropped_without_a_collection(monkeypatch) -> None:
+    """Breaking the dropped objects' cycles replaces the collection that walks every object."""
+    from helpers import REPVGG_BRANCHES, block_model
+    from repvgg_onnx.pipeline import fuse_model
+
+    collections = []
+    monkeypatch.setattr(fuse_model, "worth_returning", lambda model: True)
+    monkeypatch.setattr(fuse_model, "return_free_memory", lambda: collections.append(1))
+    fuse_model.fuse_graph(block_model(REPVGG_BRANCHES))
+    assert collections == []

@@ -24,6 +24,7 @@ from onnx import numpy_helper
 from repvgg_onnx.errors import UnsupportedModelError, first_line
 from repvgg_onnx.graph.fast_export import export_onnx
 from repvgg_onnx.graph.fast_import import import_onnx
+from repvgg_onnx.graph.unread_nodes import has_subgraph
 
 #: A sparse tensor is made dense only up to this many elements (4 GiB of float32).
 MAX_DENSE_ELEMENTS = 1 << 30
@@ -85,6 +86,23 @@ def dismantle(graph: gs.Graph, former: Sequence[weakref.ref] = ()) -> None:
     for item in objects.values():
         item.__dict__.clear()
     graph.__dict__.clear()
+
+
+def release_dropped(graph: gs.Graph, former: Sequence[weakref.ref]) -> bool:
+    """Free what the passes dropped of the objects :func:`watch` saw (with the weights they
+    hold) by breaking their cycles, as :func:`dismantle` will for the rest: no collection
+    walks every object of the process for them (0.12 s on a TorchScript DBB-ResNet-18).
+    Whether it could: a graph with subgraphs, whose bodies may still read a
+    dropped tensor of the main graph, is left to the collector (``False``); a local function's
+    body reads nothing outside it."""
+    if any(has_subgraph(node) for node in graph.nodes):
+        return False
+    live = {id(item) for item in graph_objects(graph)}
+    for ref in former:
+        item = ref()
+        if item is not None and id(item) not in live:
+            item.__dict__.clear()
+    return True
 
 
 def export_graph(graph: gs.Graph, empty: dict[_NodeKey, list]) -> onnx.ModelProto:

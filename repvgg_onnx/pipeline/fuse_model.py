@@ -14,7 +14,13 @@ import onnx_graphsurgeon as gs
 
 from repvgg_onnx.errors import UnsupportedModelError
 from repvgg_onnx.graph.constant_views import mark_overridable, tensor_map
-from repvgg_onnx.graph.crossing import dismantle, export_graph, import_graph, watch
+from repvgg_onnx.graph.crossing import (
+    dismantle,
+    export_graph,
+    import_graph,
+    release_dropped,
+    watch,
+)
 from repvgg_onnx.graph.detached_weights import attach_weights, detach_weights
 from repvgg_onnx.graph.memory_release import (
     collection_paused,
@@ -49,8 +55,10 @@ def fuse_graph(
         _annotate_shapes(graph, model)
         outcome = run_passes(graph, passes, progress)
         large = worth_returning(model)
-        if large:
+        if large and not release_dropped(graph, imported):
             return_free_memory()  # what the passes dropped (graphsurgeon objects are cyclic)
+        elif large:
+            trim_free_heap()  # the dropped weights, freed by reference counting just now
         fused = export_like(graph, model, outcome.fused, empty_lists)
         dismantle(graph, imported)  # freed now, before a save allocates; no collection walks it
     if large:
