@@ -211,10 +211,45 @@ def test_committed_file_computes_the_rebuilt_keras_model(keras_export, case):
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_reexport_gives_the_committed_files(keras_export, name, tmp_path):
     """Same versions as the manifest: the first form and its reference, exported again, are
-    byte for byte the committed files (the export is reproducible)."""
+    the committed files (the export is reproducible): byte for byte, or, where TensorFlow's
+    constant folding of a weight rounds differently on another CPU (its kernels vectorize by
+    the instruction set: one ulp on a merged ACNet kernel between two Xeons), the same file
+    but for floating weights within a few units in the last place."""
     if keras_export.versions() != MANIFEST["versions"]:
         pytest.skip(f"fixtures written with {MANIFEST['versions']}")
     form = FAMILIES[name]["training_forms"][0]
     entries = keras_export.export_form(name, form, tmp_path)
     for stem, entry in entries.items():
-        assert entry["sha256"] == FAMILIES[name]["forms"][stem]["sha256"], stem
+        committed = FAMILIES[name]["forms"][stem]
+        if entry["sha256"] != committed["sha256"]:
+            _assert_same_but_weight_rounding(
+                onnx.load(tmp_path / name / f"{stem}.onnx"),
+                onnx.load(KERAS_DIR / committed["file"]),
+            )
+
+
+#: How far a re-exported floating weight may be from the committed one, in units in the last
+#: place of the tensor's largest magnitude (a BatchNormalization's ``β − μ·γ/σ`` cancels, and
+#: keeps the absolute error of its terms).
+_WEIGHT_ULPS = 4
+
+
+def _assert_same_but_weight_rounding(exported: onnx.ModelProto, committed: onnx.ModelProto) -> None:
+    """The two models are the same, byte for byte, once their initializers' values are set
+    aside; each floating initializer within :data:`_WEIGHT_ULPS` of its scale, every other one
+    equal."""
+    from onnx import numpy_helper
+
+    pairs = list(zip(exported.graph.initializer, committed.graph.initializer, strict=True))
+    for ours, theirs in pairs:
+        a, b = numpy_helper.to_array(ours), numpy_helper.to_array(theirs)
+        assert (ours.name, a.dtype, a.shape) == (theirs.name, b.dtype, b.shape), ours.name
+        if a.dtype.kind != "f":
+            np.testing.assert_array_equal(a, b, err_msg=ours.name)
+            continue
+        largest = a.dtype.type(max(np.abs(a).max(initial=0), np.abs(b).max(initial=0)))
+        assert np.all(np.abs(a - b) <= _WEIGHT_ULPS * np.spacing(largest)), ours.name
+    for model in (exported, committed):
+        for tensor in model.graph.initializer:
+            tensor.ClearField("raw_data")
+    assert exported.SerializeToString() == committed.SerializeToString()
