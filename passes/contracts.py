@@ -26,6 +26,7 @@ import onnx_graphsurgeon as gs
 
 from repvgg_onnx.graph.constant_views import stored_array
 
+from .graph_utils import is_standard
 from .pass_result import PassResult
 
 
@@ -230,7 +231,7 @@ def sums_are_binary(graph: gs.Graph, before: Snapshot | None = None) -> list[str
     return [
         f"{_node(node)} adds {len(node.inputs)} inputs at once"
         for node in graph.nodes
-        if node.op == "Sum" and (node.domain or "") in ("", "ai.onnx") and len(node.inputs) > 1
+        if node.op == "Sum" and is_standard(node) and len(node.inputs) > 1
     ]
 
 

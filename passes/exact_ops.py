@@ -34,6 +34,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .graph_utils import STANDARD_DOMAINS
+
 #: An output with more elements is declined before it is computed (onnxruntime computes it,
 #: and constant folding's own budget decides whether it is written).
 MAX_ELEMENTS = 1 << 22
@@ -57,7 +59,7 @@ def evaluate_exact_ops(
     known = dict(values)
     computed: dict[str, np.ndarray] = {}
     for node in nodes:
-        if node.op_type not in _OPS or node.domain not in _STANDARD or len(node.output) != 1:
+        if node.op_type not in _OPS or node.domain not in STANDARD_DOMAINS or len(node.output) != 1:
             continue
         attributes = {a.name: _attribute_value(a) for a in node.attribute}
         output = exact_output(node.op_type, list(node.input), attributes, known, opset)
@@ -89,9 +91,6 @@ def exact_output(
 def _attribute_value(attribute: onnx.AttributeProto) -> object:
     value = helper.get_attribute_value(attribute)
     return numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value
-
-
-_STANDARD = ("", "ai.onnx")
 
 
 def unsqueeze(data: np.ndarray, axes: Sequence[int]) -> np.ndarray:
@@ -141,6 +140,13 @@ def _within_limit(*shapes: Sequence[int]) -> tuple[int, ...]:
     if math.prod(shape) > MAX_ELEMENTS:
         raise Declined
     return shape
+
+
+def _require_range(values: np.ndarray, dtype: np.dtype) -> None:
+    """Every integer of ``values`` fits in the integer type ``dtype``."""
+    limits = np.iinfo(dtype)
+    if values.size and (int(values.min()) < limits.min or int(values.max()) > limits.max):
+        raise Declined
 
 
 def _axis(axis: int, rank: int) -> int:
@@ -298,10 +304,8 @@ def _cast(inputs, attributes, opset):
     target = helper.tensor_dtype_to_np_dtype(int(attributes["to"]))
     if target.kind not in "biu" or target == np.uint64 or data.dtype == np.uint64:
         raise Declined
-    if target.kind != "b" and data.size:
-        limits = np.iinfo(target)
-        if int(data.min()) < limits.min or int(data.max()) > limits.max:
-            raise Declined  # a narrowing cast's wrap-around is not specified
+    if target.kind != "b":
+        _require_range(data, target)  # a narrowing cast's wrap-around is not specified
     return data.astype(target)
 
 
@@ -333,9 +337,7 @@ def _arithmetic(combine: Callable[[np.ndarray, np.ndarray], np.ndarray], limit: 
         if any(v.size and int(np.abs(v).max()) >= limit for v in wide):
             raise Declined
         result = combine(*wide)
-        limits = np.iinfo(dtype)
-        if result.size and (int(result.min()) < limits.min or int(result.max()) > limits.max):
-            raise Declined
+        _require_range(result, dtype)
         return result.astype(dtype)
 
     return run

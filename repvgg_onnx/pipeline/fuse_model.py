@@ -55,10 +55,11 @@ def fuse_graph(
         _annotate_shapes(graph, model)
         outcome = run_passes(graph, passes, progress)
         large = worth_returning(model)
-        if large and not release_dropped(graph, imported):
-            return_free_memory()  # what the passes dropped (graphsurgeon objects are cyclic)
-        elif large:
-            trim_free_heap()  # the dropped weights, freed by reference counting just now
+        if large:  # what the passes dropped (graphsurgeon objects are cycles), before the export
+            if release_dropped(graph, imported):
+                trim_free_heap()  # freed by reference counting just now
+            else:
+                return_free_memory()  # a collection, where a body may read what was dropped
         fused = export_like(graph, model, outcome.fused, empty_lists)
         dismantle(graph, imported)  # freed now, before a save allocates; no collection walks it
     if large:
